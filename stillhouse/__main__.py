@@ -1,0 +1,5 @@
+"""`python -m stillhouse` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,168 @@
+"""The `stillhouse` command: one group of thin verbs over library code.
+
+A user's mistake (bad config, unreachable store) is one line on stderr and exit status 1, never a
+traceback. Every verb with `--json` prints exactly one JSON document on stdout and nothing else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import sys
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import click
+import orjson
+
+from .config import CONFIG_ENV, DEFAULT_CONFIG_NAME, Config, config_path, load_config
+from .errors import StillhouseError
+
+CONFIG_HELP = f"Config file (default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG_NAME})."
+
+
+def print_json(payload: Any) -> None:
+    click.echo(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
+
+
+def config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a verb `--config F` and hand it the loaded Config as `config`."""
+
+    @click.option("--config", "config_file", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+    @functools.wraps(fn)
+    def wrapper(config_file: str | None, **kwargs: Any) -> Any:
+        return fn(config=load_config(config_file), **kwargs)
+
+    return wrapper
+
+
+class StillhouseGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StillhouseError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=StillhouseGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="stillhouse")
+def main() -> None:
+    """Stillhouse: distil your LLM traffic into a small student model, and swap it in safely."""
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(config_file: str | None, force: bool) -> None:
+    """Write a commented starter stillhouse.toml that works as it is."""
+    target = config_path(config_file)
+    if target.exists() and not force:
+        raise StillhouseError(f"{target} already exists (use --force to overwrite)")
+    text = resources.files("stillhouse").joinpath("starter.toml").read_text(encoding="utf-8")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    load_config(target)  # the starter must always parse
+    click.echo(f"wrote {target}: next, `stillhouse serve --config {target}`", err=True)
+
+
+@main.command()
+@config_option
+@click.option("--host", help="Address to listen on (default: gateway.host).")
+@click.option("--port", type=int, help="Port to listen on (default: gateway.port).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(config: Config, host: str | None, port: int | None, log_level: str) -> None:
+    """Run the OpenAI-compatible gateway (captures every call)."""
+    import uvicorn
+
+    from .gateway import create_app
+    from .store import open_store
+
+    open_store(config.store.url).close()  # fail now, with a clear message, if the store is wrong
+    app = create_app(config)
+    host = host or config.gateway.host
+    port = port or config.gateway.port
+    click.echo(f"stillhouse gateway on http://{host}:{port}/v1  (tasks: "
+               f"{', '.join(sorted(config.tasks)) or 'none'})", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
+                timeout_graceful_shutdown=30)
+
+
+def task_status(config: Config) -> dict[str, Any]:
+    """The `status --json` document."""
+    from .store import open_store
+
+    with open_store(config.store.url) as store:
+        counts = store.count_calls()
+        dropped = store.counter("captures_dropped")
+    tasks = {}
+    for name, task in sorted(config.tasks.items()):
+        by_role = counts.get(name, {})
+        tasks[name] = {
+            "mode": task.mode,
+            "state": "grace",
+            "teacher": task.teacher,
+            "student": task.student,
+            "calls": sum(by_role.values()),
+            "teacher_calls": by_role.get("teacher", 0),
+            "student_calls": by_role.get("student", 0),
+        }
+    return {"tasks": tasks, "dropped": dropped}
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def status(config: Config, as_json: bool) -> None:
+    """Show each task's mode, lifecycle state and captured calls."""
+    doc = task_status(config)
+    if as_json:
+        print_json(doc)
+        return
+    if not doc["tasks"]:
+        click.echo("no tasks configured")
+    for name, t in doc["tasks"].items():
+        click.echo(
+            f"{name:<20} mode={t['mode']:<8} state={t['state']:<10} calls={t['calls']} "
+            f"(teacher {t['teacher_calls']}, student {t['student_calls']})"
+        )
+    click.echo(f"dropped captures: {doc['dropped']}")
+
+
+def _preview(call_request: dict[str, Any], width: int = 48) -> str:
+    users = [m for m in call_request.get("messages", []) if m.get("role") == "user"]
+    content = users[-1].get("content") if users else ""
+    text = content if isinstance(content, str) else " ".join(
+        p.get("text", "") for p in content or [] if isinstance(p, dict)
+    )
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@main.command()
+@config_option
+@click.option("--task", help="Only this task's calls.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def calls(config: Config, task: str | None, limit: int, as_json: bool) -> None:
+    """List the most recent captured calls."""
+    from .store import open_store
+
+    with open_store(config.store.url) as store:
+        found = store.list_calls(task=task, limit=limit)
+    if as_json:
+        print_json({"calls": [c.to_dict() for c in found]})
+        return
+    for c in found:
+        when = dt.datetime.fromtimestamp(c.created_at).strftime("%Y-%m-%d %H:%M:%S")
+        latency = f"{c.latency_ms:.0f}ms" if c.latency_ms is not None else "-"
+        tokens = f"{c.input_tokens or 0}/{c.output_tokens or 0}"
+        click.echo(
+            f"{when}  {c.id}  {c.task:<12} {c.role:<7} {c.status:<5} {latency:>7} "
+            f"{tokens:>9}  {_preview(c.request)}"
+        )
+    if not found:
+        click.echo("no calls captured yet", err=True)
+

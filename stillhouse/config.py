@@ -1,0 +1,275 @@
+"""stillhouse.toml parsed into pydantic models.
+
+Every table forbids unknown keys, and every mistake is reported with its dotted key
+(`tasks.support.gate.agreement: must be <= 1`). Secrets are `env::NAME` references resolved only
+when used, and never printed. Relative paths resolve against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "stillhouse.toml"
+CONFIG_ENV = "STILLHOUSE_CONFIG"
+
+
+class Secret:
+    """A secret given as `env::NAME` (preferred) or a literal; its value never appears in a repr."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: str) -> None:
+        self._raw = raw
+
+    @property
+    def env_name(self) -> str | None:
+        return self._raw[5:] if self._raw.startswith("env::") else None
+
+    def reveal(self) -> str:
+        """The secret's value; raises ConfigError when its environment variable is unset."""
+        name = self.env_name
+        if name is None:
+            return self._raw
+        value = os.environ.get(name)
+        if not value:
+            raise ConfigError(f"environment variable {name} is not set")
+        return value
+
+    def __repr__(self) -> str:
+        return f"Secret(env::{self.env_name})" if self.env_name else "Secret('***')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._raw == self._raw
+
+    def __hash__(self) -> int:
+        return hash(self._raw)
+
+
+def _to_secret(value: Any) -> Secret:
+    if isinstance(value, Secret):
+        return value
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string, e.g. 'env::OPENAI_API_KEY'")
+    return Secret(value)
+
+
+SecretStr = Annotated[
+    Secret,
+    Field(json_schema_extra={"type": "string"}),
+    PlainSerializer(lambda s: repr(s), return_type=str),
+]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: Any) -> float:
+    """'90s', '15m', '1h', '2d' or a number of seconds -> seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError("must be a duration such as '30s', '15m', '1h' or '2d'")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
+
+
+class Price(_Table):
+    """Dollars per million tokens."""
+
+    input_per_mtok: float = Field(0.0, ge=0)
+    cached_input_per_mtok: float | None = Field(None, ge=0)
+    output_per_mtok: float = Field(0.0, ge=0)
+
+
+Provider = Literal["openai", "azure", "anthropic", "openai-compatible", "local"]
+
+
+class ModelConfig(_Table):
+    provider: Provider
+    model: str = Field(min_length=1)
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    api_version: str | None = None  # azure
+    deployment: str | None = None  # azure; defaults to `model`
+    price: Price | None = None
+    timeout: float = Field(60.0, gt=0, description="seconds for one upstream attempt")
+    max_retries: int = Field(2, ge=0, le=10)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _secret(cls, value: Any) -> Secret | None:
+        return None if value is None else _to_secret(value)
+
+    @model_validator(mode="after")
+    def _needs(self) -> ModelConfig:
+        if self.provider in ("openai-compatible", "azure") and not self.base_url:
+            raise ValueError(f"provider '{self.provider}' needs base_url")
+        return self
+
+
+class GraceConfig(_Table):
+    min_conversations: int = Field(300, ge=0)
+    min_unique_intents: int = Field(50, ge=0)
+    max_days: float = Field(14, gt=0)
+
+
+class GateConfig(_Table):
+    agreement: float = Field(0.92, ge=0, le=1)
+    metric: Literal["exact", "json", "similarity", "judge"] = "exact"
+    kept_agreement: float = Field(0.97, ge=0, le=1)
+    max_p95_latency_ms: float | None = Field(None, gt=0)
+
+
+class RolloutConfig(_Table):
+    stages: list[int] = Field(default_factory=lambda: [10, 25, 50, 75, 90])
+    min_samples: int = Field(200, ge=1)
+    min_dwell: float = Field(3600.0, ge=0, description="seconds; accepts '1h', '15m'")
+
+    @field_validator("min_dwell", mode="before")
+    @classmethod
+    def _dwell(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, value: list[int]) -> list[int]:
+        if not value or any(not 0 < s <= 100 for s in value) or value != sorted(set(value)):
+            raise ValueError("must be increasing percentages between 1 and 100")
+        return value
+
+
+class RoutingConfig(_Table):
+    fallback: Literal["none", "confidence"] = "confidence"
+    shadow_rate: float = Field(0.05, ge=0, le=1)
+
+
+class TaskConfig(_Table):
+    teacher: str
+    student: str | None = None
+    mode: Literal["teacher", "auto", "student"] = "auto"
+    tier: Literal["cost", "accuracy"] | None = None
+    description: str = ""
+    response_schema: dict[str, Any] | None = None
+    grace: GraceConfig = Field(default_factory=GraceConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+
+
+class GatewayConfig(_Table):
+    host: str = "127.0.0.1"
+    port: int = Field(8400, ge=1, le=65535)
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _secrets(cls, value: Any) -> list[Secret]:
+        if not isinstance(value, list):
+            raise ValueError("must be a list of keys, e.g. ['env::STILLHOUSE_API_KEY']")
+        return [_to_secret(v) for v in value]
+
+
+class StoreConfig(_Table):
+    url: str = "sqlite:///stillhouse.db"
+    queue_size: int = Field(10_000, ge=1)
+    batch_size: int = Field(500, ge=1)
+    spill_path: str | None = Field(None, description="default: beside the config file")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+
+class Config(_Table):
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    tasks: dict[str, TaskConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        for name, task in self.tasks.items():
+            for role in ("teacher", "student"):
+                ref = getattr(task, role)
+                if ref is not None and ref not in self.models:
+                    known = ", ".join(sorted(self.models)) or "none defined"
+                    raise ConfigError(
+                        f"tasks.{name}.{role}: unknown model '{ref}' (models: {known})"
+                    )
+        return self
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"{key}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
+    """Validate a parsed TOML document; relative paths resolve against `base_dir`."""
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+    except ConfigError:
+        raise
+    base = (base_dir or Path.cwd()).resolve()
+    store = config.store
+    updates: dict[str, Any] = {}
+    if store.url.startswith("sqlite:///"):
+        path = Path(store.url.removeprefix("sqlite:///"))
+        updates["url"] = f"sqlite:///{path if path.is_absolute() else base / path}"
+    spill = Path(store.spill_path) if store.spill_path else Path("stillhouse.spill.jsonl")
+    updates["spill_path"] = str(spill if spill.is_absolute() else base / spill)
+    return config.model_copy(update={"store": store.model_copy(update=updates)})
+
+
+def config_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The config file to use: the argument, else $STILLHOUSE_CONFIG, else ./stillhouse.toml."""
+    return Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate stillhouse.toml."""
+    file = config_path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such file (run `stillhouse init` to write one)") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{file}: {err}") from None
+    try:
+        return parse_config(data, file.parent)
+    except ConfigError as err:
+        raise ConfigError(f"{file}: {err}") from None

@@ -1,0 +1,141 @@
+"""The gateway's ASGI app: OpenAI-compatible routes, health, metrics. Built per call of create_app.
+
+It must never block on the database: captures go through the CaptureWriter's queue, and nothing
+on a request's path reads the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..config import Config
+from ..errors import ConfigError, HTTPError, NotFound, Unauthorized
+from ..providers import Provider, build_provider
+from ..store import CaptureWriter, open_store
+from .chat import ChatCompletions, error_response
+from .metrics import CONTENT_TYPE, GatewayMetrics
+
+log = logging.getLogger("stillhouse.gateway")
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status, media_type="application/json")
+
+
+def default_writer(config: Config) -> CaptureWriter:
+    assert config.store.spill_path is not None  # set by parse_config
+    return CaptureWriter(
+        lambda: open_store(config.store.url),
+        config.store.spill_path,
+        queue_size=config.store.queue_size,
+        batch_size=config.store.batch_size,
+    )
+
+
+def _gateway_keys(config: Config) -> list[bytes]:
+    keys = []
+    for i, secret in enumerate(config.gateway.api_keys):
+        try:
+            keys.append(secret.reveal().encode())
+        except ConfigError as err:
+            raise ConfigError(f"gateway.api_keys[{i}]: {err}") from None
+    return keys
+
+
+def create_app(config: Config, *, writer: CaptureWriter | None = None) -> Starlette:
+    """The gateway for `config`. It starts and stops `writer` (default: one on config.store)."""
+    writer = writer or default_writer(config)
+    keys = _gateway_keys(config)
+    metrics = GatewayMetrics(writer)
+    client = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        timeout=httpx.Timeout(60.0),
+    )
+    providers: dict[str, Provider] = {
+        name: build_provider(name, model, client)
+        for name, model in config.models.items()
+        if model.provider != "local"
+    }
+    chat = ChatCompletions(config, providers, writer, metrics)
+
+    def authorise(request: Request) -> None:
+        if not keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        given = token.strip().encode()
+        if scheme.lower() != "bearer" or not any(hmac.compare_digest(given, k) for k in keys):
+            raise Unauthorized("missing or wrong API key (Authorization: Bearer ...)",
+                               code="invalid_api_key")
+
+    async def chat_completions(request: Request) -> Response:
+        authorise(request)
+        return await chat(request)
+
+    async def models(request: Request) -> Response:
+        authorise(request)
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "stillhouse"}
+            for name in sorted(config.tasks)
+        ]
+        return _json({"object": "list", "data": data})
+
+    async def healthz(request: Request) -> Response:
+        return _json({"status": "ok", "capture_queue": writer.queued, "dropped": writer.dropped})
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPError)
+        return error_response(exc)
+
+    async def on_starlette_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            return error_response(NotFound(f"no route {request.url.path}", code="unknown_url"))
+        err = HTTPError(str(exc.detail), status=exc.status_code, type="invalid_request_error")
+        return error_response(err)
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(HTTPError("internal error in the Stillhouse gateway"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        writer.start()
+        try:
+            yield
+        finally:
+            await client.aclose()
+            writer.close()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+        ],
+        exception_handlers={
+            HTTPError: on_http_error,
+            StarletteHTTPException: on_starlette_error,
+            Exception: on_crash,
+        },
+        lifespan=lifespan,
+    )
+    app.state.writer = writer
+    app.state.metrics = metrics
+    return app

@@ -1,0 +1,86 @@
+"""The records the trace store keeps: one captured call, one score on a call.
+
+A call's fields map onto Langfuse generations (input=request, output=response, model,
+usage.input/output, startTime=created_at, completionStartTime=created_at+ttft, level/statusMessage
+=status/error, sessionId=session_key, metadata) and onto OpenTelemetry's gen_ai.* attributes
+(gen_ai.request.model=upstream_model, gen_ai.provider.name=provider,
+gen_ai.response.finish_reasons=finish_reason, gen_ai.usage.input_tokens/output_tokens).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+Role = Literal["teacher", "student"]
+Status = Literal["ok", "error"]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request through the gateway and what came back (or the error)."""
+
+    id: str
+    task: str
+    request: dict[str, Any]
+    role: Role = "teacher"
+    model: str = ""  # the model's name in stillhouse.toml
+    provider: str = ""
+    upstream_model: str = ""  # the name the upstream knows it by
+    route_reason: str = ""
+    stream: bool = False
+    response: dict[str, Any] | None = None
+    status: Status = "ok"
+    http_status: int = 200
+    error: str | None = None
+    finish_reason: str | None = None
+    created_at: float = field(default_factory=time.time)
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost: float | None = None
+    session_key: str | None = None
+    confidence: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Call:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """Feedback or an evaluation on a call: numeric `value` and/or categorical `label`."""
+
+    id: str
+    call_id: str
+    name: str
+    value: float | None = None
+    label: str | None = None
+    source: str = "api"  # api | human | eval | shadow
+    comment: str | None = None
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Score:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+CALL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Call))
+SCORE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Score))
+JSON_COLUMNS = frozenset({"request", "response", "metadata"})

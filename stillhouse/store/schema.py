@@ -1,0 +1,77 @@
+"""Versioned schema migrations, written once for both SQLite and PostgreSQL.
+
+Each migration is a list of statements with `{json}`, `{real}` and `{bigint}` type slots that each
+dialect fills in. Migrations only ever append: never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "calls, scores and counters",
+        (
+            """CREATE TABLE calls (
+                id TEXT PRIMARY KEY,
+                task TEXT NOT NULL,
+                created_at {real} NOT NULL,
+                role TEXT NOT NULL,
+                model TEXT NOT NULL,
+                provider TEXT NOT NULL,
+                upstream_model TEXT NOT NULL,
+                route_reason TEXT NOT NULL,
+                stream INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                http_status INTEGER NOT NULL,
+                error TEXT,
+                finish_reason TEXT,
+                latency_ms {real},
+                ttft_ms {real},
+                input_tokens {bigint},
+                output_tokens {bigint},
+                cost {real},
+                session_key TEXT,
+                confidence {real},
+                request {json} NOT NULL,
+                response {json},
+                metadata {json} NOT NULL
+            )""",
+            "CREATE INDEX calls_task_time ON calls (task, created_at)",
+            "CREATE INDEX calls_session ON calls (session_key)",
+            """CREATE TABLE scores (
+                id TEXT PRIMARY KEY,
+                call_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                value {real},
+                label TEXT,
+                source TEXT NOT NULL,
+                comment TEXT,
+                created_at {real} NOT NULL
+            )""",
+            "CREATE INDEX scores_call ON scores (call_id)",
+            "CREATE TABLE counters (name TEXT PRIMARY KEY, value {bigint} NOT NULL)",
+        ),
+    ),
+)
+
+DIALECT_TYPES = {
+    "sqlite": {"json": "TEXT", "real": "REAL", "bigint": "INTEGER"},
+    "postgres": {"json": "JSONB", "real": "DOUBLE PRECISION", "bigint": "BIGINT"},
+}
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def statements_for(migration: Migration, dialect: str) -> list[str]:
+    types = DIALECT_TYPES[dialect]
+    return [s.format(**types) for s in migration.statements]
