@@ -71,8 +71,12 @@ def init(config_file: str | None, force: bool) -> None:
 @config_option
 @click.option("--host", help="Address to listen on (default: gateway.host).")
 @click.option("--port", type=int, help="Port to listen on (default: gateway.port).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 def serve(config: Config, host: str | None, port: int | None, log_level: str) -> None:
     """Run the OpenAI-compatible gateway (captures every call)."""
     import uvicorn
@@ -84,10 +88,19 @@ def serve(config: Config, host: str | None, port: int | None, log_level: str) ->
     app = create_app(config)
     host = host or config.gateway.host
     port = port or config.gateway.port
-    click.echo(f"stillhouse gateway on http://{host}:{port}/v1  (tasks: "
-               f"{', '.join(sorted(config.tasks)) or 'none'})", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
-                timeout_graceful_shutdown=30)
+    click.echo(
+        f"stillhouse gateway on http://{host}:{port}/v1  (tasks: "
+        f"{', '.join(sorted(config.tasks)) or 'none'})",
+        err=True,
+    )
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
 
 
 def task_status(config: Config) -> dict[str, Any]:
@@ -134,8 +147,10 @@ def status(config: Config, as_json: bool) -> None:
 def _preview(call_request: dict[str, Any], width: int = 48) -> str:
     users = [m for m in call_request.get("messages", []) if m.get("role") == "user"]
     content = users[-1].get("content") if users else ""
-    text = content if isinstance(content, str) else " ".join(
-        p.get("text", "") for p in content or [] if isinstance(p, dict)
+    text = (
+        content
+        if isinstance(content, str)
+        else " ".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
     )
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -165,4 +180,3 @@ def calls(config: Config, task: str | None, limit: int, as_json: bool) -> None:
         )
     if not found:
         click.echo("no calls captured yet", err=True)
-

@@ -25,14 +25,20 @@ def upstream() -> Iterator[tuple[str, UpstreamBehaviour]]:
         yield up
 
 
-def make_config(tmp_path: Path, base_url: str, store_url: str | None = None,
-                **extra: Any) -> Config:
+def make_config(
+    tmp_path: Path, base_url: str, store_url: str | None = None, **extra: Any
+) -> Config:
     data: dict[str, Any] = {
         "store": {"url": store_url or "sqlite:///calls.db"},
         "models": {
-            "teacher": {"provider": "openai-compatible", "base_url": base_url,
-                        "model": "upstream-model", "max_retries": 2, "timeout": 5,
-                        "price": {"input_per_mtok": 2.0, "output_per_mtok": 8.0}},
+            "teacher": {
+                "provider": "openai-compatible",
+                "base_url": base_url,
+                "model": "upstream-model",
+                "max_retries": 2,
+                "timeout": 5,
+                "price": {"input_per_mtok": 2.0, "output_per_mtok": 8.0},
+            },
         },
         "tasks": {"support": {"teacher": "teacher"}},
     }
@@ -57,7 +63,7 @@ class Gateway:
     def flush(self) -> None:
         assert self.app.state.writer.flush(10), "captures did not reach the store"
 
-    def store(self):  # noqa: ANN201
+    def store(self):
         return open_store(self.config.store.url)
 
     def stop(self) -> None:
@@ -79,7 +85,9 @@ def gateway_factory(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, upstream: tuple[str, UpstreamBehaviour], gateway_factory: Any) -> Gateway:
+def gateway(
+    tmp_path: Path, upstream: tuple[str, UpstreamBehaviour], gateway_factory: Any
+) -> Gateway:
     base_url, _ = upstream
     return gateway_factory(make_config(tmp_path, base_url))
 

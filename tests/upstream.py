@@ -107,15 +107,26 @@ def build_app(behaviour: UpstreamBehaviour) -> Starlette:
             headers = {}
             if failure.retry_after is not None:
                 headers["retry-after"] = str(failure.retry_after)
-            error = {"message": failure.message, "type": "server_error", "param": None,
-                     "code": str(failure.status)}
-            return Response(orjson.dumps({"error": error}), failure.status, headers,
-                            media_type="application/json")
+            error = {
+                "message": failure.message,
+                "type": "server_error",
+                "param": None,
+                "code": str(failure.status),
+            }
+            return Response(
+                orjson.dumps({"error": error}),
+                failure.status,
+                headers,
+                media_type="application/json",
+            )
         text = behaviour.reply(body)
         tokens = _words(text) or [""]
         prompt_tokens = sum(len(_words(message_text(m))) for m in body.get("messages", []))
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens),
-                 "total_tokens": prompt_tokens + len(tokens)}
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(tokens),
+            "total_tokens": prompt_tokens + len(tokens),
+        }
         tool_calls = _tool_calls(body, text)
         finish = "tool_calls" if tool_calls else "stop"
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -127,62 +138,99 @@ def build_app(behaviour: UpstreamBehaviour) -> Starlette:
         created = int(time.time())
         cid = f"chatcmpl-{time.time_ns()}"
         if not body.get("stream"):
-            message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else
-                                       " ".join(tokens), "refusal": None}
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": None if tool_calls else " ".join(tokens),
+                "refusal": None,
+            }
             if tool_calls:
                 message["tool_calls"] = tool_calls
-            choice = {"index": 0, "message": message, "finish_reason": finish,
-                      "logprobs": _logprobs(tokens, top) if want_lp else None}
-            payload = {"id": cid, "object": "chat.completion", "created": created,
-                       "model": behaviour.model_name, "choices": [choice], "usage": usage,
-                       "system_fingerprint": "fp_test"}
+            choice = {
+                "index": 0,
+                "message": message,
+                "finish_reason": finish,
+                "logprobs": _logprobs(tokens, top) if want_lp else None,
+            }
+            payload = {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": behaviour.model_name,
+                "choices": [choice],
+                "usage": usage,
+                "system_fingerprint": "fp_test",
+            }
             return Response(orjson.dumps(payload), media_type="application/json")
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None,
-                  lp: dict[str, Any] | None = None) -> bytes:
-            c = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                 "model": behaviour.model_name,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason,
-                              "logprobs": lp}]}
+        def chunk(
+            delta: dict[str, Any],
+            finish_reason: str | None = None,
+            lp: dict[str, Any] | None = None,
+        ) -> bytes:
+            c = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": behaviour.model_name,
+                "choices": [
+                    {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": lp}
+                ],
+            }
             return b"data: " + orjson.dumps(c) + b"\n\n"
 
         async def events() -> Any:
-            sent = 0
             parts = [chunk({"role": "assistant", "content": ""})]
             if tool_calls:
                 parts.append(chunk({"tool_calls": [{"index": 0, **tool_calls[0]}]}))
             else:
                 for i, tok in enumerate(tokens):
                     piece = tok if i == 0 else " " + tok
-                    parts.append(chunk({"content": piece},
-                                       lp=_logprobs([tok], top) if want_lp else None))
+                    parts.append(
+                        chunk({"content": piece}, lp=_logprobs([tok], top) if want_lp else None)
+                    )
             parts.append(chunk({}, finish))
             if include_usage:
-                parts.append(b"data: " + orjson.dumps(
-                    {"id": cid, "object": "chat.completion.chunk", "created": created,
-                     "model": behaviour.model_name, "choices": [], "usage": usage}) + b"\n\n")
+                parts.append(
+                    b"data: "
+                    + orjson.dumps(
+                        {
+                            "id": cid,
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": behaviour.model_name,
+                            "choices": [],
+                            "usage": usage,
+                        }
+                    )
+                    + b"\n\n"
+                )
             parts.append(b"data: [DONE]\n\n")
-            for part in parts:
+            for sent, part in enumerate(parts):
                 if behaviour.cut_stream_after is not None and sent >= behaviour.cut_stream_after:
                     raise ConnectionResetError("scripted stream cut")
                 if behaviour.chunk_delay and sent:
                     await asyncio.sleep(behaviour.chunk_delay)
                 yield part
-                sent += 1
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
     async def models(request: Request) -> Response:
-        data = {"object": "list", "data": [{"id": behaviour.model_name, "object": "model",
-                                            "created": 0, "owned_by": "test"}]}
+        data = {
+            "object": "list",
+            "data": [
+                {"id": behaviour.model_name, "object": "model", "created": 0, "owned_by": "test"}
+            ],
+        }
         return Response(orjson.dumps(data), media_type="application/json")
 
-    return Starlette(routes=[
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+        ]
+    )
 
 
 def free_port() -> int:
@@ -196,8 +244,9 @@ class ServerThread:
 
     def __init__(self, app: Any, port: int | None = None) -> None:
         self.port = port or free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -220,8 +269,9 @@ class ServerThread:
 
 
 @contextlib.contextmanager
-def running_upstream(behaviour: UpstreamBehaviour | None = None) -> Iterator[
-        tuple[str, UpstreamBehaviour]]:
+def running_upstream(
+    behaviour: UpstreamBehaviour | None = None,
+) -> Iterator[tuple[str, UpstreamBehaviour]]:
     """Yield (base_url ending in /v1, behaviour) of an upstream running on loopback."""
     behaviour = behaviour or UpstreamBehaviour()
     server = ServerThread(build_app(behaviour)).start()
@@ -237,12 +287,18 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
     args = parser.parse_args()
-    behaviour = UpstreamBehaviour(latency=args.latency_ms / 1000,
-                                  chunk_delay=args.chunk_delay_ms / 1000)
+    behaviour = UpstreamBehaviour(
+        latency=args.latency_ms / 1000, chunk_delay=args.chunk_delay_ms / 1000
+    )
     behaviour.requests = _Discard()  # type: ignore[assignment]
     behaviour.headers = _Discard()  # type: ignore[assignment]
-    uvicorn.run(build_app(behaviour), host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False)
+    uvicorn.run(
+        build_app(behaviour),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 class _Discard(list):  # type: ignore[type-arg]

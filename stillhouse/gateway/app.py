@@ -77,8 +77,9 @@ def create_app(config: Config, *, writer: CaptureWriter | None = None) -> Starle
         scheme, _, token = header.partition(" ")
         given = token.strip().encode()
         if scheme.lower() != "bearer" or not any(hmac.compare_digest(given, k) for k in keys):
-            raise Unauthorized("missing or wrong API key (Authorization: Bearer ...)",
-                               code="invalid_api_key")
+            raise Unauthorized(
+                "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key"
+            )
 
     async def chat_completions(request: Request) -> Response:
         authorise(request)

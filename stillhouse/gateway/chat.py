@@ -8,6 +8,7 @@ or was cut off by the client mid-stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -60,9 +61,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 def _usage(response: dict[str, Any] | None) -> tuple[int | None, int | None, int]:
     usage = (response or {}).get("usage") or {}
     details = usage.get("prompt_tokens_details") or {}
-    return usage.get("prompt_tokens"), usage.get("completion_tokens"), details.get(
-        "cached_tokens"
-    ) or 0
+    return (
+        usage.get("prompt_tokens"),
+        usage.get("completion_tokens"),
+        details.get("cached_tokens") or 0,
+    )
 
 
 def _estimate_input_tokens(body: dict[str, Any]) -> int:
@@ -181,10 +184,9 @@ class ChatCompletions:
                 raise
             finally:
                 self._capture_stream(call, acc, started, error, http_status)
-                try:
+                # Cancelled mid-close (client gone): nothing is left to free.
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     await chunks.aclose()  # type: ignore[attr-defined]
-                except BaseException:  # noqa: BLE001 - cancelled mid-close: nothing left to free
-                    pass
 
         return StreamingResponse(events(), 200, headers, media_type="text/event-stream")
 

@@ -20,12 +20,17 @@ class _CaptureCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         w = self.writer
         yield GaugeMetricFamily(
-            "stillhouse_capture_queue_depth", "Captured records waiting for the writer",
+            "stillhouse_capture_queue_depth",
+            "Captured records waiting for the writer",
             value=w.queued,
         )
         for name, value, doc in (
             ("written", w.written, "Captured records written to the store"),
-            ("spilled", w.spilled, "Captured records sent to the spill file (queue full or store down)"),
+            (
+                "spilled",
+                w.spilled,
+                "Captured records sent to the spill file (queue full or store down)",
+            ),
             ("dropped", w.dropped, "Captured records lost (spill file unwritable); must stay 0"),
             ("store_errors", w.store_errors, "Failed store writes (the records were spilled)"),
         ):
@@ -36,16 +41,22 @@ class GatewayMetrics:
     def __init__(self, writer: CaptureWriter) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "stillhouse_requests", "Chat completion requests answered",
-            ["task", "role", "status"], registry=self.registry,
+            "stillhouse_requests",
+            "Chat completion requests answered",
+            ["task", "role", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "stillhouse_request_seconds", "Time to answer a chat completion (to the last byte)",
-            ["task", "role"], registry=self.registry,
+            "stillhouse_request_seconds",
+            "Time to answer a chat completion (to the last byte)",
+            ["task", "role"],
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         self.upstream_errors = Counter(
-            "stillhouse_upstream_errors", "Upstream failures after retries", ["model"],
+            "stillhouse_upstream_errors",
+            "Upstream failures after retries",
+            ["model"],
             registry=self.registry,
         )
         self.registry.register(_CaptureCollector(writer))

@@ -1,4 +1,4 @@
-"""The OpenAI chat-completions request as the gateway checks it, and where task and session come from.
+"""The OpenAI chat-completions request as the gateway checks it; where task and session come from.
 
 Validation only rejects what is malformed: unknown fields are kept and passed upstream as sent.
 """

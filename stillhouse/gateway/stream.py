@@ -35,8 +35,15 @@ class StreamAccumulator:
     def _add_choice(self, choice: dict[str, Any]) -> None:
         index = int(choice.get("index", 0))
         acc = self._choices.setdefault(
-            index, {"role": "assistant", "content": None, "tool_calls": {}, "logprobs": [],
-                    "finish_reason": None, "refusal": None}
+            index,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": {},
+                "logprobs": [],
+                "finish_reason": None,
+                "refusal": None,
+            },
         )
         delta = choice.get("delta") or {}
         if delta.get("role"):
@@ -83,18 +90,28 @@ class StreamAccumulator:
         choices = []
         for index in sorted(self._choices):
             acc = self._choices[index]
-            message: dict[str, Any] = {"role": acc["role"], "content": acc["content"],
-                                       "refusal": acc["refusal"]}
+            message: dict[str, Any] = {
+                "role": acc["role"],
+                "content": acc["content"],
+                "refusal": acc["refusal"],
+            }
             if acc["tool_calls"]:
                 message["tool_calls"] = [acc["tool_calls"][k] for k in sorted(acc["tool_calls"])]
-            choices.append({
-                "index": index,
-                "message": message,
-                "finish_reason": acc["finish_reason"],
-                "logprobs": {"content": acc["logprobs"]} if acc["logprobs"] else None,
-            })
-        out: dict[str, Any] = {"id": self.id, "object": "chat.completion",
-                               "created": self.created, "model": self.model, "choices": choices}
+            choices.append(
+                {
+                    "index": index,
+                    "message": message,
+                    "finish_reason": acc["finish_reason"],
+                    "logprobs": {"content": acc["logprobs"]} if acc["logprobs"] else None,
+                }
+            )
+        out: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
         if self.usage:
             out["usage"] = self.usage
         return out

@@ -1,4 +1,4 @@
-"""OpenAI and every server that speaks its chat-completions wire format (vLLM, Ollama, llama.cpp)."""
+"""OpenAI and every server speaking its chat-completions wire format (vLLM, Ollama, llama.cpp)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,10 @@ class OpenAICompatible:
 
     async def _send(self, body: dict[str, Any], stream: bool) -> httpx.Response:
         request = self.client.build_request(
-            "POST", self.url, content=orjson.dumps(body), headers=self.headers(),
+            "POST",
+            self.url,
+            content=orjson.dumps(body),
+            headers=self.headers(),
             timeout=self.timeout,
         )
         try:
@@ -74,7 +77,9 @@ class OpenAICompatible:
         return await with_retries(attempt, self.config.max_retries)
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[Chunk]:
-        response = await with_retries(lambda: self._send(body, stream=True), self.config.max_retries)
+        response = await with_retries(
+            lambda: self._send(body, stream=True), self.config.max_retries
+        )
         done = finished = False
         try:
             async for line in response.aiter_lines():

@@ -116,9 +116,7 @@ class TraceStore:
     def _insert(self, table: str, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> int:
         values = [
             tuple(
-                _dump(row[c])
-                if c in JSON_COLUMNS
-                else (int(row[c]) if c == "stream" else row[c])
+                _dump(row[c]) if c in JSON_COLUMNS else (int(row[c]) if c == "stream" else row[c])
                 for c in columns
             )
             for row in rows
@@ -185,7 +183,8 @@ class TraceStore:
         self, task: str | None = None, limit: int = 50, role: str | None = None
     ) -> list[Call]:
         """The newest calls first."""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if task is not None:
             clauses.append("task = ?")
             params.append(task)

@@ -85,11 +85,13 @@ class CaptureWriter:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="stillhouse-capture", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="stillhouse-capture", daemon=True
+            )
             self._thread.start()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write everything still queued (and replay spill files if the store answers), then stop."""
+        """Write what is still queued (and replay spill files if the store answers), then stop."""
         if self._thread is None:
             return
         self._queue.put(_STOP)

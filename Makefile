@@ -1,0 +1,35 @@
+# Two set-up commands for a fresh machine: `make demo` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,postgres]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check stillhouse tests bench
+	$(VENV)/bin/ruff format --check stillhouse
+	$(VENV)/bin/mypy
+
+# The whole suite, on SQLite and on PostgreSQL (installed from Debian's packages if missing).
+test: lint
+	STILLHOUSE_TEST_PG_URL="$$(scripts/test-postgres.sh)" && export STILLHOUSE_TEST_PG_URL && \
+		$(PY) -m pytest
+
+# Until the lifecycle demo lands: a gateway on a loopback upstream, real traffic, the captures.
+demo: install
+	$(PY) scripts/demo_gateway.py
+
+bench: install
+	$(PY) bench/gateway.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

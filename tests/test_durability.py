@@ -1,0 +1,83 @@
+"""Stopping the gateway under load loses no call that got a response; PostgreSQL captures too."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import openai
+
+from .conftest import Gateway, make_config
+
+
+async def _hammer(url: str, stop: asyncio.Event) -> tuple[int, int]:
+    """Send requests from 16 workers until told to stop; count answered and failed ones."""
+    ok = failed = 0
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        async def worker(n: int) -> None:
+            nonlocal ok, failed
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    r = await client.post(
+                        url,
+                        json={
+                            "model": "support",
+                            "messages": [{"role": "user", "content": f"w{n} r{i}"}],
+                        },
+                    )
+                    if r.status_code == 200:
+                        ok += 1
+                    else:
+                        failed += 1
+                except httpx.TransportError:
+                    failed += 1
+                    await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(worker(n) for n in range(16)))
+    return ok, failed
+
+
+def test_stopping_under_load_loses_no_answered_call(tmp_path, upstream) -> None:
+    config = make_config(tmp_path, upstream[0])
+    upstream[1].latency = 0.005
+    gw = Gateway(config)
+
+    async def scenario() -> tuple[int, int]:
+        stop = asyncio.Event()
+        load = asyncio.create_task(_hammer(gw.base_url + "/chat/completions", stop))
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(gw.stop)  # graceful stop while requests are in flight
+        stop.set()
+        return await load
+
+    ok, _ = asyncio.run(scenario())
+    assert ok > 50
+    with gw.store() as store:
+        stored = store.count_calls()["support"]["teacher"]
+    assert stored >= ok  # every answered call is in the store (a cut-off one may be too)
+    assert gw.app.state.writer.dropped == 0
+
+
+def test_gateway_on_postgres_captures_every_call(
+    tmp_path, upstream, gateway_factory, pg_url: str
+) -> None:
+    gw = gateway_factory(make_config(tmp_path, upstream[0], store_url=pg_url))
+    client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+    for i in range(20):
+        client.chat.completions.create(
+            model="support", messages=[{"role": "user", "content": f"q{i}"}]
+        )
+    list(
+        client.chat.completions.create(
+            model="support", stream=True, messages=[{"role": "user", "content": "s"}]
+        )
+    )
+    gw.flush()
+    with gw.store() as store:
+        calls = store.list_calls(limit=100)
+    assert len(calls) == 21
+    assert sum(c.stream for c in calls) == 1
+    assert all(c.output_tokens for c in calls)
