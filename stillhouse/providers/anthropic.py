@@ -6,6 +6,7 @@ here and nowhere else. A field Anthropic has no equivalent for is dropped, never
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +16,15 @@ import orjson
 
 from ..config import ModelConfig
 from ..errors import UpstreamError
-from .base import Chunk, error_from_response, secret_header, transport_error, with_retries
+from .base import (
+    Chunk,
+    bad_reply,
+    error_from_response,
+    post,
+    secret_header,
+    sse_data,
+    with_retries,
+)
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"
@@ -342,22 +351,14 @@ class Anthropic:
         return headers
 
     async def _send(self, payload: bytes, stream: bool) -> httpx.Response:
-        request = self.client.build_request(
-            "POST", self.url, content=payload, headers=self.headers(), timeout=self.timeout
-        )
-        try:
-            response = await self.client.send(request, stream=stream)
-        except httpx.HTTPError as err:
-            raise transport_error(err, self.model_name) from err
-        if response.status_code >= 400:
-            content = await response.aread()
-            await response.aclose()
-            raise error_from_response(response.status_code, content, response.headers)
-        return response
-
-    def _bad_reply(self, what: str) -> UpstreamError:
-        return UpstreamError(
-            f"upstream model '{self.model_name}' {what}", code="bad_upstream_response"
+        return await post(
+            self.client,
+            self.url,
+            payload,
+            self.headers(),
+            self.timeout,
+            stream=stream,
+            model_name=self.model_name,
         )
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -368,9 +369,9 @@ class Anthropic:
             try:
                 data = orjson.loads(response.content)
             except orjson.JSONDecodeError:
-                raise self._bad_reply("answered with something not JSON") from None
+                raise bad_reply(self.model_name, "answered with something not JSON") from None
             if not isinstance(data, dict) or not isinstance(data.get("content"), list):
-                raise self._bad_reply("answered without content")
+                raise bad_reply(self.model_name, "answered without content")
             return to_openai_response(data)
 
         return await with_retries(attempt, self.config.max_retries)
@@ -381,26 +382,15 @@ class Anthropic:
             lambda: self._send(payload, stream=True), self.config.max_retries
         )
         translator = _StreamTranslator()
-        try:
-            # Anthropic sends each event as `event: <type>` plus one `data:` line whose JSON
-            # repeats the type, so the data lines alone carry everything.
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                chunk = translator.feed(orjson.loads(line[5:]))
+        # Anthropic sends each event as `event: <type>` plus one `data:` line whose JSON repeats
+        # the type, so the data lines alone carry everything.
+        async with contextlib.aclosing(sse_data(response, self.model_name)) as events:
+            async for event in events:
+                chunk = translator.feed(event) if event is not None else None
                 if chunk is not None:
                     yield chunk
                 if translator.done:
                     break
-        except httpx.HTTPError as err:
-            raise UpstreamError(
-                f"upstream model '{self.model_name}' broke off the stream: {type(err).__name__}",
-                code="upstream_stream_cut",
-            ) from err
-        except orjson.JSONDecodeError:
-            raise self._bad_reply("sent a malformed stream event") from None
-        finally:
-            await response.aclose()
         if not translator.done:
             raise UpstreamError(
                 f"upstream model '{self.model_name}' ended the stream before message_stop",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -107,6 +107,52 @@ def transport_error(err: httpx.HTTPError, model_name: str) -> UpstreamError:
         code="upstream_unreachable",
         retryable=True,
     )
+
+
+async def post(
+    client: httpx.AsyncClient,
+    url: str,
+    payload: bytes,
+    headers: dict[str, str],
+    timeout: httpx.Timeout,
+    *,
+    stream: bool,
+    model_name: str,
+) -> httpx.Response:
+    """One attempt: the response, or an UpstreamError for a transport failure or a 4xx/5xx."""
+    request = client.build_request("POST", url, content=payload, headers=headers, timeout=timeout)
+    try:
+        response = await client.send(request, stream=stream)
+    except httpx.HTTPError as err:
+        raise transport_error(err, model_name) from err
+    if response.status_code >= 400:
+        content = await response.aread()
+        await response.aclose()
+        raise error_from_response(response.status_code, content, response.headers)
+    return response
+
+
+def bad_reply(model_name: str, what: str) -> UpstreamError:
+    return UpstreamError(f"upstream model '{model_name}' {what}", code="bad_upstream_response")
+
+
+async def sse_data(response: httpx.Response, model_name: str) -> AsyncGenerator[Any, None]:
+    """The JSON of each `data:` line of an SSE response (`[DONE]` comes as None); closes it."""
+    try:
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            yield None if data == "[DONE]" else orjson.loads(data)
+    except httpx.HTTPError as err:
+        raise UpstreamError(
+            f"upstream model '{model_name}' broke off the stream: {type(err).__name__}",
+            code="upstream_stream_cut",
+        ) from err
+    except orjson.JSONDecodeError:
+        raise bad_reply(model_name, "sent a malformed stream event") from None
+    finally:
+        await response.aclose()
 
 
 async def with_retries(

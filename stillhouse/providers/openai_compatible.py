@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import orjson
 
 from ..config import ModelConfig
 from ..errors import UpstreamError
-from .base import Chunk, error_from_response, secret_header, transport_error, with_retries
+from .base import Chunk, bad_reply, error_from_response, post, secret_header, sse_data, with_retries
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
@@ -40,22 +41,15 @@ class OpenAICompatible:
         return headers
 
     async def _send(self, body: dict[str, Any], stream: bool) -> httpx.Response:
-        request = self.client.build_request(
-            "POST",
+        return await post(
+            self.client,
             self.url,
-            content=orjson.dumps(body),
-            headers=self.headers(),
-            timeout=self.timeout,
+            orjson.dumps(body),
+            self.headers(),
+            self.timeout,
+            stream=stream,
+            model_name=self.model_name,
         )
-        try:
-            response = await self.client.send(request, stream=stream)
-        except httpx.HTTPError as err:
-            raise transport_error(err, self.model_name) from err
-        if response.status_code >= 400:
-            content = await response.aread()
-            await response.aclose()
-            raise error_from_response(response.status_code, content, response.headers)
-        return response
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         async def attempt() -> dict[str, Any]:
@@ -63,15 +57,9 @@ class OpenAICompatible:
             try:
                 data = orjson.loads(response.content)
             except orjson.JSONDecodeError:
-                raise UpstreamError(
-                    f"upstream model '{self.model_name}' answered with something not JSON",
-                    code="bad_upstream_response",
-                ) from None
+                raise bad_reply(self.model_name, "answered with something not JSON") from None
             if not isinstance(data, dict) or "choices" not in data:
-                raise UpstreamError(
-                    f"upstream model '{self.model_name}' answered without choices",
-                    code="bad_upstream_response",
-                )
+                raise bad_reply(self.model_name, "answered without choices")
             return data
 
         return await with_retries(attempt, self.config.max_retries)
@@ -81,33 +69,16 @@ class OpenAICompatible:
             lambda: self._send(body, stream=True), self.config.max_retries
         )
         done = finished = False
-        try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
+        async with contextlib.aclosing(sse_data(response, self.model_name)) as chunks:
+            async for chunk in chunks:
+                if chunk is None:  # [DONE]
                     done = True
                     break
-                chunk = orjson.loads(data)
                 if "error" in chunk and "choices" not in chunk:
-                    raise error_from_response(502, data.encode(), httpx.Headers())
-                finished = finished or any(
-                    c.get("finish_reason") for c in chunk.get("choices") or ()
-                )
+                    raise error_from_response(502, orjson.dumps(chunk), httpx.Headers())
+                choices = chunk.get("choices") or ()
+                finished = finished or any(c.get("finish_reason") for c in choices)
                 yield chunk
-        except httpx.HTTPError as err:
-            raise UpstreamError(
-                f"upstream model '{self.model_name}' broke off the stream: {type(err).__name__}",
-                code="upstream_stream_cut",
-            ) from err
-        except orjson.JSONDecodeError:
-            raise UpstreamError(
-                f"upstream model '{self.model_name}' sent a malformed stream event",
-                code="bad_upstream_response",
-            ) from None
-        finally:
-            await response.aclose()
         if not (done or finished):
             raise UpstreamError(
                 f"upstream model '{self.model_name}' ended the stream before it finished",
