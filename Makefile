@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: install
-	$(VENV)/bin/ruff check stillhouse tests bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check stillhouse
 	$(VENV)/bin/mypy
 
