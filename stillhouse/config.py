@@ -115,6 +115,7 @@ class ModelConfig(_Table):
     timeout: float = Field(60.0, gt=0, description="seconds for one upstream attempt")
     max_retries: int = Field(2, ge=0, le=10)
     headers: dict[str, str] = Field(default_factory=dict)
+    adapter: str | None = Field(None, description="local: a LoRA adapter directory (peft)")
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -125,6 +126,8 @@ class ModelConfig(_Table):
     def _needs(self) -> ModelConfig:
         if self.provider in ("openai-compatible", "azure") and not self.base_url:
             raise ValueError(f"provider '{self.provider}' needs base_url")
+        if self.adapter is not None and self.provider != "local":
+            raise ValueError("adapter is only for provider 'local' (vLLM names its own)")
         return self
 
 
@@ -250,7 +253,13 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         updates["url"] = f"sqlite:///{path if path.is_absolute() else base / path}"
     spill = Path(store.spill_path) if store.spill_path else Path("stillhouse.spill.jsonl")
     updates["spill_path"] = str(spill if spill.is_absolute() else base / spill)
-    return config.model_copy(update={"store": store.model_copy(update=updates)})
+    models = {
+        name: m.model_copy(update={"adapter": str(base / m.adapter)})
+        if m.adapter and not Path(m.adapter).is_absolute()
+        else m
+        for name, m in config.models.items()
+    }
+    return config.model_copy(update={"store": store.model_copy(update=updates), "models": models})
 
 
 def config_path(path: str | os.PathLike[str] | None = None) -> Path:

@@ -64,9 +64,7 @@ def create_app(config: Config, *, writer: CaptureWriter | None = None) -> Starle
         timeout=httpx.Timeout(60.0),
     )
     providers: dict[str, Provider] = {
-        name: build_provider(name, model, client)
-        for name, model in config.models.items()
-        if model.provider != "local"
+        name: build_provider(name, model, client) for name, model in config.models.items()
     }
     chat = ChatCompletions(config, providers, writer, metrics)
 

@@ -68,6 +68,13 @@ def _usage(response: dict[str, Any] | None) -> tuple[int | None, int | None, int
     )
 
 
+def _confidence(response: dict[str, Any] | None) -> float | None:
+    """The low-quantile token confidence a local model reports in its `stillhouse` field."""
+    own = (response or {}).get("stillhouse")
+    value = (own.get("confidence") or {}).get("p10") if isinstance(own, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
 def _estimate_input_tokens(body: dict[str, Any]) -> int:
     """About four characters a token, when the upstream reports no usage."""
     return max(1, len(orjson.dumps(body.get("messages", []))) // 4)
@@ -212,6 +219,7 @@ class ChatCompletions:
             output_tokens=tokens_out,
             cost=call_cost(self.config.models[call.model].price, tokens_in, tokens_out, cached),
             finish_reason=choices[0].get("finish_reason"),
+            confidence=_confidence(response),
         )
 
     def _capture_error(self, call: Call, err: UpstreamError, started: float) -> None:
@@ -246,4 +254,5 @@ class ChatCompletions:
             cost=call_cost(self.config.models[call.model].price, tokens_in, tokens_out, cached),
             finish_reason=acc.finish_reason,
             metadata=metadata,
+            confidence=_confidence(response),
         )

@@ -18,6 +18,7 @@ class StreamAccumulator:
         self.model: str | None = None
         self.created: int | None = None
         self.usage: dict[str, Any] | None = None
+        self.extension: dict[str, Any] | None = None  # a local model's `stillhouse` field
         self.chunks = 0
         self.content_chunks = 0  # chunks that carried output: a token count when usage is absent
         self._choices: dict[int, dict[str, Any]] = {}
@@ -29,6 +30,8 @@ class StreamAccumulator:
         self.created = self.created or chunk.get("created")
         if chunk.get("usage"):
             self.usage = chunk["usage"]
+        if isinstance(chunk.get("stillhouse"), dict):
+            self.extension = chunk["stillhouse"]
         for choice in chunk.get("choices") or ():
             self._add_choice(choice)
 
@@ -114,4 +117,6 @@ class StreamAccumulator:
         }
         if self.usage:
             out["usage"] = self.usage
+        if self.extension:
+            out["stillhouse"] = self.extension
         return out

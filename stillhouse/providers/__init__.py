@@ -23,6 +23,10 @@ def build_provider(name: str, config: ModelConfig, client: httpx.AsyncClient) ->
         from .anthropic import Anthropic
 
         return Anthropic(name, config, client)
+    if config.provider == "local":
+        from .local import Local
+
+        return Local(name, config, client)
     raise ConfigError(
         f"models.{name}.provider: '{config.provider}' is not available in the gateway yet"
     )

@@ -1,0 +1,437 @@
+"""The local model runtime: one causal LM (plus an optional LoRA adapter) decoding many requests
+at once.
+
+One worker thread owns the model. It takes every waiting request (up to `max_batch`), left-pads
+them into one batch and runs a decode loop with a KV cache, handing each request its text and
+token logprobs as they come through a callback. It never touches an event loop: async callers pass
+a callback that is safe to call from another thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadRequest
+from .sources import local_directory, resolve
+
+log = logging.getLogger("stillhouse.engine")
+
+DEFAULT_MAX_TOKENS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    top_logprobs: int = 0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """New text for a request and the tokens generated since the last Delta."""
+
+    text: str
+    tokens: tuple[TokenLogprob, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    text: str  # the whole answer, cut before a stop string
+    tokens: tuple[TokenLogprob, ...]  # the tokens of `text`
+    token_ends: tuple[int, ...]  # where each token's text ends in `text`
+    finish_reason: str  # stop | length
+    prompt_tokens: int
+    completion_tokens: int
+
+
+Event = Delta | Finished | BaseException
+
+
+@dataclass(eq=False)
+class Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    emit: Callable[[Event], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """Stop generating for this request at the next step (its caller went away)."""
+        self.cancelled = True
+
+
+@dataclass
+class EngineStats:
+    requests: int = 0
+    batches: int = 0
+    tokens: int = 0
+    max_batch_size: int = 0
+    batch_sizes: Counter[int] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "batches": self.batches,
+            "tokens": self.tokens,
+            "max_batch_size": self.max_batch_size,
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+        }
+
+
+def _stop_holdback(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters might be the start of a stop string (so not yet sent)."""
+    keep = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), keep, -1):
+            if text.endswith(stop[:n]):
+                keep = n
+                break
+    return keep
+
+
+class _Sequence:
+    """One request's progress through a batch: its tokens, text and what was already sent."""
+
+    def __init__(self, request: Request, tokenizer: Any, eos_ids: set[int], limit: int) -> None:
+        self.request = request
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.max_tokens = min(request.params.max_tokens, limit)
+        self.stops = request.params.stop
+        self.ids: list[int] = []
+        self.entries: list[TokenLogprob] = []
+        self.ends: list[int] = []
+        self.sent_chars = 0
+        self.sent_tokens = 0
+        self.generated = 0
+        self.done = False
+
+    def _token_text(self, token_id: int) -> str:
+        return str(self.tokenizer.decode([token_id]))
+
+    def add(self, token_id: int, logprob: float, top: list[tuple[int, float]]) -> None:
+        self.generated += 1
+        if token_id in self.eos_ids:
+            self._finish("stop", self._text())
+            return
+        self.ids.append(token_id)
+        entry = TokenLogprob(
+            self._token_text(token_id),
+            logprob,
+            tuple((self._token_text(t), lp) for t, lp in top),
+        )
+        self.entries.append(entry)
+        text = self._text()
+        self.ends.append(len(text))
+        if self.stops:
+            search_from = max(0, self.sent_chars - max(len(s) for s in self.stops))
+            hits = [i for i in (text.find(s, search_from) for s in self.stops) if i >= 0]
+            if hits:
+                self._finish("stop", text[: max(min(hits), self.sent_chars)], cut=True)
+                return
+        if len(self.ids) >= self.max_tokens:
+            self._finish("length", text)
+            return
+        safe = len(text) - _stop_holdback(text, self.stops)
+        while safe > self.sent_chars and text[safe - 1] == "\ufffd":
+            safe -= 1  # an incomplete UTF-8 sequence: wait for the token that completes it
+        if safe > self.sent_chars:
+            self._send(text[self.sent_chars : safe], len(self.entries))
+
+    def _text(self) -> str:
+        return str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+
+    def _send(self, text: str, upto: int) -> None:
+        self.request.emit(Delta(text, tuple(self.entries[self.sent_tokens : upto])))
+        self.sent_chars += len(text)
+        self.sent_tokens = upto
+
+    def _finish(self, reason: str, text: str, cut: bool = False) -> None:
+        self.done = True
+        kept = len(self.entries)
+        if cut:
+            # A token belongs to the answer when it starts before the cut: the stop string's
+            # tokens and anything after them do not.
+            starts = [0, *self.ends[:-1]]
+            kept = sum(1 for start in starts if start < len(text))
+        if len(text) > self.sent_chars or kept > self.sent_tokens:
+            self._send(text[self.sent_chars :], max(kept, self.sent_tokens))
+        ends = tuple(min(e, len(text)) for e in self.ends[:kept])
+        self.request.emit(
+            Finished(
+                text=text,
+                tokens=tuple(self.entries[:kept]),
+                token_ends=ends,
+                finish_reason=reason,
+                prompt_tokens=len(self.request.prompt_ids),
+                completion_tokens=self.generated,
+            )
+        )
+
+
+class Engine:
+    """A loaded model and the worker thread that batches its requests."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str = "local",
+        max_batch: int = 8,
+        gather_ms: float = 5.0,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_batch = max_batch
+        self.gather = gather_ms / 1000
+        self.stats = EngineStats()
+        self.context = int(getattr(model.config, "max_position_embeddings", 0) or 4096)
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
+        self.eos_ids = eos_ids
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+        self._queue: queue.Queue[Request | None] = queue.Queue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
+        self._thread.start()
+        # A worker thread still alive while the interpreter tears torch down aborts the process
+        # ("terminate called without an active exception"): stop it first.
+        atexit.register(self.close)
+
+    @classmethod
+    def load(
+        cls,
+        spec: str,
+        *,
+        adapter: str | Path | None = None,
+        threads: int | None = None,
+        **kwargs: Any,
+    ) -> Engine:
+        """Load `spec` (packaged name, directory, .gguf or hub id), with a LoRA adapter on top."""
+        model, tokenizer = load_model(spec, adapter=adapter, threads=threads)
+        return cls(model, tokenizer, name=kwargs.pop("name", spec), **kwargs)
+
+    # -- requests ----------------------------------------------------------------------------
+    def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
+        """The chat template applied to `messages`, ending with the assistant's turn."""
+        encoded = self.tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=True, tokenize=True
+        )
+        # transformers 5 returns a BatchEncoding here, 4.x a plain list
+        ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+        return [int(i) for i in ids]
+
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams, emit: Callable[[Event], None]
+    ) -> Request:
+        """Queue a request; `emit` is called from the worker thread with each Delta, then one
+        Finished (or an exception)."""
+        if self._closed:
+            raise RuntimeError("engine is closed")
+        if len(prompt_ids) >= self.context:
+            raise BadRequest(
+                f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.context}",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        request = Request(prompt_ids, params, emit)
+        self._queue.put(request)
+        return request
+
+    def generate(
+        self, messages: list[dict[str, Any]], params: SamplingParams | None = None
+    ) -> Finished:
+        """Blocking convenience for scripts and benchmarks."""
+        done = threading.Event()
+        result: list[Event] = []
+
+        def emit(event: Event) -> None:
+            if not isinstance(event, Delta):
+                result.append(event)
+                done.set()
+
+        self.submit(self.prompt_ids(messages), params or SamplingParams(), emit)
+        done.wait()
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        assert isinstance(result[0], Finished)
+        return result[0]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(30)
+        atexit.unregister(self.close)
+
+    # -- the worker --------------------------------------------------------------------------
+    def _take_batch(self, first: Request) -> list[Request]:
+        batch = [first]
+        deadline = time.monotonic() + self.gather
+        while len(batch) < self.max_batch:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)  # let the loop see the shutdown after this batch
+                break
+            batch.append(item)
+        return [r for r in batch if not r.cancelled]
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = self._take_batch(first)
+            if not batch:
+                continue
+            self.stats.batches += 1
+            self.stats.requests += len(batch)
+            self.stats.batch_sizes[len(batch)] += 1
+            self.stats.max_batch_size = max(self.stats.max_batch_size, len(batch))
+            try:
+                self._decode(batch)
+            except Exception as err:  # one bad batch must not take the engine down
+                log.exception("decoding a batch of %d failed", len(batch))
+                for request in batch:
+                    with contextlib.suppress(Exception):
+                        request.emit(err)
+
+    def _decode(self, batch: list[Request]) -> None:
+        import torch
+
+        seqs = [
+            _Sequence(r, self.tokenizer, self.eos_ids, self.context - len(r.prompt_ids))
+            for r in batch
+        ]
+        width = max(len(r.prompt_ids) for r in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, r in enumerate(batch):
+            input_ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
+            mask[i, width - len(r.prompt_ids) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        generators = [
+            torch.Generator().manual_seed(r.params.seed) if r.params.seed is not None else None
+            for r in batch
+        ]
+        alive = list(range(len(batch)))  # rows of the running batch -> index into seqs
+        past = None
+        with torch.inference_mode():
+            while True:
+                out = self.model(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=past,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                past = out.past_key_values
+                logits = out.logits[:, -1, :].float()
+                chosen = self._choose(
+                    logits, [seqs[i] for i in alive], [generators[i] for i in alive]
+                )
+                logprobs = torch.log_softmax(logits, dim=-1)
+                picked = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+                k = max(seqs[i].request.params.top_logprobs for i in alive)
+                top_ids = top_lps = None
+                if k:
+                    top = logprobs.topk(k, dim=-1)
+                    top_ids, top_lps = top.indices.tolist(), top.values.tolist()
+                ids = chosen.tolist()
+                self.stats.tokens += len(alive)
+                for row, i in enumerate(alive):
+                    seq = seqs[i]
+                    if seq.request.cancelled:
+                        seq.done = True
+                        continue
+                    want = seq.request.params.top_logprobs
+                    top_pairs = (
+                        list(zip(top_ids[row][:want], top_lps[row][:want], strict=True))
+                        if want and top_ids is not None and top_lps is not None
+                        else []
+                    )
+                    seq.add(ids[row], picked[row], top_pairs)
+                keep = [row for row, i in enumerate(alive) if not seqs[i].done]
+                if not keep:
+                    return
+                if len(keep) < len(alive):
+                    # Finished rows leave the batch so the rest decode at their own width.
+                    index = torch.tensor(keep)
+                    past.batch_select_indices(index)
+                    mask = mask[index]
+                    positions = positions[index]
+                    chosen = chosen[index]
+                    alive = [alive[row] for row in keep]
+                input_ids = chosen[:, None]
+                mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=torch.long)], dim=1)
+                positions = positions[:, -1:] + 1
+
+    @staticmethod
+    def _choose(logits: Any, seqs: list[_Sequence], generators: list[Any]) -> Any:
+        """Greedy rows take the argmax; sampled rows draw with temperature and top-p."""
+        import torch
+
+        chosen = logits.argmax(dim=-1)
+        for row, seq in enumerate(seqs):
+            params = seq.request.params
+            if params.temperature <= 0:
+                continue
+            probs = torch.softmax(logits[row] / params.temperature, dim=-1)
+            if params.top_p < 1.0:
+                ordered, order = probs.sort(descending=True)
+                # keep the smallest prefix whose mass reaches top_p (always the first token)
+                cut = (ordered.cumsum(0) - ordered) >= params.top_p
+                ordered[cut] = 0.0
+                probs = torch.zeros_like(probs).scatter(0, order, ordered)
+            chosen[row] = torch.multinomial(probs, 1, generator=generators[row])[0]
+        return chosen
+
+
+def load_model(
+    spec: str, *, adapter: str | Path | None = None, threads: int | None = None
+) -> tuple[Any, Any]:
+    """(model, tokenizer) for `spec` in fp32 on the CPU, a LoRA adapter applied when given."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    directory = local_directory(resolve(spec))
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model: Any = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,115 @@
+"""`stillhouse serve-model`: one local model behind a small OpenAI-compatible HTTP server, a
+stand-in for vLLM (`/v1/chat/completions` with SSE, `/v1/models`, `/healthz` with batch stats).
+
+Requests are checked with the gateway's protocol models and errors take the OpenAI shape. The
+event loop never runs the model: generation happens on the engine's worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from ..errors import HTTPError, NotFound
+from ..gateway.chat import DONE, error_response, read_body, sse
+from ..gateway.protocol import parse_request
+from .completions import LocalCompletions
+from .runtime import Engine
+
+log = logging.getLogger("stillhouse.engine")
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status, media_type="application/json")
+
+
+def create_model_app(
+    engine: Engine, model_name: str | None = None, *, owns_engine: bool = False
+) -> Starlette:
+    """The server for one loaded engine; it answers to `model_name` (default: engine.name)."""
+    name = model_name or engine.name
+    completions = LocalCompletions.of(engine, name)
+
+    async def chat_completions(request: Request) -> Response:
+        _, checked = parse_request(await read_body(request, MAX_BODY_BYTES))
+        if checked.model != name:
+            raise NotFound(
+                f"the model '{checked.model}' does not exist (this server has '{name}')",
+                param="model",
+                code="model_not_found",
+            )
+        if not checked.stream:
+            return _json(await completions.complete(checked))
+        chunks = completions.stream(checked)
+        first = await anext(chunks)  # errors before the first chunk get a proper status
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                yield sse(first)
+                async for chunk in chunks:
+                    yield sse(chunk)
+                yield DONE
+            except HTTPError as err:
+                yield sse(err.to_body())
+            finally:
+                await chunks.aclose()  # cancels the request in the engine if the client left
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def models(request: Request) -> Response:
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "stillhouse"}]
+        return _json({"object": "list", "data": data})
+
+    async def healthz(request: Request) -> Response:
+        return _json({"status": "ok", "model": name, "engine": engine.stats.as_dict()})
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPError)
+        return error_response(exc)
+
+    async def on_starlette_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            return error_response(NotFound(f"no route {request.url.path}", code="unknown_url"))
+        return error_response(
+            HTTPError(str(exc.detail), status=exc.status_code, type="invalid_request_error")
+        )
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(HTTPError("internal error in the Stillhouse model server"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owns_engine:
+                engine.close()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        exception_handlers={
+            HTTPError: on_http_error,
+            StarletteHTTPException: on_starlette_error,
+            Exception: on_crash,
+        },
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    return app
