@@ -167,6 +167,22 @@ class RoutingConfig(_Table):
     shadow_rate: float = Field(0.05, ge=0, le=1)
 
 
+PIIKind = Literal["email", "phone", "card", "iban", "national_id", "ip"]
+PII_KINDS: tuple[PIIKind, ...] = ("email", "phone", "card", "iban", "national_id", "ip")
+
+
+class CurateConfig(_Table):
+    """How a task's captured calls become a fine-tuning dataset (see docs/curation.md)."""
+
+    holdout: float = Field(0.15, ge=0, lt=1)
+    seed: int = 0
+    dedupe_threshold: float = Field(0.8, gt=0, le=1)
+    pii: list[PIIKind] = Field(default_factory=lambda: list(PII_KINDS))
+    max_per_intent: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, description="the student's context, in tokens")
+    intents: Literal["auto", "metadata", "tfidf", "embeddings"] = "auto"
+
+
 class TaskConfig(_Table):
     teacher: str
     student: str | None = None
@@ -178,6 +194,7 @@ class TaskConfig(_Table):
     gate: GateConfig = Field(default_factory=GateConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
 
 
 class GatewayConfig(_Table):

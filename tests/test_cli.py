@@ -48,6 +48,17 @@ def test_init_writes_a_starter_that_works(tmp_path: Path) -> None:
                 "calls": 0,
                 "teacher_calls": 0,
                 "student_calls": 0,
+                "grace": {
+                    "conversations": 0,
+                    "unique_intents": 0,
+                    "days": None,
+                    "met": {
+                        "min_conversations": False,
+                        "min_unique_intents": False,
+                        "max_days": False,
+                    },
+                    "ready": False,
+                },
             }
         },
         "dropped": 0,

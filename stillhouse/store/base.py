@@ -14,7 +14,16 @@ from typing import Any
 import orjson
 
 from ..errors import StoreError
-from .records import CALL_COLUMNS, JSON_COLUMNS, SCORE_COLUMNS, Call, Score
+from .records import (
+    CALL_COLUMNS,
+    DATASET_COLUMNS,
+    JSON_COLUMNS,
+    SCORE_COLUMNS,
+    Call,
+    Dataset,
+    DatasetExample,
+    Score,
+)
 from .schema import LATEST_VERSION, MIGRATIONS, statements_for
 
 
@@ -210,3 +219,117 @@ class TraceStore:
             (call_id,),
         )
         return [Score.from_dict(dict(zip(SCORE_COLUMNS, r, strict=True))) for r in rows]
+
+    def calls_for_task(self, task: str) -> list[Call]:
+        """Every call of a task, oldest first."""
+        return self._calls("WHERE task = ?", (task,), "ORDER BY created_at, id")
+
+    def scores_for_task(self, task: str) -> dict[str, list[Score]]:
+        """{call_id: scores} for every scored call of a task."""
+        cols = ", ".join(f"s.{c}" for c in SCORE_COLUMNS)
+        rows = self._query(
+            f"SELECT {cols} FROM scores s JOIN calls c ON c.id = s.call_id "
+            "WHERE c.task = ? ORDER BY s.created_at",
+            (task,),
+        )
+        out: dict[str, list[Score]] = {}
+        for r in rows:
+            score = Score.from_dict(dict(zip(SCORE_COLUMNS, r, strict=True)))
+            out.setdefault(score.call_id, []).append(score)
+        return out
+
+    def _json_text(self, column: str, key: str) -> str:
+        """SQL for the text of a top-level key of a JSON column."""
+        if self.dialect == "postgres":
+            return f"{column}->>'{key}'"
+        return f"json_extract({column}, '$.{key}')"
+
+    def task_readiness(self) -> dict[str, dict[str, Any]]:
+        """Per task, over successful teacher calls: conversations (distinct
+        metadata.conversation_id, else one per call), distinct metadata.intent values, and
+        the first call's time."""
+        conv = f"COALESCE({self._json_text('metadata', 'conversation_id')}, id)"
+        intent = self._json_text("metadata", "intent")
+        rows = self._query(
+            f"SELECT task, COUNT(DISTINCT {conv}), COUNT(DISTINCT {intent}), MIN(created_at) "
+            "FROM calls WHERE status = 'ok' AND role = 'teacher' GROUP BY task"
+        )
+        return {
+            task: {"conversations": int(c), "intents": int(i), "first_call_at": float(first)}
+            for task, c, i, first in rows
+        }
+
+    # -- datasets -----------------------------------------------------------------------------
+    def insert_dataset(self, dataset: Dataset, examples: Sequence[DatasetExample]) -> bool:
+        """Store a snapshot once; False when a dataset with this id already exists (snapshots
+        are immutable: the existing one is never touched)."""
+        row = dataset.to_dict()
+        values = tuple(
+            _dump(row[c]) if c in ("removed", "config") else row[c] for c in DATASET_COLUMNS
+        )
+        marks = ", ".join("?" for _ in DATASET_COLUMNS)
+        self._begin_write()
+        try:
+            cur = self.conn.execute(
+                self._sql(
+                    f"INSERT INTO datasets ({', '.join(DATASET_COLUMNS)}) VALUES ({marks}) "
+                    "ON CONFLICT (id) DO NOTHING"
+                ),
+                values,
+            )
+            created = cur.rowcount == 1
+            if created:
+                self.conn.cursor().executemany(
+                    self._sql(
+                        "INSERT INTO dataset_examples "
+                        "(dataset_id, position, split, call_id, intent, example) "
+                        "VALUES (?, ?, ?, ?, ?, ?)"
+                    ),
+                    [
+                        (dataset.id, e.position, e.split, e.call_id, e.intent, _dump(e.example))
+                        for e in examples
+                    ],
+                )
+            self.conn.commit()
+        except Exception:
+            self.conn.rollback()
+            raise
+        return created
+
+    def _datasets(self, where: str, params: Sequence[Any]) -> list[Dataset]:
+        rows = self._query(
+            f"SELECT {', '.join(DATASET_COLUMNS)} FROM datasets {where} "
+            "ORDER BY created_at DESC, id",
+            params,
+        )
+        out = []
+        for r in rows:
+            data = dict(zip(DATASET_COLUMNS, r, strict=True))
+            data["removed"] = _load(data["removed"])
+            data["config"] = _load(data["config"])
+            out.append(Dataset(**data))
+        return out
+
+    def get_dataset(self, dataset_id: str) -> Dataset | None:
+        found = self._datasets("WHERE id = ?", (dataset_id,))
+        return found[0] if found else None
+
+    def list_datasets(self, task: str | None = None) -> list[Dataset]:
+        """Newest first."""
+        if task is None:
+            return self._datasets("", ())
+        return self._datasets("WHERE task = ?", (task,))
+
+    def dataset_examples(self, dataset_id: str, split: str | None = None) -> list[DatasetExample]:
+        """A dataset's lines in their stored order; `split` = train | holdout | None (all)."""
+        clause = "WHERE dataset_id = ?" + (" AND split = ?" if split else "")
+        params: tuple[Any, ...] = (dataset_id, split) if split else (dataset_id,)
+        rows = self._query(
+            "SELECT position, split, call_id, intent, example FROM dataset_examples "
+            f"{clause} ORDER BY position",
+            params,
+        )
+        return [
+            DatasetExample(position=int(p), split=s, call_id=c, intent=i, example=_load(e))
+            for p, s, c, i, e in rows
+        ]

@@ -84,3 +84,36 @@ class Score:
 CALL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Call))
 SCORE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Score))
 JSON_COLUMNS = frozenset({"request", "response", "metadata"})
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """A curated, immutable dataset snapshot; `id` is derived from `content_hash`."""
+
+    id: str
+    task: str
+    content_hash: str  # sha256 of the examples, their splits, intents and source calls
+    created_at: float
+    train_count: int
+    holdout_count: int
+    intents_count: int
+    source_count: int  # calls curation started from
+    removed: dict[str, int] = field(default_factory=dict)  # filter or stage -> examples removed
+    config: dict[str, Any] = field(default_factory=dict)  # the curation settings used
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetExample:
+    """One line of a dataset: an OpenAI chat fine-tuning example and where it came from."""
+
+    position: int
+    split: str  # train | holdout
+    call_id: str
+    intent: str
+    example: dict[str, Any]
+
+
+DATASET_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Dataset))

@@ -62,6 +62,36 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE counters (name TEXT PRIMARY KEY, value {bigint} NOT NULL)",
         ),
     ),
+    Migration(
+        2,
+        "curated dataset snapshots",
+        (
+            # A dataset row is written once with its examples and never updated: its id is derived
+            # from content_hash, the sha256 of its examples.
+            """CREATE TABLE datasets (
+                id TEXT PRIMARY KEY,
+                task TEXT NOT NULL,
+                content_hash TEXT NOT NULL,
+                created_at {real} NOT NULL,
+                train_count INTEGER NOT NULL,
+                holdout_count INTEGER NOT NULL,
+                intents_count INTEGER NOT NULL,
+                source_count INTEGER NOT NULL,
+                removed {json} NOT NULL,
+                config {json} NOT NULL
+            )""",
+            "CREATE INDEX datasets_task_time ON datasets (task, created_at)",
+            """CREATE TABLE dataset_examples (
+                dataset_id TEXT NOT NULL,
+                position INTEGER NOT NULL,
+                split TEXT NOT NULL,
+                call_id TEXT NOT NULL,
+                intent TEXT NOT NULL,
+                example {json} NOT NULL,
+                PRIMARY KEY (dataset_id, position)
+            )""",
+        ),
+    ),
 )
 
 DIALECT_TYPES = {

@@ -1,0 +1,230 @@
+"""Duplicate removal: exact content hashes first, then MinHash LSH over normalised word shingles.
+
+Vectorised with numpy: every shingle of every example is hashed in one pass, and signatures are
+minimums over chunks of a (shingles x permutations) matrix. LSH candidates are confirmed with the
+exact Jaccard similarity of their shingle sets, so a removal is never only the sketch's guess.
+Of each group of duplicates the newest example is kept; the only copy of anything is never removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+_WORD = re.compile(r"\w+")
+_CHUNK = 1 << 16  # shingles per minhash block: bounds memory at ~num_perm * 8 * 64k bytes
+
+
+def words(text: str) -> list[str]:
+    """Normalised words: lower case, punctuation and spacing dropped."""
+    return _WORD.findall(text.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeResult:
+    kept: tuple[int, ...]  # indices into the input, in input order
+    exact: int  # removed as exact duplicates
+    near: int  # removed as near duplicates
+    duplicate_of: dict[int, int] = field(default_factory=dict)  # removed index -> kept index
+
+
+def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """Bands and rows per band minimising weighted false negatives and positives around the
+    threshold. False negatives weigh more: candidates are verified exactly, misses are final."""
+    import numpy as np
+
+    best = (1, num_perm)
+    best_err = float("inf")
+    for bands in range(1, num_perm + 1):
+        rows = num_perm // bands
+        if rows < 1:
+            break
+        lo = np.linspace(0.0, threshold, 200)
+        hi = np.linspace(threshold, 1.0, 200)
+        fp = np.trapezoid(1 - (1 - lo**rows) ** bands, lo)
+        fn = np.trapezoid((1 - hi**rows) ** bands, hi)
+        err = float(0.15 * fp + 0.85 * fn)
+        if err < best_err:
+            best, best_err = (bands, rows), err
+    return best
+
+
+def shingle_hashes(docs: Sequence[Sequence[str]], k: int = 3) -> tuple[Any, Any]:
+    """(32-bit hashes of every k-word shingle of every doc, offsets[n + 1] into them).
+
+    A doc shorter than k words is padded, so every doc has at least one shingle."""
+    import numpy as np
+
+    vocab: dict[str, int] = {}
+    tokens: list[int] = []
+    lengths = np.empty(len(docs), dtype=np.int64)
+    for i, doc in enumerate(docs):
+        for w in doc:
+            t = vocab.get(w)
+            if t is None:
+                t = vocab[w] = zlib.crc32(w.encode()) + 1  # +1: 0 is the padding token
+            tokens.append(t)
+        if len(doc) < k:
+            tokens.extend([0] * (k - len(doc)))
+        lengths[i] = max(len(doc), k)
+    tok = np.asarray(tokens, dtype=np.uint64)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    counts = lengths - k + 1
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    positions = np.repeat(starts - offsets[:-1], counts) + np.arange(offsets[-1])
+    mult = np.random.default_rng(0x5EED).integers(1, 2**63, size=k, dtype=np.uint64) | 1
+    h = np.zeros(len(positions), dtype=np.uint64)
+    for j in range(k):
+        h += tok[positions + j] * mult[j]  # wraps mod 2**64 on purpose
+    return (h >> np.uint64(32)).astype(np.uint32), offsets
+
+
+def minhash_signatures(shingles: Any, offsets: Any, num_perm: int = 128, seed: int = 1) -> Any:
+    """[n_docs, num_perm] uint32 MinHash signatures (multiply-add-shift hash family)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) | np.uint64(1)
+    b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
+    n = len(offsets) - 1
+    sig = np.empty((n, num_perm), dtype=np.uint32)
+    doc = 0
+    shift = np.uint64(32)
+    while doc < n:
+        # Whole docs per block, at least one, about _CHUNK shingles.
+        end = int(np.searchsorted(offsets, offsets[doc] + _CHUNK, side="right")) - 1
+        end = min(max(end, doc + 1), n)
+        s0, s1 = offsets[doc], offsets[end]
+        x = shingles[s0:s1].astype(np.uint64)
+        block = ((x[:, None] * a[None, :] + b[None, :]) >> shift).astype(np.uint32)
+        sig[doc:end] = np.minimum.reduceat(block, offsets[doc:end] - s0, axis=0)
+        doc = end
+    return sig
+
+
+def candidate_pairs(sig: Any, bands: int, rows: int) -> Any:
+    """[m, 2] int64 pairs (i < j) that share at least one LSH band."""
+    import numpy as np
+
+    n = sig.shape[0]
+    mult = np.random.default_rng(7).integers(1, 2**63, size=rows, dtype=np.uint64) | 1
+    found = []
+    for band in range(bands):
+        cols = sig[:, band * rows : (band + 1) * rows].astype(np.uint64)
+        key = (cols * mult).sum(axis=1)
+        order = np.argsort(key, kind="stable")
+        sk = key[order]
+        same = np.flatnonzero(sk[1:] == sk[:-1]) + 1  # sorted positions continuing a run
+        if not len(same):
+            continue
+        run_start = np.maximum.accumulate(np.where(np.r_[True, sk[1:] != sk[:-1]], np.arange(n), 0))
+        # Each member is paired with its run's first member and with its predecessor.
+        for left in (order[run_start[same]], order[same - 1]):
+            found.append(np.stack([left, order[same]], axis=1))
+    if not found:
+        return np.empty((0, 2), dtype=np.int64)
+    pairs = np.sort(np.concatenate(found), axis=1).astype(np.int64)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    code = np.unique(pairs[:, 0] * n + pairs[:, 1])
+    return np.stack([code // n, code % n], axis=1)
+
+
+class _Components:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        ri, rj = self.find(i), self.find(j)
+        if ri != rj:
+            self.parent[max(ri, rj)] = min(ri, rj)
+
+
+def dedupe(
+    texts: Sequence[str],
+    created_at: Sequence[float],
+    keys: Sequence[str],
+    *,
+    threshold: float = 0.8,
+    num_perm: int = 128,
+    shingle: int = 3,
+    seed: int = 1,
+) -> DedupeResult:
+    """Remove exact then near duplicates (Jaccard >= threshold), keeping the newest of each group.
+
+    `keys` (call ids) break ties between equally new examples, so the result is deterministic."""
+    import numpy as np
+
+    n = len(texts)
+    newest = sorted(range(n), key=lambda i: (created_at[i], keys[i]), reverse=True)
+    rank = {i: r for r, i in enumerate(newest)}  # 0 = newest
+    docs = [words(t) for t in texts]
+    duplicate_of: dict[int, int] = {}
+
+    # Exact: identical normalised word sequences.
+    seen: dict[bytes, int] = {}
+    survivors: list[int] = []
+    for i in newest:
+        digest = hashlib.blake2b(" ".join(docs[i]).encode(), digest_size=16).digest()
+        if digest in seen:
+            duplicate_of[i] = seen[digest]
+        else:
+            seen[digest] = i
+            survivors.append(i)
+    exact = n - len(survivors)
+
+    near = 0
+    if len(survivors) > 1:
+        survivors.sort()
+        sub_docs = [docs[i] for i in survivors]
+        shingles, offsets = shingle_hashes(sub_docs, shingle)
+        sig = minhash_signatures(shingles, offsets, num_perm, seed)
+        bands, rows = lsh_params(threshold, num_perm)
+        pairs = candidate_pairs(sig, bands, rows)
+        if len(pairs):
+            # The sketch's estimate discards clear non-matches cheaply; exact Jaccard decides.
+            estimate = np.empty(len(pairs))
+            for s in range(0, len(pairs), 100_000):
+                p = pairs[s : s + 100_000]
+                estimate[s : s + 100_000] = (sig[p[:, 0]] == sig[p[:, 1]]).mean(axis=1)
+            pairs = pairs[estimate >= threshold - 0.15]
+        sets: dict[int, Any] = {}
+
+        def shingle_set(i: int) -> Any:
+            if i not in sets:
+                sets[i] = np.unique(shingles[offsets[i] : offsets[i + 1]])
+            return sets[i]
+
+        groups = _Components(len(survivors))
+        for i, j in pairs.tolist():
+            a, b = shingle_set(i), shingle_set(j)
+            inter = len(np.intersect1d(a, b, assume_unique=True))
+            if inter / (len(a) + len(b) - inter) >= threshold:
+                groups.union(i, j)
+        members: dict[int, list[int]] = {}
+        for local, original in enumerate(survivors):
+            members.setdefault(groups.find(local), []).append(original)
+        for group in members.values():
+            if len(group) < 2:
+                continue
+            keep = min(group, key=rank.__getitem__)
+            for i in group:
+                if i != keep:
+                    duplicate_of[i] = keep
+                    near += 1
+    # An exact duplicate of a near-duplicate points at the example finally kept.
+    for i, j in list(duplicate_of.items()):
+        while j in duplicate_of:
+            j = duplicate_of[j]
+        duplicate_of[i] = j
+    kept = tuple(i for i in range(n) if i not in duplicate_of)
+    return DedupeResult(kept=kept, exact=exact, near=near, duplicate_of=duplicate_of)

@@ -1,0 +1,357 @@
+"""Curation end to end on SQLite and PostgreSQL: filters, PII, JSONL, dedupe, split, snapshots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stillhouse.config import Config, parse_config
+from stillhouse.curate import snapshot
+from stillhouse.curate.dedupe import dedupe, lsh_params
+from stillhouse.curate.intents import assign_intents
+from stillhouse.curate.pii import luhn_ok, scrub
+from stillhouse.curate.pipeline import curate, curate_calls
+from stillhouse.curate.split import cap_per_intent, stratified_split
+from stillhouse.errors import StillhouseError
+from stillhouse.store import Call, Score, new_id, open_store
+
+FINE_TUNING_KEYS = {"role", "content", "name", "tool_calls", "tool_call_id", "function_call"}
+ROLES = {"system", "user", "assistant", "tool", "function"}
+
+
+def config(tmp_path: Path, store_url: str, **task: Any) -> Config:
+    return parse_config(
+        {
+            "store": {"url": store_url},
+            "models": {"t": {"provider": "openai", "model": "gpt-4.1"}},
+            "tasks": {"support": {"teacher": "t", **task}},
+        },
+        tmp_path,
+    )
+
+
+def call(
+    user: str | list[dict[str, Any]],
+    answer: str | None = "Sure, I can help with that.",
+    *,
+    created_at: float = 1000.0,
+    intent: str | None = None,
+    **kw: Any,
+) -> Call:
+    messages = [{"role": "user", "content": user}] if isinstance(user, str) else user
+    message: dict[str, Any] = {"role": "assistant", "content": answer}
+    if "tool_calls" in kw:
+        message["tool_calls"] = kw.pop("tool_calls")
+    request = {"model": "support", "messages": messages, **kw.pop("request_extra", {})}
+    return Call(
+        id=kw.pop("id", new_id("call")),
+        task="support",
+        request=request,
+        response={"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]},
+        created_at=created_at,
+        metadata=kw.pop("metadata", {"intent": intent} if intent else {}),
+        **kw,
+    )
+
+
+def check_fine_tuning_line(line: dict[str, Any]) -> None:
+    """The checks of OpenAI's chat fine-tuning data validation (format errors it rejects)."""
+    assert set(line) <= {"messages", "tools", "parallel_tool_calls"}, line
+    messages = line["messages"]
+    assert isinstance(messages, list) and messages
+    for m in messages:
+        assert set(m) <= FINE_TUNING_KEYS and m["role"] in ROLES, m
+        assert "content" in m or "tool_calls" in m or "function_call" in m, m
+        if isinstance(m.get("content"), str) or m.get("content") is None:
+            pass
+        else:
+            assert isinstance(m["content"], list)
+        for tc in m.get("tool_calls", []):
+            assert tc["type"] == "function" and isinstance(tc["function"]["arguments"], str)
+    assert any(m["role"] == "assistant" for m in messages)
+    assert messages[-1]["role"] == "assistant"
+
+
+# -- filters, each counted ----------------------------------------------------------------
+def test_each_filter_removes_and_counts(store_url: str, tmp_path: Path) -> None:
+    schema = {"type": "object", "required": ["answer"]}
+    cfg = config(tmp_path, store_url, response_schema=schema, curate={"max_tokens": 200})
+    good = [call(f"question number {i} about my order", '{"answer": "yes"}') for i in range(3)]
+    flagged_by_score = call("was this answer right about refunds", '{"answer": "no"}')
+    hallucinated = call("tell me the refund policy for shoes", '{"answer": "maybe"}')
+    bad = [
+        call("an error", None, status="error", http_status=502, error="upstream down"),
+        call("no answer at all", ""),
+        call([{"role": "system", "content": "only a system prompt"}], '{"answer": "x"}'),
+        call("cut off", '{"answer": "abc', finish_reason="length"),
+        flagged_by_score,
+        hallucinated,
+        call("flagged in metadata", '{"answer": "a"}', metadata={"flagged": True}),
+        call("not json for the schema", "plain words"),
+        call("json missing the required key", '{"reply": "x"}'),
+        call("very long " * 400, '{"answer": "y"}'),
+        call("a student answer", '{"answer": "s"}', role="student"),
+    ]
+    with open_store(store_url) as store:
+        store.insert_calls([*good, *bad])
+        store.insert_scores(
+            [
+                Score(id=new_id("score"), call_id=flagged_by_score.id, name="feedback", value=-1),
+                Score(id=new_id("score"), call_id=hallucinated.id, name="hallucination", value=1),
+                Score(id=new_id("score"), call_id=good[0].id, name="feedback", value=1),
+            ]
+        )
+        report = curate(store, cfg, "support")
+    removed = report.dataset.removed
+    assert removed == {
+        "not_teacher": 1,
+        "error": 1,
+        "incomplete": 2,
+        "truncated": 1,
+        "flagged": 3,
+        "invalid_schema": 2,
+        "too_long": 1,
+        "duplicate": 0,
+        "near_duplicate": 0,
+        "intent_cap": 0,
+    }
+    assert report.dataset.source_count == len(good) + len(bad)
+    assert {e.call_id for e in report.examples} == {c.id for c in good}
+
+
+# -- PII ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("write to jane.doe+support@example.co.uk today", "write to [EMAIL] today"),
+        ("call +44 20 7946 0958 or (555) 123-4567.", "call [PHONE] or [PHONE]."),
+        ("my number is 555-867-5309", "my number is [PHONE]"),
+        ("card 4111 1111 1111 1111 exp 12/27", "card [CARD] exp 12/27"),
+        ("card 5500-0000-0000-0004 please", "card [CARD] please"),
+        ("pay with 4111111111111111 now", "pay with [CARD] now"),
+        ("IBAN GB82 WEST 1234 5698 7654 32 thanks", "IBAN [IBAN] thanks"),
+        ("iban DE89370400440532013000", "iban [IBAN]"),
+        ("ssn 123-45-6789 and NI AB 12 34 56 C", "ssn [NATIONAL_ID] and NI [NATIONAL_ID]"),
+        ("from 192.168.1.20 and 2001:db8::1", "from [IP] and [IP]"),
+    ],
+)
+def test_pii_is_replaced_by_typed_placeholders(text: str, expected: str) -> None:
+    assert scrub(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "card 4111 1111 1111 1112 is not valid",  # fails Luhn: not a card, not a phone
+        "order 12345678 placed on 2024-01-02 at 12:30:45",
+        "version 1.2.3 of the app, 3 items, 42 euros",
+        "IBAN GB00 WEST 1234 5698 7654 32 has a bad checksum",
+    ],
+)
+def test_pii_leaves_non_pii_alone(text: str) -> None:
+    assert scrub(text) == text
+
+
+def test_luhn() -> None:
+    assert luhn_ok("4111111111111111") and luhn_ok("79927398713")
+    assert not luhn_ok("4111111111111112") and not luhn_ok("79927398710")
+
+
+def test_pii_kinds_are_configurable_per_task(store_url: str, tmp_path: Path) -> None:
+    cfg = config(tmp_path, store_url, curate={"pii": ["email"]})
+    c = call("mail a@b.com or call 555-867-5309", "noted a@b.com")
+    report = curate_calls("support", cfg.tasks["support"], [c])
+    line = json.dumps(report.examples[0].example)
+    assert "a@b.com" not in line and "[EMAIL]" in line and "555-867-5309" in line
+
+
+# -- normalisation ----------------------------------------------------------------
+def test_multi_turn_and_tool_calls_are_kept(store_url: str, tmp_path: Path) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup_order",
+                "parameters": {"type": "object", "properties": {"id": {"type": "string"}}},
+            },
+        }
+    ]
+    history = [
+        {"role": "developer", "content": "You are a support agent."},
+        {"role": "user", "content": [{"type": "text", "text": "Where is order 77?"}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "lookup_order", "arguments": '{"id": "77"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"status": "shipped"}'},
+        {"role": "user", "content": "And my email is bob@example.com"},
+    ]
+    final = call(history, "It shipped; I noted [your email].", request_extra={"tools": tools})
+    tool_turn = call(
+        history[:2],
+        None,
+        tool_calls=history[2]["tool_calls"],
+        request_extra={"tools": tools},
+    )
+    cfg = config(tmp_path, store_url)
+    with open_store(store_url) as store:
+        store.insert_calls([final, tool_turn])
+        report = curate(store, cfg, "support")
+        out = tmp_path / "train.jsonl"
+        _, n = snapshot.export(store, report.dataset.id, out, "all")
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert n == 2 == len(lines)
+    for line in lines:
+        check_fine_tuning_line(line)
+        assert line["tools"] == tools
+    by_len = sorted(lines, key=lambda x: len(x["messages"]))
+    assert [m["role"] for m in by_len[1]["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "user",
+        "assistant",
+    ]
+    assert by_len[1]["messages"][1]["content"] == "Where is order 77?"
+    assert by_len[1]["messages"][4]["content"] == "And my email is [EMAIL]"
+    assert by_len[0]["messages"][-1] == {
+        "role": "assistant",
+        "tool_calls": history[2]["tool_calls"],
+    }
+
+
+# -- dedupe ----------------------------------------------------------------
+LOREM = (
+    "my parcel was supposed to arrive on monday but the tracking page still says it is waiting "
+    "at the depot and nobody answers the phone line so I would like to know whether I should "
+    "cancel the order and buy elsewhere or wait a few more days for the courier"
+)
+
+
+def test_near_duplicates_are_removed_keeping_the_newest(store_url: str, tmp_path: Path) -> None:
+    original = call(LOREM, "Please wait two more days.", created_at=100)
+    edited = call(LOREM.replace("monday", "tuesday"), "Please wait two more days.", created_at=200)
+    exact = call(LOREM.upper(), "Please wait two more days!", created_at=50)
+    other = call("how do I change the email address on my account settings page", created_at=10)
+    cfg = config(tmp_path, store_url)
+    with open_store(store_url) as store:
+        store.insert_calls([original, edited, exact, other])
+        report = curate(store, cfg, "support")
+    assert {e.call_id for e in report.examples} == {edited.id, other.id}
+    assert report.dataset.removed["duplicate"] == 1
+    assert report.dataset.removed["near_duplicate"] == 1
+
+
+def test_dedupe_threshold_and_parameters() -> None:
+    bands, rows = lsh_params(0.8, 128)
+    assert bands * rows <= 128 and 1 - (1 - 0.9**rows) ** bands > 0.99
+    texts = [LOREM, LOREM.replace("monday", "tuesday"), " ".join(reversed(LOREM.split()))]
+    loose = dedupe(texts, [1, 2, 3], ["a", "b", "c"], threshold=0.8)
+    assert loose.kept == (1, 2) and loose.duplicate_of == {0: 1}
+    strict = dedupe(texts, [1, 2, 3], ["a", "b", "c"], threshold=0.99)
+    assert strict.kept == (0, 1, 2)
+
+
+# -- intents and split ----------------------------------------------------------------
+def test_split_is_seeded_stratified_and_stable() -> None:
+    keys = [f"k{i}" for i in range(200)]
+    intents = ["a"] * 100 + ["b"] * 60 + ["c"] * 40
+    first = stratified_split(keys, intents, holdout=0.15, seed=3)
+    assert first == stratified_split(keys, intents, holdout=0.15, seed=3)
+    shuffled = list(range(200))[::-1]
+    again = stratified_split(
+        [keys[i] for i in shuffled], [intents[i] for i in shuffled], holdout=0.15, seed=3
+    )
+    assert [again[shuffled.index(i)] for i in range(200)] == first  # order does not matter
+    for intent, n in (("a", 15), ("b", 9), ("c", 6)):
+        assert sum(s == "holdout" for s, t in zip(first, intents, strict=True) if t == intent) == n
+    assert first != stratified_split(keys, intents, holdout=0.15, seed=4)
+
+
+def test_per_intent_cap_keeps_the_newest() -> None:
+    kept = cap_per_intent(["a", "a", "a", "b"], [1, 3, 2, 0], ["w", "x", "y", "z"], 2)
+    assert kept == [1, 2, 3]
+
+
+def test_intents_from_metadata_else_clusters() -> None:
+    known = ["refund", None, None, None, None, None]
+    texts = [
+        "refund please",
+        "my card was stolen block it",
+        "stolen card block it now",
+        "block my stolen card",
+        "what are your opening hours on sunday",
+        "opening hours sunday please",
+    ]
+    intents, method = assign_intents(known, texts, seed=0)
+    assert method == "tfidf" and intents[0] == "refund"
+    assert all(i.startswith("cluster:") for i in intents[1:])
+    assert assign_intents(known, texts, seed=0) == (intents, method)
+    assert assign_intents(["a", "b"], ["x", "y"]) == (["a", "b"], "metadata")
+
+
+# -- snapshots ----------------------------------------------------------------
+def test_snapshot_is_content_hashed_stable_and_immutable(store_url: str, tmp_path: Path) -> None:
+    cfg = config(tmp_path, store_url)
+    topics = ["refund", "lost card", "address change", "password reset"]
+    calls = [
+        call(
+            f"ticket {i}: question about {topics[i % 4]} with details {i * 7919 % 1000} and more",
+            f"answer {i}",
+            created_at=1000 + i,
+            intent=topics[i % 4],
+        )
+        for i in range(80)
+    ]
+    with open_store(store_url) as store:
+        store.insert_calls(calls)
+        first = curate(store, cfg, "support")
+        second = curate(store, cfg, "support")
+        assert first.created and not second.created
+        assert second.dataset == first.dataset  # the stored snapshot, untouched
+        assert [d.id for d in store.list_datasets("support")] == [first.dataset.id]
+        d = first.dataset
+        assert d.id == f"ds_{d.content_hash[:16]}"
+        assert (d.train_count, d.holdout_count, d.intents_count) == (68, 12, 4)
+        assert d.config["holdout"] == 0.15 and d.config["intent_method"] == "metadata"
+        holdout = {e.call_id for e in store.dataset_examples(d.id, "holdout")}
+        assert holdout == {e.call_id for e in second.examples if e.split == "holdout"}
+
+        # New traffic makes a new snapshot; the first one stays as it was.
+        store.insert_calls([call("a brand new question about refund timing", created_at=5000)])
+        third = curate(store, cfg, "support")
+        assert third.dataset.id != d.id and third.dataset.train_count == 69
+        snapshot.verify(store, store.get_dataset(d.id))  # type: ignore[arg-type]
+
+        # Tampering with stored lines is detected before anything is exported.
+        store.conn.execute(
+            store._sql("UPDATE dataset_examples SET split = 'train' WHERE dataset_id = ?"),
+            (d.id,),
+        )
+        store.conn.commit()
+        with pytest.raises(StillhouseError, match="content hash"):
+            snapshot.export(store, d.id, tmp_path / "x.jsonl", "train")
+
+
+def test_a_different_seed_gives_a_different_split(store_url: str, tmp_path: Path) -> None:
+    calls = [
+        call(f"question {i} about topic {i % 3} and words", created_at=i, intent=str(i % 3))
+        for i in range(60)
+    ]
+    a = curate_calls("support", config(tmp_path, store_url).tasks["support"], calls)
+    b = curate_calls(
+        "support", config(tmp_path, store_url, curate={"seed": 9}).tasks["support"], calls
+    )
+    assert a.dataset.content_hash != b.dataset.content_hash
+    assert a.dataset.holdout_count == b.dataset.holdout_count == 9
