@@ -293,6 +293,33 @@ def test_sources_resolve_names_paths_and_hub_ids(tiny_dir: Path, tmp_path: Path)
         resolve("no-such-model")
 
 
+def test_a_lora_adapter_changes_the_answers(tiny_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    torch.manual_seed(1)
+    # init_lora_weights=False: random A and B, so the adapter really moves the outputs
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        init_lora_weights=False,
+    )
+    get_peft_model(base, lora).save_pretrained(tmp_path / "adapter")
+    plain = Engine.load(str(tiny_dir), name="plain")
+    adapted = Engine.load(str(tiny_dir), adapter=tmp_path / "adapter", name="adapted")
+    try:
+        params = SamplingParams(max_tokens=12, top_logprobs=1)
+        a, b = plain.generate(HELLO, params), adapted.generate(HELLO, params)
+        assert [t.logprob for t in a.tokens] != [t.logprob for t in b.tokens]
+        assert adapted.generate(HELLO, params) == b  # and deterministically so
+    finally:
+        plain.close()
+        adapted.close()
+
+
 @pytest.mark.slow
 def test_packaged_smollm2_loads_and_answers_offline(tmp_path: Path) -> None:
     if not next(m for m in list_models() if m["name"] == "smollm2-135m-instruct")["ready"]:

