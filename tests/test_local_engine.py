@@ -189,10 +189,11 @@ async def test_concurrent_requests_are_batched(server: ServerThread, engine: Eng
 def test_bad_input_gets_an_openai_shaped_error(
     server: ServerThread, body: dict[str, Any], status: int, param: str
 ) -> None:
-    r = httpx.post(server.url + "/v1/chat/completions", json=body)
-    assert r.status_code == status
-    error = r.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["param"] == param
+    for stream in (False, True):  # a stream's errors come before it starts, as a status
+        r = httpx.post(server.url + "/v1/chat/completions", json={**body, "stream": stream})
+        assert r.status_code == status
+        error = r.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["param"] == param
 
 
 def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
@@ -318,6 +319,18 @@ def test_a_lora_adapter_changes_the_answers(tiny_dir: Path, tmp_path: Path) -> N
     finally:
         plain.close()
         adapted.close()
+
+
+def test_adapter_config_is_for_local_models_and_relative_to_the_file(tmp_path: Path) -> None:
+    from stillhouse.errors import ConfigError
+
+    def models(**model: Any) -> dict[str, Any]:
+        return {"models": {"m": {"model": "smollm2-135m-instruct", **model}}}
+
+    config = parse_config(models(provider="local", adapter="adapters/v1"), tmp_path)
+    assert config.models["m"].adapter == str(tmp_path.resolve() / "adapters" / "v1")
+    with pytest.raises(ConfigError, match="models.m: adapter is only for provider 'local'"):
+        parse_config(models(provider="openai", adapter="a"), tmp_path)
 
 
 @pytest.mark.slow

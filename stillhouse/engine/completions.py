@@ -23,6 +23,7 @@ from .runtime import (
     Engine,
     Event,
     Finished,
+    Request,
     SamplingParams,
     TokenLogprob,
 )
@@ -114,7 +115,8 @@ class LocalCompletions:
                     self._engine = await asyncio.to_thread(self._load)
         return self._engine
 
-    async def _events(self, request: ChatCompletionRequest) -> AsyncIterator[Event]:
+    async def _submit(self, request: ChatCompletionRequest) -> tuple[Request, asyncio.Queue[Event]]:
+        """Queue the request on the engine; bad input raises here, before any answer starts."""
         params = sampling_params(request)
         engine = await self.engine()
         prompt = await asyncio.to_thread(engine.prompt_ids, _messages(request), request.tools)
@@ -126,7 +128,10 @@ class LocalCompletions:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
-        handle = engine.submit(prompt, params, emit)
+        return engine.submit(prompt, params, emit), events
+
+    @staticmethod
+    async def _follow(handle: Request, events: asyncio.Queue[Event]) -> AsyncIterator[Event]:
         try:
             while True:
                 event = await events.get()
@@ -143,7 +148,7 @@ class LocalCompletions:
 
     async def complete(self, request: ChatCompletionRequest) -> dict[str, Any]:
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        async for event in self._events(request):
+        async for event in self._follow(*await self._submit(request)):
             if isinstance(event, Finished):
                 choice = {
                     "index": 0,
@@ -169,12 +174,16 @@ class LocalCompletions:
             choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
             return {**base, "choices": [choice]}
 
-        yield chunk({"role": "assistant", "content": ""})
-        async for event in self._events(request):
-            if isinstance(event, Delta):
-                lp = _logprobs(event.tokens) if request.logprobs else None
-                yield chunk({"content": event.text}, lp=lp)
-            elif isinstance(event, Finished):
-                yield {**chunk({}, event.finish_reason), "stillhouse": extension(event)}
-                if (request.stream_options or {}).get("include_usage"):
-                    yield {**base, "choices": [], "usage": _usage(event)}
+        submitted = await self._submit(request)
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            async for event in self._follow(*submitted):
+                if isinstance(event, Delta):
+                    lp = _logprobs(event.tokens) if request.logprobs else None
+                    yield chunk({"content": event.text}, lp=lp)
+                elif isinstance(event, Finished):
+                    yield {**chunk({}, event.finish_reason), "stillhouse": extension(event)}
+                    if (request.stream_options or {}).get("include_usage"):
+                        yield {**base, "choices": [], "usage": _usage(event)}
+        finally:
+            submitted[0].cancel()  # the client may leave before the engine finishes

@@ -81,16 +81,25 @@ class Request:
 
 @dataclass
 class EngineStats:
+    """Counters for /healthz and the benchmark; `batch_sizes` counts decode steps by how many
+    requests each step advanced together."""
+
     requests: int = 0
-    batches: int = 0
+    steps: int = 0
     tokens: int = 0
     max_batch_size: int = 0
     batch_sizes: Counter[int] = field(default_factory=Counter)
 
+    def step(self, size: int) -> None:
+        self.steps += 1
+        self.tokens += size
+        self.batch_sizes[size] += 1
+        self.max_batch_size = max(self.max_batch_size, size)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
-            "batches": self.batches,
+            "steps": self.steps,
             "tokens": self.tokens,
             "max_batch_size": self.max_batch_size,
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
@@ -124,6 +133,11 @@ class _Sequence:
         self.sent_tokens = 0
         self.generated = 0
         self.done = False
+        self.generator: Any = None
+        if request.params.seed is not None:
+            import torch
+
+            self.generator = torch.Generator().manual_seed(request.params.seed)
 
     def _token_text(self, token_id: int) -> str:
         return str(self.tokenizer.decode([token_id]))
@@ -289,10 +303,11 @@ class Engine:
         atexit.unregister(self.close)
 
     # -- the worker --------------------------------------------------------------------------
-    def _take_batch(self, first: Request) -> list[Request]:
-        batch = [first]
-        deadline = time.monotonic() + self.gather
-        while len(batch) < self.max_batch:
+    def _take(self, first: Request | None, room: int, wait: float) -> list[Request]:
+        """`first` and whatever else is queued, up to `room`, waiting at most `wait` seconds."""
+        batch = [first] if first is not None else []
+        deadline = time.monotonic() + wait
+        while len(batch) < room:
             try:
                 item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
@@ -308,94 +323,125 @@ class Engine:
             first = self._queue.get()
             if first is None:
                 return
-            batch = self._take_batch(first)
+            batch = self._take(first, self.max_batch, self.gather)
             if not batch:
                 continue
-            self.stats.batches += 1
-            self.stats.requests += len(batch)
-            self.stats.batch_sizes[len(batch)] += 1
-            self.stats.max_batch_size = max(self.stats.max_batch_size, len(batch))
+            running: list[_Sequence] = []
             try:
-                self._decode(batch)
+                self._decode(batch, running)
             except Exception as err:  # one bad batch must not take the engine down
-                log.exception("decoding a batch of %d failed", len(batch))
-                for request in batch:
-                    with contextlib.suppress(Exception):
-                        request.emit(err)
+                log.exception("decoding a batch of %d failed", len(running))
+                for seq in running:
+                    if not seq.done:
+                        with contextlib.suppress(Exception):
+                            seq.request.emit(err)
 
-    def _decode(self, batch: list[Request]) -> None:
+    def _decode(self, batch: list[Request], rows: list[_Sequence]) -> None:
+        """Decode until every request is done, admitting queued requests between steps
+        (continuous batching): row i of the KV cache belongs to rows[i]."""
         import torch
 
-        seqs = [
-            _Sequence(r, self.tokenizer, self.eos_ids, self.context - len(r.prompt_ids))
-            for r in batch
-        ]
-        width = max(len(r.prompt_ids) for r in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, r in enumerate(batch):
-            input_ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            mask[i, width - len(r.prompt_ids) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        generators = [
-            torch.Generator().manual_seed(r.params.seed) if r.params.seed is not None else None
-            for r in batch
-        ]
-        alive = list(range(len(batch)))  # rows of the running batch -> index into seqs
-        past = None
+        pending = batch
+        past: Any = None
+        mask = positions = chosen = torch.empty(0)
         with torch.inference_mode():
             while True:
-                out = self.model(
-                    input_ids=input_ids,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    past_key_values=past,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                past = out.past_key_values
-                logits = out.logits[:, -1, :].float()
-                chosen = self._choose(
-                    logits, [seqs[i] for i in alive], [generators[i] for i in alive]
-                )
-                logprobs = torch.log_softmax(logits, dim=-1)
-                picked = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
-                k = max(seqs[i].request.params.top_logprobs for i in alive)
-                top_ids = top_lps = None
-                if k:
-                    top = logprobs.topk(k, dim=-1)
-                    top_ids, top_lps = top.indices.tolist(), top.values.tolist()
-                ids = chosen.tolist()
-                self.stats.tokens += len(alive)
-                for row, i in enumerate(alive):
-                    seq = seqs[i]
-                    if seq.request.cancelled:
-                        seq.done = True
-                        continue
-                    want = seq.request.params.top_logprobs
-                    top_pairs = (
-                        list(zip(top_ids[row][:want], top_lps[row][:want], strict=True))
-                        if want and top_ids is not None and top_lps is not None
-                        else []
+                if pending:
+                    new = [self._sequence(r) for r in pending]
+                    self.stats.requests += len(new)
+                    logits, new_past, new_mask, new_positions = self._prefill(new)
+                    new_chosen = self._pick(logits, new)
+                    if rows:
+                        past, mask = _merge_caches(past, mask, new_past, new_mask)
+                        positions = torch.cat([positions, new_positions])
+                        chosen = torch.cat([chosen, new_chosen])
+                    else:
+                        past, mask, positions, chosen = (
+                            new_past,
+                            new_mask,
+                            new_positions,
+                            new_chosen,
+                        )
+                    rows.extend(new)
+                    pending = []
+                else:
+                    mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+                    positions = positions + 1
+                    out = self.model(
+                        input_ids=chosen[:, None],
+                        attention_mask=mask,
+                        position_ids=positions,
+                        past_key_values=past,
+                        use_cache=True,
+                        logits_to_keep=1,
                     )
-                    seq.add(ids[row], picked[row], top_pairs)
-                keep = [row for row, i in enumerate(alive) if not seqs[i].done]
-                if not keep:
-                    return
-                if len(keep) < len(alive):
-                    # Finished rows leave the batch so the rest decode at their own width.
-                    index = torch.tensor(keep)
+                    past = out.past_key_values
+                    chosen = self._pick(out.logits[:, -1, :], rows)
+                keep = [i for i, seq in enumerate(rows) if not seq.done]
+                if len(keep) < len(rows):
+                    # Finished rows leave at once so the rest decode at their own width.
+                    index = torch.tensor(keep, dtype=torch.long)
                     past.batch_select_indices(index)
-                    mask = mask[index]
-                    positions = positions[index]
-                    chosen = chosen[index]
-                    alive = [alive[row] for row in keep]
-                input_ids = chosen[:, None]
-                mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=torch.long)], dim=1)
-                positions = positions[:, -1:] + 1
+                    mask, positions, chosen = mask[index], positions[index], chosen[index]
+                    rows[:] = [rows[i] for i in keep]
+                    if not rows:
+                        return
+                    past, mask = _trim_padding(past, mask)
+                if len(rows) < self.max_batch and _mergeable(past):
+                    pending = self._take(None, self.max_batch - len(rows), 0.0)
+
+    def _sequence(self, request: Request) -> _Sequence:
+        room = self.context - len(request.prompt_ids)
+        return _Sequence(request, self.tokenizer, self.eos_ids, room)
+
+    def _prefill(self, seqs: list[_Sequence]) -> tuple[Any, Any, Any, Any]:
+        """Run the prompts (left-padded) through the model: (last logits, cache, mask, last
+        positions)."""
+        import torch
+
+        prompts = [s.request.prompt_ids for s in seqs]
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            input_ids[i, width - len(prompt) :] = torch.tensor(prompt)
+            mask[i, width - len(prompt) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :], out.past_key_values, mask, positions[:, -1:]
+
+    def _pick(self, logits: Any, seqs: list[_Sequence]) -> Any:
+        """Choose each row's next token, record its logprob (and the top ones) on its sequence."""
+        import torch
+
+        self.stats.step(len(seqs))
+        logits = logits.float()
+        chosen = self._choose(logits, seqs)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        picked = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+        k = max(seq.request.params.top_logprobs for seq in seqs)
+        top_ids: list[list[int]] = []
+        top_lps: list[list[float]] = []
+        if k:
+            top = logprobs.topk(k, dim=-1)
+            top_ids, top_lps = top.indices.tolist(), top.values.tolist()
+        for row, (seq, token) in enumerate(zip(seqs, chosen.tolist(), strict=True)):
+            if seq.request.cancelled:
+                seq.done = True
+                continue
+            want = seq.request.params.top_logprobs
+            pairs = list(zip(top_ids[row][:want], top_lps[row][:want], strict=True)) if want else []
+            seq.add(token, picked[row], pairs)
+        return chosen
 
     @staticmethod
-    def _choose(logits: Any, seqs: list[_Sequence], generators: list[Any]) -> Any:
+    def _choose(logits: Any, seqs: list[_Sequence]) -> Any:
         """Greedy rows take the argmax; sampled rows draw with temperature and top-p."""
         import torch
 
@@ -411,8 +457,51 @@ class Engine:
                 cut = (ordered.cumsum(0) - ordered) >= params.top_p
                 ordered[cut] = 0.0
                 probs = torch.zeros_like(probs).scatter(0, order, ordered)
-            chosen[row] = torch.multinomial(probs, 1, generator=generators[row])[0]
+            chosen[row] = torch.multinomial(probs, 1, generator=seq.generator)[0]
         return chosen
+
+
+def _mergeable(past: Any) -> bool:
+    """Only plain growing caches can be padded and joined; others decode their batch alone."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers: list[Any] = getattr(past, "layers", None) or []
+    return bool(layers) and all(
+        type(layer) is DynamicLayer and layer.is_initialized for layer in layers
+    )
+
+
+def _merge_caches(past: Any, mask: Any, other: Any, other_mask: Any) -> tuple[Any, Any]:
+    """Join `other`'s rows under `past`'s, left-padding the shorter one (padding is masked)."""
+    import torch
+    import torch.nn.functional as F
+
+    width = max(mask.shape[1], other_mask.shape[1])
+    for mine, theirs in zip(past.layers, other.layers, strict=True):
+        for name in ("keys", "values"):
+            a, b = getattr(mine, name), getattr(theirs, name)
+            a = F.pad(a, (0, 0, width - a.shape[-2], 0))
+            b = F.pad(b, (0, 0, width - b.shape[-2], 0))
+            setattr(mine, name, torch.cat([a, b]))
+    mask = torch.cat(
+        [
+            F.pad(mask, (width - mask.shape[1], 0)),
+            F.pad(other_mask, (width - other_mask.shape[1], 0)),
+        ]
+    )
+    return past, mask
+
+
+def _trim_padding(past: Any, mask: Any) -> tuple[Any, Any]:
+    """Drop leading cache columns that no remaining row attends to."""
+    used = mask.any(dim=0).nonzero()
+    start = int(used[0]) if len(used) else 0
+    if start == 0 or not _mergeable(past):
+        return past, mask
+    for layer in past.layers:
+        layer.keys = layer.keys[..., start:, :]
+        layer.values = layer.values[..., start:, :]
+    return past, mask[:, start:]
 
 
 def load_model(
