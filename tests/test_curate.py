@@ -355,3 +355,16 @@ def test_a_different_seed_gives_a_different_split(store_url: str, tmp_path: Path
     )
     assert a.dataset.content_hash != b.dataset.content_hash
     assert a.dataset.holdout_count == b.dataset.holdout_count == 9
+
+
+def test_a_long_shared_system_prompt_does_not_make_duplicates() -> None:
+    system = {"role": "system", "content": LOREM * 5}
+    calls = [
+        call([system, {"role": "user", "content": "how do I reset my password"}], "Use the link."),
+        call([system, {"role": "user", "content": "what are the opening hours"}], "Nine to five."),
+    ]
+    cfg = parse_config(
+        {"models": {"t": {"provider": "openai", "model": "x"}}, "tasks": {"s": {"teacher": "t"}}}
+    )
+    report = curate_calls("s", cfg.tasks["s"], calls)
+    assert report.dataset.removed["near_duplicate"] == 0 and len(report.examples) == 2

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 Method = Literal["auto", "metadata", "tfidf", "embeddings"]
 UNKNOWN = "unknown"
-_FIT_SAMPLE = 20_000  # larger sets are fitted on a seeded sample and the rest predicted
+_FIT_SAMPLE = 10_000  # larger sets are fitted on a seeded sample and the rest predicted
 
 
 def default_clusters(n: int) -> int:
@@ -79,7 +79,7 @@ def cluster(
         sublinear_tf=True,
         stop_words="english",
         min_df=2 if n >= 50 else 1,
-        max_features=50_000,
+        max_features=20_000,
         token_pattern=r"(?u)\b[^\W\d_]{2,}\b",  # words, not numbers or ids
     )
     sample = [texts[i] for i in fit_rows]
@@ -87,7 +87,13 @@ def cluster(
         fitted = vectorizer.fit_transform(sample)
     except ValueError:  # nothing but stop words and numbers
         return ["cluster:all"] * n
-    model = MiniBatchKMeans(n_clusters=min(k, fitted.shape[0]), random_state=seed, n_init=3)
+    model = MiniBatchKMeans(
+        n_clusters=min(k, fitted.shape[0]),
+        random_state=seed,
+        n_init=1,
+        batch_size=2048,
+        compute_labels=False,
+    )
     model.fit(fitted)
     labels = model.predict(vectorizer.transform(texts))
     names = _names_from_terms(model.cluster_centers_, vectorizer.get_feature_names_out())

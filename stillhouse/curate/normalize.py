@@ -36,6 +36,11 @@ class Example:
         """Every turn's text (tool arguments included), for dedupe and intent clustering."""
         return "\n".join(message_text(m) for m in self.messages)
 
+    def dedupe_text(self) -> str:
+        """The turns without the system prompt: one long shared system prompt would otherwise
+        make every pair of conversations look alike."""
+        return "\n".join(message_text(m) for m in self.messages if m["role"] != "system")
+
     def user_text(self) -> str:
         return "\n".join(message_text(m) for m in self.messages if m["role"] == "user")
 

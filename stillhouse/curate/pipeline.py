@@ -87,7 +87,7 @@ def curate_calls(
     examples = [scrubber.example(e) for e in examples]
     lap("pii")
     result = dedupe(
-        [e.text() for e in examples],
+        [e.dedupe_text() for e in examples],
         [e.created_at for e in examples],
         [e.call_id for e in examples],
         threshold=cfg.dedupe_threshold,
