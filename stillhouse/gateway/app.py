@@ -12,7 +12,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,7 +21,7 @@ from starlette.routing import Route
 
 from ..config import Config
 from ..errors import ConfigError, HTTPError, NotFound, Unauthorized
-from ..providers import Provider, build_provider
+from ..providers import Provider, SharedSession, build_provider
 from ..store import CaptureWriter, open_store
 from .chat import ChatCompletions, error_response
 from .metrics import CONTENT_TYPE, GatewayMetrics
@@ -59,10 +58,7 @@ def create_app(config: Config, *, writer: CaptureWriter | None = None) -> Starle
     writer = writer or default_writer(config)
     keys = _gateway_keys(config)
     metrics = GatewayMetrics(writer)
-    client = httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-        timeout=httpx.Timeout(60.0),
-    )
+    client = SharedSession()
     providers: dict[str, Provider] = {
         name: build_provider(name, model, client) for name, model in config.models.items()
     }
@@ -115,10 +111,11 @@ def create_app(config: Config, *, writer: CaptureWriter | None = None) -> Starle
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         writer.start()
+        await client.open()
         try:
             yield
         finally:
-            await client.aclose()
+            await client.close()
             writer.close()
 
     app = Starlette(

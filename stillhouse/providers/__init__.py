@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import httpx
-
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .base import Chunk, Provider
+from .base import Chunk, Provider, SharedSession
 
 
-def build_provider(name: str, config: ModelConfig, client: httpx.AsyncClient) -> Provider:
+def build_provider(name: str, config: ModelConfig, client: SharedSession) -> Provider:
     """The provider for model `name` of stillhouse.toml, sharing `client`."""
     if config.provider in ("openai", "openai-compatible"):
         from .openai_compatible import OpenAICompatible
@@ -32,4 +30,4 @@ def build_provider(name: str, config: ModelConfig, client: httpx.AsyncClient) ->
     )
 
 
-__all__ = ["Chunk", "Provider", "build_provider"]
+__all__ = ["Chunk", "Provider", "SharedSession", "build_provider"]

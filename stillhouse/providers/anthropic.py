@@ -11,18 +11,21 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from ..config import ModelConfig
 from ..errors import UpstreamError
 from .base import (
     Chunk,
+    SharedSession,
     bad_reply,
     error_from_response,
     post,
+    read_json,
     secret_header,
     sse_data,
+    timeouts,
     with_retries,
 )
 
@@ -317,7 +320,7 @@ class _StreamTranslator:
             self.done = True
             return {**self.chunk(None), "usage": to_openai_usage(self.usage)}
         elif kind == "error":
-            raise error_from_response(502, orjson.dumps(event), httpx.Headers())
+            raise error_from_response(502, orjson.dumps(event))
         # ping, content_block_stop, thinking deltas and event types added later carry nothing
         return None
 
@@ -327,11 +330,11 @@ class Anthropic:
 
     name = "anthropic"
 
-    def __init__(self, model_name: str, config: ModelConfig, client: httpx.AsyncClient) -> None:
+    def __init__(self, model_name: str, config: ModelConfig, client: SharedSession) -> None:
         self.model_name = model_name
         self.config = config
         self.client = client
-        self.timeout = httpx.Timeout(config.timeout, connect=min(config.timeout, 10.0))
+        self.timeout, self.stream_timeout = timeouts(config)
 
     @property
     def url(self) -> str:
@@ -350,14 +353,14 @@ class Anthropic:
             headers["x-api-key"] = key
         return headers
 
-    async def _send(self, payload: bytes, stream: bool) -> httpx.Response:
+    async def _send(self, payload: bytes, stream: bool) -> aiohttp.ClientResponse:
+        timeout = self.stream_timeout if stream else self.timeout
         return await post(
-            self.client,
+            self.client.session,
             self.url,
             payload,
             self.headers(),
-            self.timeout,
-            stream=stream,
+            timeout,
             model_name=self.model_name,
         )
 
@@ -365,11 +368,7 @@ class Anthropic:
         payload = orjson.dumps({**to_anthropic_request(body), "stream": False})
 
         async def attempt() -> dict[str, Any]:
-            response = await self._send(payload, stream=False)
-            try:
-                data = orjson.loads(response.content)
-            except orjson.JSONDecodeError:
-                raise bad_reply(self.model_name, "answered with something not JSON") from None
+            data = await read_json(await self._send(payload, stream=False), self.model_name)
             if not isinstance(data, dict) or not isinstance(data.get("content"), list):
                 raise bad_reply(self.model_name, "answered without content")
             return to_openai_response(data)

@@ -1,4 +1,4 @@
-"""What every provider is: a transport with `complete` and `stream` over a shared httpx client.
+"""What every provider is: a transport with `complete` and `stream` over one shared HTTP session.
 
 Requests and responses are OpenAI chat-completion dicts whatever the upstream speaks; a provider
 translates at its edge. Failures raise UpstreamError carrying the upstream's status and message.
@@ -12,8 +12,9 @@ import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-import httpx
+import aiohttp
 import orjson
+from multidict import CIMultiDictProxy
 
 from ..config import ModelConfig
 from ..errors import ConfigError, UpstreamError
@@ -23,6 +24,48 @@ T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 MAX_BACKOFF = 8.0
+
+
+# SSE lines (one event's JSON) up to this size; aiohttp's default limit is 128 KiB.
+READ_BUFFER = 1 << 20
+
+
+class SharedSession:
+    """The one aiohttp session every provider of an app uses: opened and closed by its lifespan.
+
+    aiohttp rather than httpx: measured on the gateway benchmark, httpx's connection pool cost
+    more CPU per request than the rest of the gateway together (docs/benchmarks.md).
+    """
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector, read_bufsize=READ_BUFFER, trust_env=False
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the HTTP session is not open: run the app's lifespan")
+        return self._session
+
+
+def timeouts(config: ModelConfig) -> tuple[aiohttp.ClientTimeout, aiohttp.ClientTimeout]:
+    """(whole answer, stream): a stream may run long, but not stall between chunks."""
+    connect = min(config.timeout, 10.0)
+    return (
+        aiohttp.ClientTimeout(total=config.timeout, connect=connect),
+        aiohttp.ClientTimeout(total=None, connect=connect, sock_read=config.timeout),
+    )
 
 
 class Provider(Protocol):
@@ -50,7 +93,9 @@ def secret_header(config: ModelConfig, model_name: str) -> str | None:
         ) from None
 
 
-def error_from_response(status: int, content: bytes, headers: httpx.Headers) -> UpstreamError:
+def error_from_response(
+    status: int, content: bytes, headers: CIMultiDictProxy[str] | None = None
+) -> UpstreamError:
     """An UpstreamError from an upstream's error reply (OpenAI or Anthropic shaped, or not)."""
     message = content.decode("utf-8", "replace")[:2000] or f"upstream answered {status}"
     err_type, code, param = "upstream_error", None, None
@@ -78,7 +123,9 @@ def error_from_response(status: int, content: bytes, headers: httpx.Headers) -> 
     return err
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
+def _retry_after(headers: CIMultiDictProxy[str] | None) -> float | None:
+    if headers is None:
+        return None
     value = headers.get("retry-after-ms")
     if value:
         try:
@@ -92,11 +139,11 @@ def _retry_after(headers: httpx.Headers) -> float | None:
         return None
 
 
-def transport_error(err: httpx.HTTPError, model_name: str) -> UpstreamError:
+def transport_error(err: BaseException, model_name: str) -> UpstreamError:
     """Connection refused, reset, timed out: no HTTP answer at all."""
-    if isinstance(err, httpx.TimeoutException):
+    if isinstance(err, TimeoutError):
         return UpstreamError(
-            f"upstream model '{model_name}' timed out ({type(err).__name__})",
+            f"upstream model '{model_name}' timed out",
             status=504,
             code="upstream_timeout",
             retryable=True,
@@ -110,25 +157,27 @@ def transport_error(err: httpx.HTTPError, model_name: str) -> UpstreamError:
 
 
 async def post(
-    client: httpx.AsyncClient,
+    session: aiohttp.ClientSession,
     url: str,
     payload: bytes,
     headers: dict[str, str],
-    timeout: httpx.Timeout,
+    timeout: aiohttp.ClientTimeout,
     *,
-    stream: bool,
     model_name: str,
-) -> httpx.Response:
+) -> aiohttp.ClientResponse:
     """One attempt: the response, or an UpstreamError for a transport failure or a 4xx/5xx."""
-    request = client.build_request("POST", url, content=payload, headers=headers, timeout=timeout)
     try:
-        response = await client.send(request, stream=stream)
-    except httpx.HTTPError as err:
+        response = await session.post(url, data=payload, headers=headers, timeout=timeout)
+    except (aiohttp.ClientError, TimeoutError) as err:
         raise transport_error(err, model_name) from err
-    if response.status_code >= 400:
-        content = await response.aread()
-        await response.aclose()
-        raise error_from_response(response.status_code, content, response.headers)
+    if response.status >= 400:
+        try:
+            content = await response.read()
+        except (aiohttp.ClientError, TimeoutError):
+            content = b""
+        finally:
+            response.release()
+        raise error_from_response(response.status, content, response.headers)
     return response
 
 
@@ -136,23 +185,43 @@ def bad_reply(model_name: str, what: str) -> UpstreamError:
     return UpstreamError(f"upstream model '{model_name}' {what}", code="bad_upstream_response")
 
 
-async def sse_data(response: httpx.Response, model_name: str) -> AsyncGenerator[Any, None]:
-    """The JSON of each `data:` line of an SSE response (`[DONE]` comes as None); closes it."""
+async def read_json(response: aiohttp.ClientResponse, model_name: str) -> Any:
+    """The whole body of a non-streaming answer, parsed."""
     try:
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
+        content = await response.read()
+    except (aiohttp.ClientError, TimeoutError) as err:
+        raise transport_error(err, model_name) from err
+    finally:
+        response.release()
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        raise bad_reply(model_name, "answered with something not JSON") from None
+
+
+async def sse_data(response: aiohttp.ClientResponse, model_name: str) -> AsyncGenerator[Any, None]:
+    """The JSON of each `data:` line of an SSE response (`[DONE]` comes as None); releases it."""
+    try:
+        async for line in response.content:
+            if not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()
-            yield None if data == "[DONE]" else orjson.loads(data)
-    except httpx.HTTPError as err:
+            yield None if data == b"[DONE]" else orjson.loads(data)
+    except TimeoutError as err:
+        raise UpstreamError(
+            f"upstream model '{model_name}' stalled mid-stream",
+            code="upstream_timeout",
+            status=504,
+        ) from err
+    except aiohttp.ClientError as err:
         raise UpstreamError(
             f"upstream model '{model_name}' broke off the stream: {type(err).__name__}",
             code="upstream_stream_cut",
         ) from err
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, ValueError):
         raise bad_reply(model_name, "sent a malformed stream event") from None
     finally:
-        await response.aclose()
+        response.release()
 
 
 async def with_retries(

@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 
 from ..config import ModelConfig
 from ..errors import HTTPError, UpstreamError
-from .base import Chunk
+from .base import Chunk, SharedSession
 
 
 def _upstream_error(err: Exception, model_name: str) -> UpstreamError:
@@ -37,7 +36,7 @@ class Local:
 
     name = "local"
 
-    def __init__(self, model_name: str, config: ModelConfig, client: httpx.AsyncClient) -> None:
+    def __init__(self, model_name: str, config: ModelConfig, client: SharedSession) -> None:
         from ..engine.completions import LocalCompletions
 
         self.model_name = model_name

@@ -6,12 +6,23 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from ..config import ModelConfig
 from ..errors import UpstreamError
-from .base import Chunk, bad_reply, error_from_response, post, secret_header, sse_data, with_retries
+from .base import (
+    Chunk,
+    SharedSession,
+    bad_reply,
+    error_from_response,
+    post,
+    read_json,
+    secret_header,
+    sse_data,
+    timeouts,
+    with_retries,
+)
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
@@ -21,12 +32,12 @@ class OpenAICompatible:
 
     name = "openai-compatible"
 
-    def __init__(self, model_name: str, config: ModelConfig, client: httpx.AsyncClient) -> None:
+    def __init__(self, model_name: str, config: ModelConfig, client: SharedSession) -> None:
         self.model_name = model_name
         self.config = config
         self.client = client
         self.name = config.provider
-        self.timeout = httpx.Timeout(config.timeout, connect=min(config.timeout, 10.0))
+        self.timeout, self.stream_timeout = timeouts(config)
 
     @property
     def url(self) -> str:
@@ -40,24 +51,20 @@ class OpenAICompatible:
             headers["authorization"] = f"Bearer {key}"
         return headers
 
-    async def _send(self, body: dict[str, Any], stream: bool) -> httpx.Response:
+    async def _send(self, body: dict[str, Any], stream: bool) -> aiohttp.ClientResponse:
+        timeout = self.stream_timeout if stream else self.timeout
         return await post(
-            self.client,
+            self.client.session,
             self.url,
             orjson.dumps(body),
             self.headers(),
-            self.timeout,
-            stream=stream,
+            timeout,
             model_name=self.model_name,
         )
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         async def attempt() -> dict[str, Any]:
-            response = await self._send(body, stream=False)
-            try:
-                data = orjson.loads(response.content)
-            except orjson.JSONDecodeError:
-                raise bad_reply(self.model_name, "answered with something not JSON") from None
+            data = await read_json(await self._send(body, stream=False), self.model_name)
             if not isinstance(data, dict) or "choices" not in data:
                 raise bad_reply(self.model_name, "answered without choices")
             return data
@@ -75,7 +82,7 @@ class OpenAICompatible:
                     done = True
                     break
                 if "error" in chunk and "choices" not in chunk:
-                    raise error_from_response(502, orjson.dumps(chunk), httpx.Headers())
+                    raise error_from_response(502, orjson.dumps(chunk))
                 choices = chunk.get("choices") or ()
                 finished = finished or any(c.get("finish_reason") for c in choices)
                 yield chunk
