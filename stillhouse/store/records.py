@@ -9,17 +9,37 @@ gen_ai.response.finish_reasons=finish_reason, gen_ai.usage.input_tokens/output_t
 
 from __future__ import annotations
 
+import functools
+import itertools
+import os
 import time
-import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 Role = Literal["teacher", "student"]
 Status = Literal["ok", "error"]
 
 
+# A random per-process part and a counter: unique across gateway processes, ordered by time
+# within one, and no system call per id (uuid4's urandom read was 9% of the gateway's CPU).
+_PROCESS = os.urandom(5).hex()
+_COUNTER = itertools.count()
+
+
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    """`prefix_` + 12 hex digits of milliseconds + 10 of process + 10 of counter."""
+    millis = time.time_ns() // 1_000_000
+    return f"{prefix}_{millis:012x}{_PROCESS}{next(_COUNTER) & 0xFFFFFFFFFF:010x}"
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def shallow_dict(record: Any) -> dict[str, Any]:
+    """A record's fields as a dict, sharing (not copying) nested values: records are frozen."""
+    return {name: getattr(record, name) for name in _field_names(type(record))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +71,7 @@ class Call:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return shallow_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Call:
@@ -73,7 +93,7 @@ class Score:
     created_at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return shallow_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Score:
@@ -102,7 +122,7 @@ class Dataset:
     config: dict[str, Any] = field(default_factory=dict)  # the curation settings used
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return shallow_dict(self)
 
 
 @dataclass(frozen=True, slots=True)
