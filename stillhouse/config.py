@@ -183,6 +183,43 @@ class CurateConfig(_Table):
     intents: Literal["auto", "metadata", "tfidf", "embeddings"] = "auto"
 
 
+class TrainConfig(_Table):
+    """How `stillhouse train` trains the task's student (see docs/training.md)."""
+
+    backend: Literal["local", "openai", "azure"] = "local"
+    base_model: str | None = Field(None, description="default: the student model's `model`")
+    account: str | None = Field(None, description="remote: the [models.x] whose endpoint is used")
+    r: int = Field(16, ge=1, le=256)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
+    )
+    epochs: int = Field(3, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    warmup: float = Field(0.1, ge=0, lt=1)
+    max_steps: int | None = Field(None, ge=1)
+    max_length: int = Field(1024, ge=8)
+    seed: int = 0
+    eval_every: int | None = Field(None, ge=1)
+    patience: int = Field(2, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1)
+    merge: bool = False
+    threads: int | None = Field(None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    output_dir: str | None = None
+    suffix: str | None = Field(None, max_length=64)
+    learning_rate_multiplier: float | None = Field(None, gt=0)
+    poll_interval: float = Field(2.0, gt=0)
+    timeout: float = Field(86_400.0, gt=0, description="seconds; accepts '6h'")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
 class TaskConfig(_Table):
     teacher: str
     student: str | None = None
@@ -195,6 +232,7 @@ class TaskConfig(_Table):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 class GatewayConfig(_Table):
@@ -241,6 +279,9 @@ class Config(_Table):
                     raise ConfigError(
                         f"tasks.{name}.{role}: unknown model '{ref}' (models: {known})"
                     )
+            account = task.train.account
+            if account is not None and account not in self.models:
+                raise ConfigError(f"tasks.{name}.train.account: unknown model '{account}'")
         return self
 
 
@@ -276,7 +317,19 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         else m
         for name, m in config.models.items()
     }
-    return config.model_copy(update={"store": store.model_copy(update=updates), "models": models})
+    tasks = {
+        name: t.model_copy(
+            update={
+                "train": t.train.model_copy(update={"output_dir": str(base / t.train.output_dir)})
+            }
+        )
+        if t.train.output_dir and not Path(t.train.output_dir).is_absolute()
+        else t
+        for name, t in config.tasks.items()
+    }
+    return config.model_copy(
+        update={"store": store.model_copy(update=updates), "models": models, "tasks": tasks}
+    )
 
 
 def config_path(path: str | os.PathLike[str] | None = None) -> Path:

@@ -16,12 +16,19 @@ import orjson
 from ..errors import StoreError
 from .records import (
     CALL_COLUMNS,
+    CANDIDATE_COLUMNS,
     DATASET_COLUMNS,
+    EVAL_RUN_COLUMNS,
     JSON_COLUMNS,
+    REGISTRY_JSON_COLUMNS,
+    RELEASE_COLUMNS,
     SCORE_COLUMNS,
     Call,
+    Candidate,
     Dataset,
     DatasetExample,
+    EvalRun,
+    Release,
     Score,
 )
 from .schema import LATEST_VERSION, MIGRATIONS, statements_for
@@ -332,4 +339,101 @@ class TraceStore:
         return [
             DatasetExample(position=int(p), split=s, call_id=c, intent=i, example=_load(e))
             for p, s, c, i, e in rows
+        ]
+
+    # -- registry: candidates, eval runs, releases (each row written once) --------------------
+    def _insert_once(self, table: str, columns: Sequence[str], row: dict[str, Any]) -> bool:
+        """Insert a registry row; False when one with this id exists (it is never touched)."""
+        values = tuple(
+            _dump(row[c])
+            if c in REGISTRY_JSON_COLUMNS
+            else (None if row[c] is None else int(row[c]))
+            if c == "passed"
+            else row[c]
+            for c in columns
+        )
+        marks = ", ".join("?" for _ in columns)
+        self._begin_write()
+        try:
+            cur = self.conn.execute(
+                self._sql(
+                    f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
+                    "ON CONFLICT (id) DO NOTHING"
+                ),
+                values,
+            )
+            created = cur.rowcount == 1
+            self.conn.commit()
+        except Exception:
+            self.conn.rollback()
+            raise
+        return created
+
+    def _registry_rows(
+        self, table: str, columns: Sequence[str], where: str, params: Sequence[Any]
+    ) -> list[dict[str, Any]]:
+        rows = self._query(
+            f"SELECT {', '.join(columns)} FROM {table} {where} ORDER BY created_at DESC, id",
+            params,
+        )
+        out = []
+        for r in rows:
+            data = dict(zip(columns, r, strict=True))
+            for c in REGISTRY_JSON_COLUMNS & set(columns):
+                data[c] = _load(data[c])
+            if "passed" in data and data["passed"] is not None:
+                data["passed"] = bool(data["passed"])
+            out.append(data)
+        return out
+
+    def insert_candidate(self, candidate: Candidate) -> bool:
+        return self._insert_once("candidates", CANDIDATE_COLUMNS, candidate.to_dict())
+
+    def get_candidate(self, candidate_id: str) -> Candidate | None:
+        rows = self._registry_rows("candidates", CANDIDATE_COLUMNS, "WHERE id = ?", (candidate_id,))
+        return Candidate(**rows[0]) if rows else None
+
+    def list_candidates(
+        self, task: str | None = None, dataset_id: str | None = None
+    ) -> list[Candidate]:
+        """Newest first."""
+        clauses, params = [], []
+        if task is not None:
+            clauses.append("task = ?")
+            params.append(task)
+        if dataset_id is not None:
+            clauses.append("dataset_id = ?")
+            params.append(dataset_id)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        return [
+            Candidate(**r)
+            for r in self._registry_rows("candidates", CANDIDATE_COLUMNS, where, params)
+        ]
+
+    def insert_eval_run(self, run: EvalRun) -> bool:
+        return self._insert_once("eval_runs", EVAL_RUN_COLUMNS, run.to_dict())
+
+    def get_eval_run(self, run_id: str) -> EvalRun | None:
+        rows = self._registry_rows("eval_runs", EVAL_RUN_COLUMNS, "WHERE id = ?", (run_id,))
+        return EvalRun(**rows[0]) if rows else None
+
+    def list_eval_runs(self, candidate_id: str) -> list[EvalRun]:
+        where = "WHERE candidate_id = ?"
+        return [
+            EvalRun(**r)
+            for r in self._registry_rows("eval_runs", EVAL_RUN_COLUMNS, where, (candidate_id,))
+        ]
+
+    def insert_release(self, release: Release) -> bool:
+        return self._insert_once("releases", RELEASE_COLUMNS, release.to_dict())
+
+    def get_release(self, release_id: str) -> Release | None:
+        rows = self._registry_rows("releases", RELEASE_COLUMNS, "WHERE id = ?", (release_id,))
+        return Release(**rows[0]) if rows else None
+
+    def list_releases(self, candidate_id: str) -> list[Release]:
+        where = "WHERE candidate_id = ?"
+        return [
+            Release(**r)
+            for r in self._registry_rows("releases", RELEASE_COLUMNS, where, (candidate_id,))
         ]

@@ -137,3 +137,67 @@ class DatasetExample:
 
 
 DATASET_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Dataset))
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A trained student not yet serving: a LoRA adapter or a provider's fine-tuned model.
+
+    Written once, never updated. `config_hash` is the sha256 of the settings that trained it;
+    `parent_id` is the candidate it was trained to replace, if any.
+    """
+
+    id: str
+    task: str
+    dataset_id: str
+    backend: str  # local | openai | azure
+    base_model: str
+    config_hash: str
+    created_at: float = field(default_factory=time.time)
+    parent_id: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # the training settings
+    artifacts: dict[str, Any] = field(default_factory=dict)  # adapter_dir, merged_dir, job...
+    serving: dict[str, Any] = field(default_factory=dict)  # a [models.x] table that serves it
+    metrics: dict[str, Any] = field(default_factory=dict)  # train_loss, seconds, ...
+
+    def to_dict(self) -> dict[str, Any]:
+        return shallow_dict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class EvalRun:
+    """One evaluation of a candidate on a dataset's holdout; written once."""
+
+    id: str
+    candidate_id: str
+    dataset_id: str
+    config_hash: str
+    created_at: float = field(default_factory=time.time)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    passed: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return shallow_dict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A candidate promoted towards serving, on the strength of an eval run; written once (its
+    later rollout stages are separate rows of their own)."""
+
+    id: str
+    candidate_id: str
+    eval_run_id: str | None
+    config_hash: str
+    created_at: float = field(default_factory=time.time)
+    state: str = "created"
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return shallow_dict(self)
+
+
+CANDIDATE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Candidate))
+EVAL_RUN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(EvalRun))
+RELEASE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Release))
+REGISTRY_JSON_COLUMNS = frozenset({"config", "artifacts", "serving", "metrics"})

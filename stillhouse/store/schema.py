@@ -92,6 +92,50 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "registry: candidates, eval runs, releases",
+        (
+            # Each row is written once: a new training run, evaluation or promotion is a new row
+            # whose parents (dataset, candidate, eval run) make the lineage.
+            """CREATE TABLE candidates (
+                id TEXT PRIMARY KEY,
+                task TEXT NOT NULL,
+                dataset_id TEXT NOT NULL,
+                backend TEXT NOT NULL,
+                base_model TEXT NOT NULL,
+                config_hash TEXT NOT NULL,
+                created_at {real} NOT NULL,
+                parent_id TEXT,
+                config {json} NOT NULL,
+                artifacts {json} NOT NULL,
+                serving {json} NOT NULL,
+                metrics {json} NOT NULL
+            )""",
+            "CREATE INDEX candidates_task_time ON candidates (task, created_at)",
+            "CREATE INDEX candidates_dataset ON candidates (dataset_id)",
+            """CREATE TABLE eval_runs (
+                id TEXT PRIMARY KEY,
+                candidate_id TEXT NOT NULL,
+                dataset_id TEXT NOT NULL,
+                config_hash TEXT NOT NULL,
+                created_at {real} NOT NULL,
+                metrics {json} NOT NULL,
+                passed INTEGER
+            )""",
+            "CREATE INDEX eval_runs_candidate ON eval_runs (candidate_id)",
+            """CREATE TABLE releases (
+                id TEXT PRIMARY KEY,
+                candidate_id TEXT NOT NULL,
+                eval_run_id TEXT,
+                config_hash TEXT NOT NULL,
+                created_at {real} NOT NULL,
+                state TEXT NOT NULL,
+                config {json} NOT NULL
+            )""",
+            "CREATE INDEX releases_candidate ON releases (candidate_id)",
+        ),
+    ),
 )
 
 DIALECT_TYPES = {

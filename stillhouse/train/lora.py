@@ -1,0 +1,411 @@
+"""Local LoRA training: a base causal LM, an adapter on its attention projections, a plain torch
+loop over a dataset's chat examples (CPU, or a GPU in bf16 with gradient checkpointing).
+
+It reads top to bottom: encode -> batches -> steps -> holdout loss -> checkpoint -> adapter. The
+loss never sees anything but the assistant's tokens, and the base weights are never changed (a
+merged copy is written beside the adapter, never over the base).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import StillhouseError
+from .config import TrainSettings
+
+IGNORE = -100  # label of a token the loss skips
+
+
+class TrainingError(StillhouseError):
+    """Training could not run (no usable examples, an unsupported chat template...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE except on assistant tokens
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for t in self.labels if t != IGNORE)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    adapter_dir: Path
+    merged_dir: Path | None
+    base_dir: str  # the directory (or hub id) the adapter was trained on
+    train_loss: float  # mean loss over the last epoch's steps
+    holdout_loss: float | None  # the best one, whose adapter was kept
+    initial_holdout_loss: float | None
+    steps: int
+    tokens: int  # tokens through the model (prompt and answer), resumed steps included
+    seconds: float  # this process's training time
+    tokens_per_second: float
+    stopped_early: bool
+    resumed_at: int  # the step a checkpoint resumed from (0: a fresh run)
+    device: str
+    history: tuple[dict[str, float], ...] = field(default=())  # one entry per evaluation
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "train_loss": self.train_loss,
+            "holdout_loss": self.holdout_loss,
+            "initial_holdout_loss": self.initial_holdout_loss,
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
+            "tokens_per_second": round(self.tokens_per_second, 1),
+            "stopped_early": self.stopped_early,
+            "resumed_at": self.resumed_at,
+            "device": self.device,
+            "history": list(self.history),
+        }
+
+
+# -- data ------------------------------------------------------------------------------------
+def _render(tokenizer: Any, messages: Sequence[dict[str, Any]], tools: Any, prompt: bool) -> str:
+    return str(
+        tokenizer.apply_chat_template(
+            list(messages), tools=tools, tokenize=False, add_generation_prompt=prompt
+        )
+    )
+
+
+def encode(tokenizer: Any, example: dict[str, Any], max_length: int) -> Encoded | None:
+    """One chat example -> token ids with labels on the assistant turns only (their end-of-turn
+    token included, so the student learns to stop). None when nothing trainable is left.
+
+    The conversation is rendered once and each assistant turn located by rendering its prefix:
+    a chat template renders a prefix of a conversation as a prefix of its text.
+    """
+    messages = example["messages"]
+    tools = example.get("tools")
+    full = _render(tokenizer, messages, tools, prompt=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        before = _render(tokenizer, messages[:i], tools, prompt=True) if i else ""
+        through = _render(tokenizer, messages[: i + 1], tools, prompt=False)
+        if not full.startswith(before) or not full.startswith(through):
+            raise TrainingError("the chat template does not render conversations prefix-wise")
+        spans.append((len(before), len(through)))
+    encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoding["input_ids"])[:max_length]
+    offsets = encoding["offset_mapping"][: len(ids)]
+    labels = [
+        token if any(a <= start < b for a, b in spans) else IGNORE
+        for token, (start, _end) in zip(ids, offsets, strict=True)
+    ]
+    if all(label == IGNORE for label in labels):
+        return None
+    return Encoded(ids, labels)
+
+
+def encode_all(
+    tokenizer: Any, examples: Sequence[dict[str, Any]], max_length: int
+) -> list[Encoded]:
+    return [e for e in (encode(tokenizer, x, max_length) for x in examples) if e is not None]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The example order of one epoch: a permutation that depends only on (seed, epoch), so a
+    resumed run sees exactly the batches the interrupted one would have."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return [int(i) for i in torch.randperm(n, generator=generator)]
+
+
+def collate(items: Sequence[Encoded], pad_id: int, device: Any) -> dict[str, Any]:
+    """Right-padded tensors; padding is masked out of attention and loss."""
+    import torch
+
+    width = max(len(e.input_ids) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, e in enumerate(items):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "labels": labels.to(device),
+    }
+
+
+def batches(items: Sequence[Encoded], size: int) -> Iterator[Sequence[Encoded]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -- model -----------------------------------------------------------------------------------
+def pick_device(wanted: str) -> str:
+    import torch
+
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device is 'cuda' but no GPU is available")
+    if wanted == "cpu":
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_base(spec: str, device: str) -> tuple[Any, Any, str]:
+    """(model, tokenizer, base directory): fp32 on the CPU, bf16 on a GPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..engine.sources import local_directory, resolve
+
+    directory = local_directory(resolve(spec))
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model: Any = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+    model = model.to(device)
+    return model, tokenizer, str(directory)
+
+
+def add_adapter(model: Any, settings: TrainSettings, device: str) -> Any:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(settings.seed)  # LoRA's A matrices start random: seed them
+    lora = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, lora)
+    if device == "cuda":
+        # Activations dominate a GPU's memory at long contexts; on a CPU recomputing them costs
+        # ~15% and saves nothing that matters (MODELS.md).
+        peft_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+        peft_model.config.use_cache = False
+    return peft_model
+
+
+def holdout_loss(model: Any, items: Sequence[Encoded], batch_size: int, pad_id: int) -> float:
+    """Mean loss per assistant token over the holdout (dropout off)."""
+    import torch
+
+    device = next(model.parameters()).device
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for chunk in batches(items, batch_size):
+            batch = collate(chunk, pad_id, device)
+            n = int((batch["labels"][:, 1:] != IGNORE).sum())  # the model shifts labels by one
+            total += float(model(**batch).loss) * n
+            count += n
+    model.train()
+    return total / max(count, 1)
+
+
+def _lr_factor(step: int, total: int, warmup: float) -> float:
+    """Linear warm-up over `warmup` of the steps, then linear decay to zero."""
+    warm = max(1, math.ceil(warmup * total)) if warmup > 0 else 0
+    if step < warm:
+        return (step + 1) / warm
+    return max(0.0, (total - step) / max(1, total - warm))
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+def _save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(state, tmp / "state.pt")
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.replace(directory)  # a crash mid-write leaves the previous checkpoint whole
+
+
+def _load_checkpoint(directory: Path) -> dict[str, Any] | None:
+    import torch
+
+    path = directory / "state.pt"
+    if not path.is_file():
+        return None
+    state: dict[str, Any] = torch.load(path, weights_only=False)
+    return state
+
+
+# -- the loop ----------------------------------------------------------------------------------
+def train(
+    settings: TrainSettings,
+    train_examples: Sequence[dict[str, Any]],
+    holdout_examples: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    resume: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train a LoRA adapter on `settings.base_model`; write it (and a merged model when
+    `settings.merge`) under `out_dir`. Resumes from `out_dir/checkpoint` when one is there.
+    `on_step(step, loss)` is called after each step (and after its checkpoint is written)."""
+    import torch
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from tqdm import tqdm
+
+    from .export import merge_adapter, save_adapter
+
+    if not settings.base_model:
+        raise TrainingError("no base model: set tasks.<task>.train.base_model or a local student")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(settings.device)
+    model, tokenizer, base_dir = load_base(settings.base_model, device)
+    pad_id = int(tokenizer.pad_token_id)
+    train_items = encode_all(tokenizer, train_examples, settings.max_length)
+    held_items = encode_all(tokenizer, holdout_examples, settings.max_length)
+    if not train_items:
+        raise TrainingError("no training example has an assistant answer to learn")
+    model = add_adapter(model, settings, device)
+    model.train()
+
+    per_epoch = math.ceil(len(train_items) / settings.batch_size)
+    total = settings.max_steps or per_epoch * settings.epochs
+    eval_every = settings.eval_every or per_epoch
+    checkpoint_every = settings.checkpoint_every or eval_every
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, total, settings.warmup)
+    )
+
+    step, tokens, losses = 0, 0, []
+    best_loss: float | None = None
+    best_state: dict[str, Any] | None = None
+    bad_evals = 0
+    history: list[dict[str, float]] = []
+    initial: float | None = None
+    checkpoint = out / "checkpoint"
+    saved = _load_checkpoint(checkpoint) if resume else None
+    if saved is not None:
+        set_peft_model_state_dict(model, saved["adapter"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
+        step, tokens, losses = saved["step"], saved["tokens"], saved["losses"]
+        best_loss, best_state, bad_evals = (
+            saved["best_loss"],
+            saved["best_state"],
+            saved["bad_evals"],
+        )
+        history, initial = saved["history"], saved["initial"]
+    resumed_at = step
+    if initial is None and held_items:
+        initial = holdout_loss(model, held_items, settings.batch_size, pad_id)
+        history.append({"step": 0, "holdout_loss": initial})
+
+    started = time.perf_counter()
+    run_tokens = 0
+    stopped_early = False
+    bar = tqdm(
+        total=total,
+        initial=step,
+        desc="train",
+        unit="step",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    with bar:
+        while step < total and not stopped_early:
+            epoch, position = divmod(step, per_epoch)
+            order = epoch_order(len(train_items), settings.seed, epoch)
+            start = position * settings.batch_size
+            chunk = [train_items[i] for i in order[start : start + settings.batch_size]]
+            batch = collate(chunk, pad_id, device)
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            n = int(batch["attention_mask"].sum())
+            tokens += n
+            run_tokens += n
+            losses.append(loss.item())
+            rate = run_tokens / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{rate:.0f}", refresh=False)
+            bar.update(1)
+
+            if held_items and (step % eval_every == 0 or step == total):
+                current = holdout_loss(model, held_items, settings.batch_size, pad_id)
+                history.append({"step": step, "holdout_loss": current})
+                if best_loss is None or current < best_loss:
+                    best_loss, bad_evals = current, 0
+                    best_state = {
+                        k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()
+                    }
+                else:
+                    bad_evals += 1
+                    stopped_early = bad_evals >= settings.patience and step < total
+            if step % checkpoint_every == 0 and step < total and not stopped_early:
+                _save_checkpoint(
+                    checkpoint,
+                    {
+                        "adapter": get_peft_model_state_dict(model),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "rng": torch.get_rng_state(),
+                        "step": step,
+                        "tokens": tokens,
+                        "losses": losses,
+                        "best_loss": best_loss,
+                        "best_state": best_state,
+                        "bad_evals": bad_evals,
+                        "history": history,
+                        "initial": initial,
+                        "settings": settings.run_json(),
+                    },
+                )
+            if on_step is not None:
+                on_step(step, losses[-1])
+    seconds = time.perf_counter() - started
+    if best_state is not None:
+        set_peft_model_state_dict(model, best_state)  # keep the adapter the holdout liked best
+    model.eval()
+    adapter_dir = save_adapter(model, out / "adapter", base_dir)
+    merged_dir = merge_adapter(model, tokenizer, out / "merged") if settings.merge else None
+    shutil.rmtree(checkpoint, ignore_errors=True)  # finished: nothing left to resume
+    last_epoch = losses[-min(len(losses), per_epoch) :]
+    return TrainResult(
+        adapter_dir=adapter_dir,
+        merged_dir=merged_dir,
+        base_dir=base_dir,
+        train_loss=sum(last_epoch) / max(len(last_epoch), 1),
+        holdout_loss=best_loss,
+        initial_holdout_loss=initial,
+        steps=step,
+        tokens=tokens,
+        seconds=seconds,
+        tokens_per_second=run_tokens / max(seconds, 1e-9),
+        stopped_early=stopped_early,
+        resumed_at=resumed_at,
+        device=device,
+        history=tuple(history),
+    )

