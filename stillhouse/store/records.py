@@ -39,7 +39,7 @@ def _field_names(cls: type) -> tuple[str, ...]:
 
 def shallow_dict(record: Any) -> dict[str, Any]:
     """A record's fields as a dict, sharing (not copying) nested values: records are frozen."""
-    return {name: getattr(record, name) for name in _field_names(type(record))}
+    return {name: getattr(record, name) for name in _field_names(record.__class__)}
 
 
 @dataclass(frozen=True, slots=True)
