@@ -329,7 +329,7 @@ def test_adapter_config_is_for_local_models_and_relative_to_the_file(tmp_path: P
 
     config = parse_config(models(provider="local", adapter="adapters/v1"), tmp_path)
     assert config.models["m"].adapter == str(tmp_path.resolve() / "adapters" / "v1")
-    with pytest.raises(ConfigError, match="models.m: adapter is only for provider 'local'"):
+    with pytest.raises(ConfigError, match=r"models.m: adapter is only for provider 'local'"):
         parse_config(models(provider="openai", adapter="a"), tmp_path)
 
 
