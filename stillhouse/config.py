@@ -253,7 +253,7 @@ class StoreConfig(_Table):
     url: str = "sqlite:///stillhouse.db"
     queue_size: int = Field(10_000, ge=1)
     batch_size: int = Field(500, ge=1)
-    spill_path: str | None = Field(None, description="default: beside the config file")
+    journal_dir: str | None = Field(None, description="default: beside the config file")
 
     @field_validator("url")
     @classmethod
@@ -309,8 +309,8 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     if store.url.startswith("sqlite:///"):
         path = Path(store.url.removeprefix("sqlite:///"))
         updates["url"] = f"sqlite:///{path if path.is_absolute() else base / path}"
-    spill = Path(store.spill_path) if store.spill_path else Path("stillhouse.spill.jsonl")
-    updates["spill_path"] = str(spill if spill.is_absolute() else base / spill)
+    journal = Path(store.journal_dir) if store.journal_dir else Path("stillhouse.journal")
+    updates["journal_dir"] = str(journal if journal.is_absolute() else base / journal)
     models = {
         name: m.model_copy(update={"adapter": str(base / m.adapter)})
         if m.adapter and not Path(m.adapter).is_absolute()

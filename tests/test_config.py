@@ -81,7 +81,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     (folder / "stillhouse.toml").write_text('[store]\nurl = "sqlite:///data/calls.db"\n')
     config = load_config(folder / "stillhouse.toml")
     assert config.store.url == f"sqlite:///{folder / 'data' / 'calls.db'}"
-    assert config.store.spill_path == str(folder / "stillhouse.spill.jsonl")
+    assert config.store.journal_dir == str(folder / "stillhouse.journal")
 
 
 def test_file_errors_name_the_file(tmp_path: Path) -> None:

@@ -81,3 +81,72 @@ def test_gateway_on_postgres_captures_every_call(
     assert len(calls) == 21
     assert sum(c.stream for c in calls) == 1
     assert all(c.output_tokens for c in calls)
+
+
+def _serve(folder, port: int):
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stillhouse",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=folder,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, "gateway did not start"
+        time.sleep(0.05)
+
+
+def test_sigkill_right_after_answering_loses_nothing(tmp_path, upstream) -> None:
+    import signal
+    import sqlite3
+
+    from stillhouse.store import open_store
+
+    from .upstream import free_port
+
+    (tmp_path / "stillhouse.toml").write_text(
+        f'[store]\nurl = "sqlite:///calls.db"\n'
+        f'[models.t]\nprovider = "openai-compatible"\nbase_url = "{upstream[0]}"\n'
+        f'model = "m"\n[tasks.support]\nteacher = "t"\n'
+    )
+    port = free_port()
+    proc = _serve(tmp_path, port)
+    # Hold the database's write lock: the gateway answers, but its writer cannot commit, so the
+    # answered calls exist only in the journal when the process dies.
+    blocker = sqlite3.connect(tmp_path / "calls.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+    ids = []
+    for i in range(40):
+        raw = client.chat.completions.with_raw_response.create(
+            model="support", messages=[{"role": "user", "content": f"q{i}"}]
+        )
+        ids.append(raw.headers["x-stillhouse-call-id"])
+    proc.send_signal(signal.SIGKILL)  # no shutdown, no flush
+    proc.wait(10)
+    assert blocker.execute("SELECT COUNT(*) FROM calls").fetchone() == (0,)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    restarted = _serve(tmp_path, port)  # replays what the dead process journaled
+    restarted.send_signal(signal.SIGTERM)
+    restarted.wait(30)
+    with open_store(f"sqlite:///{tmp_path / 'calls.db'}") as store:
+        stored = {c.id for c in store.list_calls(limit=1000)}
+    assert stored == set(ids)
+    assert list((tmp_path / "stillhouse.journal").glob("*.jsonl")) == []

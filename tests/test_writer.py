@@ -1,5 +1,5 @@
-"""The capture writer: batches off the request path, spills when full or when the store is down,
-replays, and flushes on close. Nothing submitted is lost or duplicated."""
+"""The capture writer: journal first, batches off the request path, replay when the queue is full,
+when the store is down, or after a crash. Nothing submitted is lost or duplicated."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from pathlib import Path
 
 from stillhouse.store import CaptureWriter, open_store
 from stillhouse.store.base import TraceStore
+from stillhouse.store.writer import encode
 
 from .test_store import make_call
 
 
 def writer_for(url: str, tmp_path: Path, **kw) -> CaptureWriter:
-    return CaptureWriter(lambda: open_store(url), tmp_path / "spill.jsonl", **kw)
+    return CaptureWriter(lambda: open_store(url), tmp_path / "journal", **kw)
 
 
 def count(url: str) -> int:
@@ -21,18 +22,32 @@ def count(url: str) -> int:
         return sum(sum(r.values()) for r in store.count_calls().values())
 
 
+def segments(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "journal").glob("*.jsonl"))
+
+
 def test_everything_submitted_lands_once(store_url: str, tmp_path: Path) -> None:
     writer = writer_for(store_url, tmp_path, batch_size=50)
     writer.start()
-    calls = [make_call() for _ in range(1000)]
-    for call in calls:
-        writer.submit(call)
+    for _ in range(1000):
+        writer.submit(make_call())
     writer.close()
     assert count(store_url) == 1000
     assert writer.written == 1000 and writer.dropped == 0
+    assert segments(tmp_path) == []  # every segment settled and deleted
 
 
-def test_full_queue_spills_to_file_and_replays(tmp_path: Path) -> None:
+def test_every_record_is_journaled_before_submit_returns(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    writer = writer_for(url, tmp_path)  # not started: nothing drains
+    calls = [make_call() for _ in range(5)]
+    for call in calls:
+        writer.submit(call)
+    text = b"".join(p.read_bytes() for p in segments(tmp_path))
+    assert text == b"".join(encode(c) for c in calls)
+
+
+def test_full_queue_overflows_to_the_journal_and_replays(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     gate = threading.Event()
 
@@ -40,18 +55,17 @@ def test_full_queue_spills_to_file_and_replays(tmp_path: Path) -> None:
         gate.wait(10)  # the writer thread is stuck until we let it go: the queue fills
         return open_store(url)
 
-    writer = CaptureWriter(slow_store, tmp_path / "spill.jsonl", queue_size=10, batch_size=5)
+    writer = CaptureWriter(slow_store, tmp_path / "journal", queue_size=10, batch_size=5)
     writer.start()
     for _ in range(100):
         writer.submit(make_call())
-    assert writer.spilled >= 80
-    assert (tmp_path / "spill.jsonl").exists()
+    assert writer.overflowed >= 80
     gate.set()
     assert writer.flush(10)
     writer.close()
     assert count(url) == 100
-    assert writer.dropped == 0
-    assert not list(tmp_path.glob("spill.jsonl*"))
+    assert writer.dropped == 0 and writer.replayed >= 80
+    assert segments(tmp_path) == []
 
 
 def test_store_down_then_back(tmp_path: Path) -> None:
@@ -63,27 +77,47 @@ def test_store_down_then_back(tmp_path: Path) -> None:
             raise OSError("database is down")
         return open_store(url)
 
-    writer = CaptureWriter(flaky_store, tmp_path / "spill.jsonl", retry_interval=0.05)
+    writer = CaptureWriter(flaky_store, tmp_path / "journal", retry_interval=0.05)
     writer.start()
     for _ in range(20):
         writer.submit(make_call())
     assert not writer.flush(0.5)  # cannot land while the store is down...
-    assert writer.store_errors >= 1 and writer.spilled == 20
+    assert writer.store_errors >= 1 and writer.dropped == 0
     up.set()
-    assert writer.flush(10)  # ...and lands once it is back
+    assert writer.flush(10)  # ...and lands once it is back, from the journal
     writer.close()
     assert count(url) == 20
 
 
-def test_spill_left_by_a_crash_is_replayed_without_duplicates(tmp_path: Path) -> None:
+def test_a_store_down_at_shutdown_leaves_the_journal_for_the_next_start(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+
+    def down() -> TraceStore:
+        raise OSError("database is down")
+
+    first = CaptureWriter(down, tmp_path / "journal", retry_interval=0.05)
+    first.start()
+    for _ in range(7):
+        first.submit(make_call())
+    first.close()
+    assert segments(tmp_path)  # kept on disk
+    second = writer_for(url, tmp_path)
+    second.start()
+    assert second.flush(10)
+    second.close()
+    assert count(url) == 7 and segments(tmp_path) == []
+
+
+def test_a_crashed_writers_journal_is_replayed_without_duplicates(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     calls = [make_call() for _ in range(10)]
-    # a previous process spilled 10 calls, 4 of which had reached the store, and the last
-    # line was torn by the crash
-    first = CaptureWriter(lambda: open_store(url), tmp_path / "spill.jsonl")
-    first._spill(calls)
-    with open(tmp_path / "spill.jsonl", "ab") as fh:
-        fh.write(b'{"kind": "call", "data": {"id": "call_torn"')
+    # a previous process journaled 10 calls, 4 of which had reached the store, and the crash
+    # tore its last line
+    folder = tmp_path / "journal"
+    folder.mkdir()
+    (folder / "00000000000000000001-99999-1.jsonl").write_bytes(
+        b"".join(encode(c) for c in calls) + b'{"kind": "call", "data": {"id": "call_torn"'
+    )
     with open_store(url) as store:
         store.insert_calls(calls[:4])
     writer = writer_for(url, tmp_path)
@@ -92,17 +126,26 @@ def test_spill_left_by_a_crash_is_replayed_without_duplicates(tmp_path: Path) ->
     writer.close()
     with open_store(url) as store:
         assert {c.id for c in store.list_calls(limit=100)} == {c.id for c in calls}
+    assert segments(tmp_path) == []
 
 
-def test_unwritable_spill_counts_dropped_and_persists_it(tmp_path: Path) -> None:
+def test_a_live_writers_segments_are_not_taken_by_another(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    owner = writer_for(url, tmp_path)  # journals but is not draining yet
+    owner.submit(make_call())
+    other = writer_for(url, tmp_path)
+    assert other.journal.orphans() == []  # locked by its owner
+    owner.journal.release()
+    assert len(other.journal.orphans()) == 1
+
+
+def test_unwritable_journal_is_counted_and_the_call_still_lands(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     blocker = tmp_path / "not-a-dir"
-    blocker.write_text("a file where the spill folder should be")
-    writer = CaptureWriter(lambda: open_store(url), blocker / "spill.jsonl")
-    writer.submit(make_call())  # not started: goes to the spill file, which cannot be written
-    assert writer.dropped == 1
+    blocker.write_text("a file where the journal folder should be")
+    writer = CaptureWriter(lambda: open_store(url), blocker / "journal")
     writer.start()
     writer.submit(make_call())
     writer.close()
-    with open_store(url) as store:
-        assert store.counter("captures_dropped") == 1
+    assert writer.journal_errors == 1 and writer.dropped == 0
+    assert count(url) == 1

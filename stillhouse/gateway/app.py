@@ -34,10 +34,10 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 
 def default_writer(config: Config) -> CaptureWriter:
-    assert config.store.spill_path is not None  # set by parse_config
+    assert config.store.journal_dir is not None  # set by parse_config
     return CaptureWriter(
         lambda: open_store(config.store.url),
-        config.store.spill_path,
+        config.store.journal_dir,
         queue_size=config.store.queue_size,
         batch_size=config.store.batch_size,
     )

@@ -166,8 +166,16 @@ class ChatCompletions:
             return error_response(err, headers)
 
         async def events() -> AsyncIterator[bytes]:
-            error: str | None = None
-            http_status = 200
+            # The call is captured before the stream's last event goes out, so a client that has
+            # the whole answer can count on it being journaled.
+            captured = False
+
+            def capture(error: str | None = None, http_status: int = 200) -> None:
+                nonlocal captured
+                if not captured:
+                    captured = True
+                    self._capture_stream(call, acc, started, error, http_status)
+
             try:
                 pending = [first] if first is not None else []
                 while True:
@@ -181,16 +189,17 @@ class ChatCompletions:
                     acc.add(chunk)
                     if wants_usage or chunk.get("choices"):
                         yield sse(chunk)
+                capture()
                 yield DONE
             except UpstreamError as err:
-                error, http_status = err.message, err.status
                 self.metrics.upstream_errors.labels(call.model).inc()
+                capture(err.message, err.status)
                 yield sse(err.to_body())
             except (asyncio.CancelledError, GeneratorExit):
-                error, http_status = "client disconnected before the stream ended", 499
+                capture("client disconnected before the stream ended", 499)
                 raise
             finally:
-                self._capture_stream(call, acc, started, error, http_status)
+                capture("the stream ended unexpectedly", 500)  # no-op when captured above
                 # Cancelled mid-close (client gone): nothing is left to free.
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await chunks.aclose()  # type: ignore[attr-defined]

@@ -25,14 +25,12 @@ class _CaptureCollector(Collector):
             value=w.queued,
         )
         for name, value, doc in (
-            ("written", w.written, "Captured records written to the store"),
-            (
-                "spilled",
-                w.spilled,
-                "Captured records sent to the spill file (queue full or store down)",
-            ),
-            ("dropped", w.dropped, "Captured records lost (spill file unwritable); must stay 0"),
-            ("store_errors", w.store_errors, "Failed store writes (the records were spilled)"),
+            ("written", w.written, "Captured records written to the store from the queue"),
+            ("replayed", w.replayed, "Captured records written to the store from the journal"),
+            ("overflowed", w.overflowed, "Captured records the queue had no room for (journaled)"),
+            ("journal_errors", w.journal_errors, "Records the journal could not take: at risk"),
+            ("store_errors", w.store_errors, "Failed store writes (records wait in the journal)"),
+            ("dropped", w.dropped, "Captured records lost; must stay 0"),
         ):
             yield CounterMetricFamily(f"stillhouse_captures_{name}", doc, value=value)
 

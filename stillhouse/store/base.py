@@ -2,7 +2,7 @@
 
 A TraceStore instance owns one connection and is used from one thread at a time: the capture
 writer opens its own, readers (CLI, dashboard) open theirs. Inserts are idempotent on `id`, so a
-replayed spill file or journal never makes duplicate rows.
+replayed journal never makes duplicate rows.
 """
 
 from __future__ import annotations

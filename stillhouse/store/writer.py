@@ -1,9 +1,10 @@
 """The capture writer: moves captured records off the request path and into the store.
 
-`submit` never blocks and never touches the database: it puts the record on a bounded queue, and
-when the queue is full it appends the record to a local spill file. One thread drains the queue in
-batches; a batch the store refuses (database down) is spilled too, and spill files are replayed
-once the store answers again. Inserts are idempotent, so a replay never duplicates a row.
+`submit` never touches the database: it appends the record to the journal (one write to the OS,
+before the client gets its answer) and puts it on a bounded queue. One thread drains the queue in
+batches. A record the queue had no room for, or that the store refused (database down), is
+replayed from the journal later; so is everything a killed process left behind. Inserts are
+idempotent on id, so a replay never duplicates a row.
 """
 
 from __future__ import annotations
@@ -21,62 +22,86 @@ from typing import Any
 import orjson
 
 from .base import TraceStore
+from .journal import Journal, Segment
 from .records import Call, Score
 
 log = logging.getLogger("stillhouse.capture")
 
 Record = Call | Score
 _STOP = object()
+ORPHAN_SCAN_SECONDS = 5.0
+MAX_UNJOURNALED = 100_000  # records held in memory while neither journal nor store takes them
 
 
-def _encode(record: Record) -> bytes:
+def encode(record: Record) -> bytes:
     kind = "call" if isinstance(record, Call) else "score"
     return orjson.dumps({"kind": kind, "data": record.to_dict()}) + b"\n"
 
 
-def _decode(line: bytes) -> Record:
+def decode(line: bytes) -> Record:
     item = orjson.loads(line)
     cls = Call if item["kind"] == "call" else Score
     return cls.from_dict(item["data"])
 
 
 class CaptureWriter:
-    """Bounded queue + batch-writer thread + spill file. See the module docstring."""
+    """Journal + bounded queue + batch-writer thread. See the module docstring."""
 
     def __init__(
         self,
         open_store: Callable[[], TraceStore],
-        spill_path: str | os.PathLike[str],
+        journal_dir: str | os.PathLike[str],
         *,
         queue_size: int = 10_000,
         batch_size: int = 500,
         retry_interval: float = 1.0,
+        rotate_seconds: float = 1.0,
     ) -> None:
         self._open_store = open_store
-        self.spill_path = Path(spill_path)
+        self.journal = Journal(journal_dir, rotate_seconds=rotate_seconds)
         self.batch_size = batch_size
         self.retry_interval = retry_interval
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-        self._spill_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._store: TraceStore | None = None
-        self._next_replay = 0.0
+        self._closed: list[Segment] = []  # rotated segments not yet deleted
+        self._unjournaled: list[Record] = []  # the journal failed and the store refused too
+        self._next_retry = 0.0
+        self._next_orphan_scan = 0.0
+        self._flush_requested = False
         self._dropped_saved = 0
-        self.written = 0  # records inserted into the store
-        self.spilled = 0  # records appended to a spill file
-        self.dropped = 0  # records lost (the spill file could not be written): must stay 0
-        self.store_errors = 0
+        self.written = 0  # records inserted from the queue
+        self.replayed = 0  # records inserted from journal segments
+        self.overflowed = 0  # records the queue had no room for (replayed from the journal)
+        self.journal_errors = 0  # records the journal could not take: captures at risk
+        self.store_errors = 0  # failed store writes (the records wait in the journal)
+        self.dropped = 0  # records lost: must stay 0
 
     # -- request side ------------------------------------------------------------------------
     def submit(self, record: Record) -> None:
-        """Hand a record over for storage. Never blocks on the database."""
+        """Journal the record and queue it for the store. Never blocks on the database."""
+        segment = None
+        try:
+            segment = self.journal.append(encode(record))
+        except OSError as err:
+            self.journal_errors += 1
+            if self.journal_errors == 1 or self.journal_errors % 1000 == 0:
+                log.error(
+                    "captures at risk: cannot write the journal in %s (%s); %d so far",
+                    self.journal.folder,
+                    err,
+                    self.journal_errors,
+                )
         if self._thread is not None and self._thread.is_alive():
             try:
-                self._queue.put_nowait(record)
+                self._queue.put_nowait((record, segment))
                 return
             except queue.Full:
-                pass
-        self._spill([record])
+                self.overflowed += 1
+        if segment is not None:
+            segment.needs_replay = True
+        else:
+            self._hold([record])
 
     @property
     def queued(self) -> int:
@@ -91,7 +116,7 @@ class CaptureWriter:
             self._thread.start()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write what is still queued (and replay spill files if the store answers), then stop."""
+        """Write what is still queued, settle the journal where the store answers, then stop."""
         if self._thread is None:
             return
         self._queue.put(_STOP)
@@ -102,10 +127,18 @@ class CaptureWriter:
         """Wait until every submitted record is in the store; False if that took too long."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._queue.unfinished_tasks == 0 and not self._spill_files():
+            self._flush_requested = True
+            self._next_retry = 0.0
+            if (
+                self._queue.unfinished_tasks == 0
+                and self.journal.current_records() == 0
+                and not self._closed
+                and not self._unjournaled
+            ):
+                self._flush_requested = False
                 return True
-            self._next_replay = 0.0
             time.sleep(0.01)
+        self._flush_requested = False
         return False
 
     # -- writer thread -----------------------------------------------------------------------
@@ -114,22 +147,22 @@ class CaptureWriter:
         while True:
             batch, stopping = self._take(stopping)
             if batch:
-                if not self._write(batch):
-                    self._spill(batch)
-                for _ in batch:
-                    self._queue.task_done()
-            if time.monotonic() >= self._next_replay:
-                self._replay()
+                self._write_batch(batch)
+            self._housekeep(force=stopping or self._flush_requested)
             if stopping and self._queue.empty():
                 break
+        for segment in self._closed:  # left for the next start to replay
+            segment.handle.close()
+        self._closed.clear()
+        self.journal.release()
         if self._store is not None:
             self._store.close()
             self._store = None
 
-    def _take(self, stopping: bool) -> tuple[list[Record], bool]:
-        batch: list[Record] = []
+    def _take(self, stopping: bool) -> tuple[list[tuple[Record, Segment | None]], bool]:
+        batch: list[tuple[Record, Segment | None]] = []
         try:
-            item = self._queue.get(timeout=0.0 if stopping else 0.2)
+            item = self._queue.get(timeout=0.0 if stopping else 0.1)
         except queue.Empty:
             return batch, stopping
         while True:
@@ -146,12 +179,26 @@ class CaptureWriter:
                 break
         return batch, stopping
 
-    def _write(self, batch: list[Record]) -> bool:
+    def _write_batch(self, batch: list[tuple[Record, Segment | None]]) -> None:
+        ok = self._insert([record for record, _ in batch])
+        if ok:
+            self.written += len(batch)
+        for record, segment in batch:
+            if segment is None:
+                if not ok:
+                    self._hold([record])
+            elif ok:
+                segment.committed += 1
+            else:
+                segment.needs_replay = True
+            self._queue.task_done()
+
+    def _insert(self, records: list[Record]) -> bool:
         try:
             if self._store is None:
                 self._store = self._open_store()
-            calls = [r for r in batch if isinstance(r, Call)]
-            scores = [r for r in batch if isinstance(r, Score)]
+            calls = [r for r in records if isinstance(r, Call)]
+            scores = [r for r in records if isinstance(r, Score)]
             if calls:
                 self._store.insert_calls(calls)
             if scores:
@@ -162,50 +209,68 @@ class CaptureWriter:
                 self._dropped_saved += delta
         except Exception as err:
             self.store_errors += 1
-            log.warning("store write failed (%s); %d records go to the spill file", err, len(batch))
+            log.warning(
+                "store write failed (%s); %d records wait in the journal", err, len(records)
+            )
             if self._store is not None:
                 with contextlib.suppress(Exception):
                     self._store.close()
             self._store = None
-            self._next_replay = time.monotonic() + self.retry_interval
+            self._next_retry = time.monotonic() + self.retry_interval
             return False
-        self.written += len(batch)
         return True
 
-    # -- spill file --------------------------------------------------------------------------
-    def _spill(self, records: list[Record]) -> None:
-        data = b"".join(_encode(r) for r in records)
+    def _hold(self, records: list[Record]) -> None:
+        room = MAX_UNJOURNALED - len(self._unjournaled)
+        self._unjournaled.extend(records[:room])
+        if len(records) > room:
+            self.dropped += len(records) - room
+            log.error(
+                "CAPTURE LOST: %d records (journal unwritable, store down)", len(records) - room
+            )
+
+    # -- journal housekeeping ----------------------------------------------------------------
+    def _housekeep(self, force: bool) -> None:
+        rotated = self.journal.rotate(force=force)
+        if rotated is not None:
+            self._closed.append(rotated)
+        now = time.monotonic()
+        can_retry = now >= self._next_retry
+        for segment in list(self._closed):
+            if segment.needs_replay:
+                if can_retry and self._replay(segment.path):
+                    self.journal.delete(segment)
+                    self._closed.remove(segment)
+            elif segment.committed >= segment.records:
+                self.journal.delete(segment)
+                self._closed.remove(segment)
+        if self._unjournaled and can_retry:
+            held, self._unjournaled = self._unjournaled, []
+            if self._insert(held):
+                self.replayed += len(held)
+            else:
+                self._unjournaled = held
+        if (force or now >= self._next_orphan_scan) and time.monotonic() >= self._next_retry:
+            self._next_orphan_scan = now + ORPHAN_SCAN_SECONDS
+            for path in self.journal.orphans():
+                if self._replay(path):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+
+    def _replay(self, path: Path) -> bool:
+        """Insert every record of a journal segment; False (and keep it) if the store refused."""
         try:
-            with self._spill_lock:
-                self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.spill_path, "ab") as fh:
-                    fh.write(data)
-            self.spilled += len(records)
-        except OSError as err:
-            self.dropped += len(records)
-            log.error("CAPTURE LOST: cannot write spill file %s: %s", self.spill_path, err)
-
-    def _spill_files(self) -> list[Path]:
-        pattern = self.spill_path.name + "*"
-        return sorted(p for p in self.spill_path.parent.glob(pattern) if p.is_file())
-
-    def _replay(self) -> None:
-        """Move spill files into the store; leave them in place if the store still refuses."""
-        with self._spill_lock:
-            if self.spill_path.exists():
-                # New spills go to a fresh file while this one is replayed.
-                self.spill_path.rename(f"{self.spill_path}.replay-{time.time_ns()}")
-        for path in self._spill_files():
-            if path == self.spill_path:
-                continue
-            records = []
-            for line in path.read_bytes().splitlines():
-                try:
-                    records.append(_decode(line))
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    log.warning("skipping a torn line in %s", path)
-            for start in range(0, len(records), self.batch_size):
-                if not self._write(records[start : start + self.batch_size]):
-                    return
-            path.unlink()
-        self._next_replay = time.monotonic() + self.retry_interval
+            lines = path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return True  # another process replayed it first
+        records = []
+        for line in lines:
+            try:
+                records.append(decode(line))
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                log.warning("skipping a torn line in %s", path)
+        for start in range(0, len(records), self.batch_size):
+            if not self._insert(records[start : start + self.batch_size]):
+                return False
+        self.replayed += len(records)
+        return True
