@@ -148,6 +148,8 @@ class RolloutConfig(_Table):
     stages: list[int] = Field(default_factory=lambda: [10, 25, 50, 75, 90])
     min_samples: int = Field(200, ge=1)
     min_dwell: float = Field(3600.0, ge=0, description="seconds; accepts '1h', '15m'")
+    max_error_rate: float = Field(0.02, ge=0, le=1)
+    max_latency_ratio: float = Field(1.0, gt=0, description="student p95 / teacher p95")
 
     @field_validator("min_dwell", mode="before")
     @classmethod
@@ -160,6 +162,20 @@ class RolloutConfig(_Table):
         if not value or any(not 0 < s <= 100 for s in value) or value != sorted(set(value)):
             raise ValueError("must be increasing percentages between 1 and 100")
         return value
+
+
+class DriftConfig(_Table):
+    """When a serving student has drifted enough to retrain (see docs/lifecycle.md)."""
+
+    window: float = Field(86_400.0, gt=0, description="seconds; accepts '1d', '6h'")
+    min_samples: int = Field(100, ge=1)
+    agreement: float | None = Field(None, ge=0, le=1, description="default: gate.agreement")
+    max_psi: float = Field(0.25, gt=0)
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> float:
+        return parse_duration(value)
 
 
 class RoutingConfig(_Table):
@@ -233,6 +249,26 @@ class TaskConfig(_Table):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    retrain_every: float | None = Field(None, gt=0, description="seconds; accepts '90d'")
+
+    @field_validator("retrain_every", mode="before")
+    @classmethod
+    def _retrain_every(cls, value: Any) -> float | None:
+        return None if value is None else parse_duration(value)
+
+
+class LifecycleConfig(_Table):
+    """The lifecycle controller and the gateway's routing table (see docs/lifecycle.md)."""
+
+    controller: bool = Field(True, description="run the controller inside `stillhouse serve`")
+    tick: float = Field(30.0, gt=0, description="seconds between controller passes")
+    refresh: float = Field(5.0, gt=0, description="seconds between routing table reloads")
+
+    @field_validator("tick", "refresh", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> float:
+        return parse_duration(value)
 
 
 class GatewayConfig(_Table):
@@ -266,6 +302,7 @@ class StoreConfig(_Table):
 class Config(_Table):
     store: StoreConfig = Field(default_factory=StoreConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     tasks: dict[str, TaskConfig] = Field(default_factory=dict)
 

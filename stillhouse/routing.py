@@ -1,12 +1,17 @@
-"""Which model answers a request: pure functions over the task's config and routing state.
+"""Which model answers a request: pure functions over the task's config and the routing table.
 
-Until the lifecycle controller publishes a routing table, every task routes to its teacher;
-the route's reason says why, and is stored with the call.
+The routing table is in memory: the lifecycle controller (or a refresher reading its stored
+state in the background) publishes a new table; the gateway only reads it, never the database.
+A session lands in a sticky bucket, hash(task, session key or request id) in [0, 1), and goes to
+the student when its bucket is under the task's current student share.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from .config import TaskConfig
 from .store.records import Role
@@ -19,9 +24,83 @@ class Route:
     reason: str
 
 
-def choose_route(task: TaskConfig) -> Route:
-    if task.mode == "teacher":
+@dataclass(frozen=True, slots=True)
+class TaskRoute:
+    """One task's entry in the routing table, as the lifecycle controller published it."""
+
+    state: str = "grace"
+    share: float = 0.0  # fraction of sessions that go to the student
+    mode: str | None = None  # a stored `stillhouse mode` override of tasks.<t>.mode
+    threshold: float | None = None  # calibrated confidence under which the teacher answers
+    candidate: str | None = None
+
+
+class RoutingTable:
+    """task -> TaskRoute, replaced whole by `publish` (one reference swap: readers never lock)."""
+
+    def __init__(self, entries: Mapping[str, TaskRoute] | None = None) -> None:
+        self._entries: Mapping[str, TaskRoute] = MappingProxyType(dict(entries or {}))
+
+    def get(self, task: str) -> TaskRoute | None:
+        return self._entries.get(task)
+
+    def publish(self, entries: Mapping[str, TaskRoute]) -> None:
+        self._entries = MappingProxyType(dict(entries))
+
+    def update(self, task: str, entry: TaskRoute) -> None:
+        self.publish({**self._entries, task: entry})
+
+    def snapshot(self) -> dict[str, TaskRoute]:
+        return dict(self._entries)
+
+
+def _unit(*parts: str) -> float:
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def bucket(task: str, key: str) -> float:
+    """The sticky bucket of a session (or request) in [0, 1): the same key, the same bucket, so
+    a session stays with one model while the share only grows."""
+    return _unit("bucket", task, key)
+
+
+def mode_of(task: TaskConfig, entry: TaskRoute | None) -> str:
+    return entry.mode if entry is not None and entry.mode else task.mode
+
+
+def choose_route(
+    task: TaskConfig, entry: TaskRoute | None = None, *, name: str = "", key: str = ""
+) -> Route:
+    """The route of one request to task `name`; `key` is its session key, else its request id."""
+    mode = mode_of(task, entry)
+    if mode == "teacher":
         return Route("teacher", task.teacher, "mode:teacher")
     if task.student is None:
         return Route("teacher", task.teacher, "no-student")
-    return Route("teacher", task.teacher, "grace")
+    if mode == "student":
+        return Route("student", task.student, "mode:student")
+    if entry is None:
+        return Route("teacher", task.teacher, "grace")
+    if entry.share > 0 and bucket(name, key) < entry.share:
+        return Route("student", task.student, f"{entry.state}:{round(entry.share * 100)}%")
+    return Route("teacher", task.teacher, entry.state)
+
+
+def needs_fallback(
+    task: TaskConfig, entry: TaskRoute | None, route: Route, confidence: float | None
+) -> bool:
+    """A student answer in auto mode whose confidence is under the calibrated threshold is
+    replaced by the teacher's. No threshold or no confidence reported: no fallback."""
+    if route.role != "student" or task.routing.fallback != "confidence":
+        return False
+    if mode_of(task, entry) != "auto" or entry is None or entry.threshold is None:
+        return False
+    return confidence is not None and confidence < entry.threshold
+
+
+def shadow_sampled(task: TaskConfig, role: str, call_id: str) -> bool:
+    """Whether a student-served call is also sent to the teacher in the background."""
+    if role != "student" or task.routing.shadow_rate <= 0:
+        return False
+    return _unit("shadow", call_id) < task.routing.shadow_rate

@@ -43,6 +43,10 @@ def test_init_writes_a_starter_that_works(tmp_path: Path) -> None:
             "support": {
                 "mode": "auto",
                 "state": "grace",
+                "stage": -1,
+                "student_share": 0.0,
+                "candidate": None,
+                "reason": None,
                 "teacher": "teacher",
                 "student": None,
                 "calls": 0,

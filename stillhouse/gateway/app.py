@@ -22,6 +22,7 @@ from starlette.routing import Route
 from ..config import Config
 from ..errors import ConfigError, HTTPError, NotFound, Unauthorized
 from ..providers import Provider, SharedSession, build_provider
+from ..routing import RoutingTable
 from ..store import CaptureWriter, open_store
 from .chat import ChatCompletions, error_response
 from .metrics import CONTENT_TYPE, GatewayMetrics
@@ -53,16 +54,26 @@ def _gateway_keys(config: Config) -> list[bytes]:
     return keys
 
 
-def create_app(config: Config, *, writer: CaptureWriter | None = None) -> Starlette:
-    """The gateway for `config`. It starts and stops `writer` (default: one on config.store)."""
+def create_app(
+    config: Config, *, writer: CaptureWriter | None = None, routing: RoutingTable | None = None
+) -> Starlette:
+    """The gateway for `config`. It starts and stops `writer` (default: one on config.store).
+    Without a `routing` table it keeps its own, reloaded from the stored lifecycle state every
+    `lifecycle.refresh` seconds in the background."""
+    from ..lifecycle.table import RoutingRefresher
+
     writer = writer or default_writer(config)
+    refresher = None
+    if routing is None:
+        routing = RoutingTable()
+        refresher = RoutingRefresher(config.store.url, routing, config.lifecycle.refresh)
     keys = _gateway_keys(config)
     metrics = GatewayMetrics(writer)
     client = SharedSession()
     providers: dict[str, Provider] = {
         name: build_provider(name, model, client) for name, model in config.models.items()
     }
-    chat = ChatCompletions(config, providers, writer, metrics)
+    chat = ChatCompletions(config, providers, writer, metrics, routing)
 
     def authorise(request: Request) -> None:
         if not keys:
@@ -112,9 +123,13 @@ def create_app(config: Config, *, writer: CaptureWriter | None = None) -> Starle
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         writer.start()
         await client.open()
+        if refresher is not None:
+            refresher.start()
         try:
             yield
         finally:
+            if refresher is not None:
+                refresher.stop()
             await client.close()
             writer.close()
 
@@ -134,4 +149,5 @@ def create_app(config: Config, *, writer: CaptureWriter | None = None) -> Starle
     )
     app.state.writer = writer
     app.state.metrics = metrics
+    app.state.routing = routing
     return app

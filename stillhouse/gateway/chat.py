@@ -21,10 +21,11 @@ from starlette.responses import Response, StreamingResponse
 
 from ..config import Config
 from ..errors import NotFound, PayloadTooLarge, UpstreamError
+from ..lifecycle.shadow import agreement, answer_text
 from ..pricing import call_cost
 from ..providers import Chunk, Provider
-from ..routing import Route, choose_route
-from ..store.records import Call, new_id
+from ..routing import Route, RoutingTable, choose_route, needs_fallback, shadow_sampled
+from ..store.records import Call, Score, new_id
 from ..store.writer import CaptureWriter
 from .metrics import GatewayMetrics
 from .protocol import ChatCompletionRequest, parse_request, session_of, task_of, upstream_body
@@ -87,11 +88,14 @@ class ChatCompletions:
         providers: dict[str, Provider],
         writer: CaptureWriter,
         metrics: GatewayMetrics,
+        routing: RoutingTable | None = None,
     ) -> None:
         self.config = config
         self.providers = providers
         self.writer = writer
         self.metrics = metrics
+        self.routing = routing or RoutingTable()
+        self._background: set[asyncio.Task[None]] = set()  # shadow calls, held until done
 
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -108,10 +112,13 @@ class ChatCompletions:
                 param="model",
                 code="model_not_found",
             )
-        route = choose_route(task)
+        call_id = new_id("call")
+        session_key = session_of(checked, request.headers)
+        entry = self.routing.get(task_name)
+        route = choose_route(task, entry, name=task_name, key=session_key or call_id)
         model = self.config.models[route.model]
         call = Call(
-            id=new_id("call"),
+            id=call_id,
             task=task_name,
             request=body,
             role=route.role,
@@ -121,7 +128,7 @@ class ChatCompletions:
             route_reason=route.reason,
             stream=bool(checked.stream),
             created_at=created_at,
-            session_key=session_of(checked, request.headers),
+            session_key=session_key,
             metadata=dict(checked.metadata or {}),
         )
         headers = {
@@ -138,8 +145,98 @@ class ChatCompletions:
         except UpstreamError as err:
             self._capture_error(call, err, started)
             return error_response(err, headers)
+        if needs_fallback(task, entry, route, _confidence(response)):
+            return await self._fallback(call, response, body, started, headers)
         self._capture(call, response, started, ttft_ms=None)
         return Response(orjson.dumps(response), 200, headers, "application/json")
+
+    # -- confidence fallback and shadow sampling ---------------------------------------------
+    def _teacher_call(self, of: Call, reason: str, link: str) -> tuple[Call, dict[str, Any]]:
+        teacher = self.config.tasks[of.task].teacher
+        model = self.config.models[teacher]
+        call = dataclasses.replace(
+            of,
+            id=new_id("call"),
+            role="teacher",
+            model=teacher,
+            provider=model.provider,
+            upstream_model=model.model,
+            route_reason=reason,
+            stream=False,
+            created_at=time.time(),
+            metadata={**of.metadata, link: of.id},
+        )
+        forward = upstream_body(of.request, model.model)
+        forward.pop("stream", None)
+        forward.pop("stream_options", None)
+        return call, forward
+
+    async def _fallback(
+        self,
+        student: Call,
+        response: dict[str, Any],
+        body: dict[str, Any],
+        started: float,
+        headers: dict[str, str],
+    ) -> Response:
+        """The student was unsure: the teacher answers. Both calls are captured; the teacher's
+        answer is a teacher call like any other, so curation learns from it."""
+        call, forward = self._teacher_call(student, "fallback", "fallback_of")
+        self._capture(
+            dataclasses.replace(student, route_reason="fallback:replaced"),
+            response,
+            started,
+            ttft_ms=None,
+        )
+        teacher_started = time.perf_counter()
+        try:
+            answer = await self.providers[call.model].complete(forward)
+        except UpstreamError as err:
+            # The teacher failed: the student's answer is better than an error.
+            self._capture_error(call, err, teacher_started)
+            return Response(orjson.dumps(response), 200, headers, "application/json")
+        self._capture(call, answer, teacher_started, ttft_ms=None)
+        headers = {**headers, "x-stillhouse-route": "fallback"}
+        return Response(orjson.dumps(answer), 200, headers, "application/json")
+
+    def _maybe_shadow(self, student: Call) -> None:
+        task = self.config.tasks.get(student.task)
+        if task is None or student.status != "ok" or student.response is None:
+            return
+        if student.route_reason.startswith("fallback") or not shadow_sampled(
+            task, student.role, student.id
+        ):
+            return
+        job = asyncio.get_running_loop().create_task(self._shadow(student))
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    async def _shadow(self, student: Call) -> None:
+        """In the background, after the user has the student's answer: ask the teacher too,
+        capture its answer and store how well the two agree as a score on the student's call."""
+        call, forward = self._teacher_call(student, "shadow", "shadow_of")
+        started = time.perf_counter()
+        try:
+            answer = await self.providers[call.model].complete(forward)
+        except UpstreamError as err:
+            self._capture_error(call, err, started)
+            return
+        except Exception:  # never let a background comparison crash the loop
+            log.exception("shadow call for %s failed", student.id)
+            return
+        self._capture(call, answer, started, ttft_ms=None)
+        metric = self.config.tasks[student.task].gate.metric
+        value = agreement(metric, answer_text(student.response), answer_text(answer))
+        self.writer.submit(
+            Score(
+                id=new_id("score"),
+                call_id=student.id,
+                name="shadow_agreement",
+                value=value,
+                source="shadow",
+                comment=call.id,
+            )
+        )
 
     # -- streaming -------------------------------------------------------------------------
     async def _stream(
@@ -211,6 +308,8 @@ class ChatCompletions:
         latency_ms = (time.perf_counter() - started) * 1000
         final = dataclasses.replace(call, latency_ms=latency_ms, **fields)
         self.writer.submit(final)
+        if final.role == "student":
+            self._maybe_shadow(final)
         self.metrics.requests.labels(call.task, call.role, str(final.http_status)).inc()
         self.metrics.latency.labels(call.task, call.role).observe(latency_ms / 1000)
 

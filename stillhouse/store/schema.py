@@ -136,6 +136,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX releases_candidate ON releases (candidate_id)",
         ),
     ),
+    Migration(
+        4,
+        "lifecycle events",
+        (
+            # One row per lifecycle transition or mode change, never updated: each row is the
+            # task's whole lifecycle state after the event, so the newest row is the truth.
+            """CREATE TABLE lifecycle_events (
+                id TEXT PRIMARY KEY,
+                task TEXT NOT NULL,
+                created_at {real} NOT NULL,
+                kind TEXT NOT NULL,
+                from_state TEXT,
+                state TEXT NOT NULL,
+                stage INTEGER NOT NULL,
+                share {real} NOT NULL,
+                mode TEXT,
+                candidate_id TEXT,
+                reason TEXT NOT NULL,
+                detail {json} NOT NULL
+            )""",
+            "CREATE INDEX lifecycle_events_task_time ON lifecycle_events (task, created_at)",
+        ),
+    ),
 )
 
 DIALECT_TYPES = {

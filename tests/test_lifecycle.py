@@ -1,0 +1,394 @@
+"""The lifecycle end to end on loopback: a deterministic teacher and a scriptable student behind
+real HTTP, the gateway driven by the official openai SDK, and the controller's tick run by the
+test. Training and validation are small stand-ins here (training for real is tests/test_train.py);
+everything else (curation, the registry, the stored transitions, routing, fallback, shadow
+comparisons, gates, drift) is the real code."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from stillhouse.config import Config, parse_config
+from stillhouse.errors import StillhouseError
+from stillhouse.gateway import create_app
+from stillhouse.lifecycle import controller as ctl
+from stillhouse.lifecycle import events
+from stillhouse.lifecycle.controller import Controller, Verdict
+from stillhouse.lifecycle.monitor import psi
+from stillhouse.lifecycle.states import TRANSITIONS, State, TransitionError
+from stillhouse.registry import register_candidate
+from stillhouse.routing import RoutingTable
+from stillhouse.store import open_store
+
+from .test_cli import run
+from .upstream import ServerThread, UpstreamBehaviour, message_text, running_upstream
+
+INTENTS = ["refund", "delivery", "card_lost", "cancel"]
+
+
+def intent_of(body: dict[str, Any]) -> str:
+    text = message_text([m for m in body["messages"] if m["role"] == "user"][-1])
+    return text.split()[0]
+
+
+def teacher_reply(body: dict[str, Any]) -> str:
+    return json.dumps({"intent": intent_of(body)})
+
+
+@dataclass
+class Student:
+    """A student model server: answers like the teacher unless told to be wrong or unsure."""
+
+    wrong: bool = False
+    confidence: float = 0.9
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def app(self) -> Starlette:
+        async def chat(request: Request) -> Response:
+            body = orjson.loads(await request.body())
+            self.requests.append(body)
+            text = json.dumps({"intent": "wrong" if self.wrong else intent_of(body)})
+            payload = {
+                "id": "chatcmpl-student",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+                "stillhouse": {"confidence": {"min": 0.1, "mean": 0.9, "p10": self.confidence}},
+            }
+            return Response(orjson.dumps(payload), media_type="application/json")
+
+        return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+class FakeSteps:
+    """Real curation and registry; training registers a candidate without a model, and
+    validation answers what the test says."""
+
+    def __init__(self) -> None:
+        self.passes = True
+        self.trained: list[str] = []
+
+    def curate(self, store: Any, config: Config, task: str) -> str:
+        from stillhouse.curate.pipeline import curate
+
+        return curate(store, config, task).dataset.id
+
+    def train(self, store: Any, config: Config, task: str, dataset: str, parent: Any) -> str:
+        candidate = register_candidate(
+            store,
+            task=task,
+            dataset_id=dataset,
+            backend="local",
+            base_model="tiny",
+            config={"n": len(self.trained)},
+            artifacts={},
+            serving={},
+            metrics={},
+            parent_id=parent,
+        )
+        self.trained.append(candidate.id)
+        return candidate.id
+
+    def validate(self, store: Any, config: Config, task: str, cand: str, inc: Any) -> Verdict:
+        if self.passes:
+            return Verdict(True, "agreement 0.97 >= 0.5", threshold=0.5)
+        return Verdict(False, "agreement 0.31 < 0.5")
+
+
+class World:
+    def __init__(self, tmp_path: Path, teacher_url: str, student_url: str) -> None:
+        self.config = parse_config(
+            {
+                "store": {"url": "sqlite:///lifecycle.db"},
+                "models": {
+                    "teacher": {
+                        "provider": "openai-compatible",
+                        "base_url": teacher_url,
+                        "model": "big",
+                        "max_retries": 0,
+                        "timeout": 5,
+                    },
+                    "student": {
+                        "provider": "openai-compatible",
+                        "base_url": student_url,
+                        "model": "small",
+                        "max_retries": 0,
+                        "timeout": 5,
+                    },
+                },
+                "tasks": {
+                    "support": {
+                        "teacher": "teacher",
+                        "student": "student",
+                        "grace": {"min_conversations": 8, "min_unique_intents": 2},
+                        "gate": {"agreement": 0.5},
+                        "rollout": {
+                            "stages": [25, 50],
+                            "min_samples": 4,
+                            "min_dwell": 0,
+                            "max_latency_ratio": 100,
+                        },
+                        "routing": {"shadow_rate": 1.0},
+                        "drift": {"min_samples": 8, "max_psi": 0.5, "window": "1h"},
+                        "curate": {"intents": "metadata"},
+                    }
+                },
+            },
+            tmp_path,
+        )
+        self.steps = FakeSteps()
+        self.table = RoutingTable()
+        self.controller = Controller(self.config, steps=self.steps, routing=self.table)
+        self.app = create_app(self.config, routing=self.table)
+        self.server = ServerThread(self.app).start()
+        self.client = openai.OpenAI(base_url=self.server.url + "/v1", api_key="x", max_retries=0)
+        self.sent = 0
+
+    def ask(self, n: int, intents: list[str] = INTENTS) -> list[Any]:
+        out = []
+        for _ in range(n):
+            intent = intents[self.sent % len(intents)]
+            self.sent += 1
+            out.append(
+                self.client.chat.completions.with_raw_response.create(
+                    model="support",
+                    messages=[{"role": "user", "content": f"{intent} request {self.sent}"}],
+                    user=f"user-{self.sent}",
+                    metadata={"intent": intent},
+                )
+            )
+        self.settle()
+        return out
+
+    def settle(self) -> None:
+        """Wait for the background shadow calls, then for the captures to reach the store."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            assert self.app.state.writer.flush(10)
+            with open_store(self.config.store.url) as store:
+                calls = store.list_calls(task="support", limit=10_000)
+                students = [c for c in calls if c.role == "student"]
+                shadows = [c for c in calls if c.route_reason == "shadow"]
+                scored = sum(bool(store.scores_for(c.id)) for c in students)
+            if len(shadows) >= len(students) - self.fallbacks(calls) and scored >= len(shadows):
+                return
+            time.sleep(0.05)
+        raise AssertionError("shadow comparisons did not finish")
+
+    @staticmethod
+    def fallbacks(calls: list[Any]) -> int:
+        return sum(c.route_reason == "fallback:replaced" for c in calls)
+
+    def tick(self) -> State:
+        return self.controller.tick()["support"].state
+
+    def state(self) -> Any:
+        with open_store(self.config.store.url) as store:
+            return events.current(store, "support")
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    student = Student()
+    server = ServerThread(student.app()).start()
+    with running_upstream(UpstreamBehaviour(reply=teacher_reply)) as (teacher_url, _):
+        w = World(tmp_path, teacher_url, server.url + "/v1")
+        w.student = student  # type: ignore[attr-defined]
+        yield w
+        w.stop()
+    server.stop()
+
+
+def roll_to_first_stage(w: World) -> None:
+    w.ask(8)
+    assert [w.tick() for _ in range(4)] == [
+        State.CURATING,
+        State.TRAINING,
+        State.VALIDATING,
+        State.ROLLOUT,
+    ]
+
+
+def test_a_task_goes_through_every_state_and_a_shift_retrains(world: World) -> None:
+    w = world
+    assert w.tick() is State.GRACE  # nothing captured yet
+    w.ask(4)
+    assert w.tick() is State.GRACE  # 4 of 8 conversations
+    roll_to_first_stage(w)
+    state = w.state()
+    assert state.share == 0.25 and state.candidate_id == w.steps.trained[0]
+    replies = w.ask(40)
+    routes = [r.headers["x-stillhouse-route"] for r in replies]
+    assert 4 <= routes.count("student") <= 18, routes
+    assert all(
+        json.loads(r.parse().choices[0].message.content)["intent"] in INTENTS for r in replies
+    )
+    assert w.tick() is State.ROLLOUT and w.state().share == 0.5
+    w.ask(24)
+    assert w.tick() is State.SERVING and w.state().share == 1.0
+    w.ask(8)
+    assert w.tick() is State.SERVING  # same intents, good agreement: no drift
+    w.ask(24, intents=["invoice", "password"])  # traffic the student never saw
+    assert w.tick() is State.RETRAINING
+    assert "intent distribution shifted" in w.state().reason
+    assert w.tick() is State.VALIDATING
+    assert w.tick() is State.ROLLOUT and w.state().candidate_id == w.steps.trained[1]
+    with open_store(w.config.store.url) as store:
+        history = events.history(store, "support")
+        parent = store.get_candidate(w.steps.trained[1]).parent_id
+    assert parent == w.steps.trained[0]
+    seen = [e["state"] for e in reversed(history)]
+    assert seen == [
+        "curating",
+        "training",
+        "validating",
+        "rollout",
+        "rollout",
+        "serving",
+        "retraining",
+        "validating",
+        "rollout",
+    ]
+    assert all(e["reason"] for e in history)
+    for before, after in zip(history[1:], history[:-1], strict=True):
+        assert State(after["state"]) in TRANSITIONS[State(before["state"])]
+
+
+def test_a_bad_candidate_is_stopped_at_the_gate(world: World) -> None:
+    w = world
+    w.steps.passes = False
+    w.ask(8)
+    assert [w.tick() for _ in range(4)][-1] is State.GRACE
+    state = w.state()
+    assert state.share == 0 and "failed the gate" in state.reason
+    assert all(r.headers["x-stillhouse-route"] == "teacher" for r in w.ask(8))
+    assert w.tick() is State.CURATING  # 8 fresh teacher calls: try again
+
+
+def test_a_student_that_degrades_mid_rollout_is_rolled_back(world: World) -> None:
+    w = world
+    roll_to_first_stage(w)
+    w.ask(24)
+    assert w.tick() is State.ROLLOUT and w.state().share == 0.5
+    w.student.wrong = True  # type: ignore[attr-defined]
+    w.ask(24)
+    assert w.tick() is State.ROLLED_BACK
+    state = w.state()
+    assert state.share == 0 and "shadow agreement" in state.reason
+    assert all(r.headers["x-stillhouse-route"] == "teacher" for r in w.ask(8))
+    assert w.tick() is State.CURATING
+
+
+def test_a_low_confidence_answer_is_replaced_by_the_teachers(world: World) -> None:
+    w = world
+    roll_to_first_stage(w)
+    w.student.confidence = 0.2  # type: ignore[attr-defined]  # under the 0.5 threshold
+    replies = w.ask(20)
+    fell_back = [r for r in replies if r.headers["x-stillhouse-route"] == "fallback"]
+    assert fell_back and not any(r.headers["x-stillhouse-route"] == "student" for r in replies)
+    with open_store(w.config.store.url) as store:
+        call = store.get_call(fell_back[0].headers["x-stillhouse-call-id"])
+        teacher = [c for c in store.list_calls("support", 1000) if c.route_reason == "fallback"]
+    assert call is not None and call.role == "student" and call.route_reason == "fallback:replaced"
+    assert len(teacher) == len(fell_back)
+    assert teacher[0].metadata["fallback_of"] in {
+        r.headers["x-stillhouse-call-id"] for r in fell_back
+    }
+
+
+def test_shadow_comparisons_never_delay_the_user(tmp_path: Path) -> None:
+    student = Student()
+    server = ServerThread(student.app()).start()
+    slow = UpstreamBehaviour(reply=teacher_reply, latency=1.5)
+    with running_upstream(slow) as (teacher_url, _):
+        w = World(tmp_path, teacher_url, server.url + "/v1")
+        try:
+            with open_store(w.config.store.url) as store:
+                ctl.set_mode(store, w.config, "support", "student")
+            w.table.publish({"support": _entry(w)})
+            started = time.perf_counter()
+            reply = w.client.chat.completions.with_raw_response.create(
+                model="support", messages=[{"role": "user", "content": "refund now"}]
+            )
+            assert time.perf_counter() - started < 1.0
+            assert reply.headers["x-stillhouse-route"] == "student"
+            w.settle()  # the teacher's answer arrives later, in the background
+            with open_store(w.config.store.url) as store:
+                scores = store.scores_for(reply.headers["x-stillhouse-call-id"])
+            assert [(s.name, s.value, s.source) for s in scores] == [
+                ("shadow_agreement", 1.0, "shadow")
+            ]
+        finally:
+            w.stop()
+    server.stop()
+
+
+def _entry(w: World) -> Any:
+    from stillhouse.lifecycle.table import entry_of
+
+    return entry_of(w.state())
+
+
+def test_a_restarted_controller_resumes_and_people_steer_it(world: World) -> None:
+    w = world
+    roll_to_first_stage(w)
+    w.controller = Controller(w.config, steps=w.steps, routing=w.table)  # "killed", started again
+    assert w.tick() is State.ROLLOUT and w.state().stage == 0
+    with open_store(w.config.store.url) as store:
+        assert ctl.pause(store, w.config, "support").state is State.PAUSED
+    w.ask(24)
+    assert w.tick() is State.PAUSED  # the controller leaves a paused task alone
+    with open_store(w.config.store.url) as store:
+        assert ctl.advance(store, w.config, "support").share == 0.5
+        assert ctl.rollback(store, w.config, "support").share == 0.0
+        with pytest.raises(StillhouseError, match="not rolling out"):
+            ctl.advance(store, w.config, "support")
+        with pytest.raises(TransitionError, match="cannot go from rolled_back to serving"):
+            events.current(store, "support").moved(State.SERVING, "no")
+    assert w.state().state is State.ROLLED_BACK
+
+
+def test_mode_and_rollout_verbs_from_the_cli(tmp_path: Path) -> None:
+    (tmp_path / "stillhouse.toml").write_text(
+        '[models.t]\nprovider = "openai"\nmodel = "x"\n'
+        '[models.s]\nprovider = "openai"\nmodel = "y"\n'
+        '[tasks.support]\nteacher = "t"\nstudent = "s"\n'
+    )
+    run("mode", "--task", "support", "teacher", cwd=tmp_path)
+    status = json.loads(run("status", "--json", cwd=tmp_path).stdout)["tasks"]["support"]
+    assert status["mode"] == "teacher" and status["state"] == "grace"
+    doc = json.loads(run("rollout", "pause", "--task", "support", "--json", cwd=tmp_path).stdout)
+    assert doc["state"] == "paused" and doc["history"][0]["reason"] == "paused by hand"
+    bad = run("rollout", "advance", "--task", "support", cwd=tmp_path, check=False)
+    assert bad.returncode == 1 and "not rolling out" in bad.stderr
+
+
+def test_psi() -> None:
+    same = ["a", "b"] * 50
+    assert psi(same, same) == 0
+    assert psi(same, ["a"] * 90 + ["b"] * 10) > 0.25
+    assert psi(same, ["c"] * 100) > 1
