@@ -392,3 +392,47 @@ def test_psi() -> None:
     assert psi(same, same) == 0
     assert psi(same, ["a"] * 90 + ["b"] * 10) > 0.25
     assert psi(same, ["c"] * 100) > 1
+
+
+def test_a_running_gateway_picks_up_a_stored_mode(tmp_path: Path) -> None:
+    student = Student()
+    server = ServerThread(student.app()).start()
+    with running_upstream(UpstreamBehaviour(reply=teacher_reply)) as (teacher_url, _):
+        w = World(tmp_path, teacher_url, server.url + "/v1")
+        config = w.config.model_copy(
+            update={"lifecycle": w.config.lifecycle.model_copy(update={"refresh": 0.05})}
+        )
+        gateway = ServerThread(create_app(config)).start()  # its own table and refresher
+        try:
+            client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0)
+
+            def route() -> str:
+                reply = client.chat.completions.with_raw_response.create(
+                    model="support", messages=[{"role": "user", "content": "refund"}]
+                )
+                return reply.headers["x-stillhouse-route"]
+
+            assert route() == "teacher"
+            with open_store(config.store.url) as store:
+                ctl.set_mode(store, config, "support", "student")
+            deadline = time.monotonic() + 5
+            while route() != "student":
+                assert time.monotonic() < deadline, "the gateway never saw the stored mode"
+                time.sleep(0.05)
+        finally:
+            gateway.stop()
+            w.stop()
+    server.stop()
+
+
+def test_a_serving_student_is_retrained_every_period(world: World) -> None:
+    w = world
+    roll_to_first_stage(w)
+    with open_store(w.config.store.url) as store:
+        ctl.advance(store, w.config, "support")
+        assert ctl.advance(store, w.config, "support").state is State.SERVING
+    task = w.config.tasks["support"].model_copy(update={"retrain_every": 3600.0})
+    config = w.config.model_copy(update={"tasks": {"support": task}})
+    later = Controller(config, steps=w.steps, clock=lambda: time.time() + 7200)
+    assert later.tick()["support"].state is State.RETRAINING
+    assert w.state().reason.startswith("periodic")
