@@ -94,11 +94,26 @@ class _Table(BaseModel):
 
 
 class Price(_Table):
-    """Dollars per million tokens."""
+    """Dollars per million tokens, or a self-hosted GPU's hourly cost spread over its measured
+    throughput (`gpu_hour` with `tokens_per_second`; see docs/costs.md)."""
 
     input_per_mtok: float = Field(0.0, ge=0)
     cached_input_per_mtok: float | None = Field(None, ge=0)
     output_per_mtok: float = Field(0.0, ge=0)
+    gpu_hour: float | None = Field(None, ge=0, description="dollars per GPU hour (self-hosted)")
+    tokens_per_second: float | None = Field(
+        None, gt=0, description="measured tokens/s of that GPU at your load, input + output"
+    )
+
+    @model_validator(mode="after")
+    def _gpu(self) -> Price:
+        if (self.gpu_hour is None) != (self.tokens_per_second is None):
+            raise ValueError("gpu_hour and tokens_per_second go together")
+        if self.gpu_hour is not None and (
+            self.input_per_mtok or self.output_per_mtok or self.cached_input_per_mtok
+        ):
+            raise ValueError("give either gpu_hour and tokens_per_second or *_per_mtok, not both")
+        return self
 
 
 Provider = Literal["openai", "azure", "anthropic", "openai-compatible", "local"]

@@ -22,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from ..config import Config
 from ..errors import NotFound, PayloadTooLarge, UpstreamError
 from ..lifecycle.shadow import agreement, answer_text
-from ..pricing import call_cost
+from ..pricing import call_cost, price_for
 from ..providers import Chunk, Provider
 from ..routing import Route, RoutingTable, choose_route, needs_fallback, shadow_sampled
 from ..store.records import Call, Score, new_id
@@ -325,7 +325,9 @@ class ChatCompletions:
             ttft_ms=ttft_ms,
             input_tokens=tokens_in,
             output_tokens=tokens_out,
-            cost=call_cost(self.config.models[call.model].price, tokens_in, tokens_out, cached),
+            cost=call_cost(
+                price_for(self.config.models[call.model]), tokens_in, tokens_out, cached
+            ),
             finish_reason=choices[0].get("finish_reason"),
             confidence=_confidence(response),
         )
@@ -359,7 +361,9 @@ class ChatCompletions:
             ttft_ms=acc.ttft_ms,
             input_tokens=tokens_in,
             output_tokens=tokens_out,
-            cost=call_cost(self.config.models[call.model].price, tokens_in, tokens_out, cached),
+            cost=call_cost(
+                price_for(self.config.models[call.model]), tokens_in, tokens_out, cached
+            ),
             finish_reason=acc.finish_reason,
             metadata=metadata,
             confidence=_confidence(response),
