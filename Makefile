@@ -23,6 +23,7 @@ lint: install
 
 # The whole suite, on SQLite and on PostgreSQL (installed from Debian's packages if missing).
 test: lint
+	scripts/test-chromium.sh >/dev/null  # the dashboard's browser tests
 	STILLHOUSE_TEST_PG_URL="$$(scripts/test-postgres.sh)" && export STILLHOUSE_TEST_PG_URL && \
 		$(PY) -m pytest
 

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..config import Config
+from ..dashboard import dashboard_routes
 from ..errors import ConfigError, HTTPError, NotFound, Unauthorized
 from ..providers import Provider, SharedSession, build_provider
 from ..routing import RoutingTable
@@ -139,6 +140,7 @@ def create_app(
             Route("/v1/models", models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
+            *dashboard_routes(config, keys),  # read-only pages at /
         ],
         exception_handlers={
             HTTPError: on_http_error,

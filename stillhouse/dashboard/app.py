@@ -1,0 +1,174 @@
+"""The dashboard's routes on the gateway's app: server-rendered HTML, read-only.
+
+It must never block the event loop on the database: every page reads the store in a worker
+thread (run_in_threadpool) through a connection of its own, opened and closed per page. When the
+gateway has API keys, so does the dashboard: a Bearer header, or `?key=` once, which sets an
+HttpOnly cookie and redirects to the same page without the key in its address.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jinja2
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from ..config import Config
+from ..pricing_catalog import CATALOG_DATE
+from ..store import open_store
+from ..store.base import TraceStore
+from . import data
+
+T = TypeVar("T")
+COOKIE = "stillhouse_key"
+MAX_DAYS = 365
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _money(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"${value:,.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters.update(when=_when, money=_money, pct=_pct)
+    env.globals["catalog_date"] = CATALOG_DATE
+    return env
+
+
+def dashboard_routes(config: Config, keys: Sequence[bytes]) -> list[Route]:
+    """The dashboard's pages, to add to the gateway's routes; `keys` are the gateway's."""
+    env = _environment()
+    url = config.store.url
+
+    ready: list[bool] = []
+
+    async def read(fn: Callable[[TraceStore], T]) -> T:
+        def run() -> T:
+            # Migrate once, for a store no call has reached yet (the writer migrates lazily);
+            # after that a page never takes the write lock.
+            with open_store(url, migrate=not ready) as store:
+                ready.append(True)
+                return fn(store)
+
+        return await run_in_threadpool(run)
+
+    def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        html = env.get_template(name).render(tasks_configured=sorted(config.tasks), **context)
+        return HTMLResponse(html, status)
+
+    def allowed(token: str) -> bool:
+        given = token.encode()
+        return any(hmac.compare_digest(given, k) for k in keys)
+
+    def guard(request: Request) -> Response | None:
+        """None when the request may see the dashboard, else the response to send instead."""
+        if not keys:
+            return None
+        key = request.query_params.get("key")
+        if key is not None:
+            if not allowed(key):
+                return page("error.html", 401, title="wrong key", message="That key is wrong.")
+            query = str(request.url.remove_query_params("key").query)
+            target = request.url.path + (f"?{query}" if query else "")
+            response = RedirectResponse(target, 303)
+            response.set_cookie(
+                COOKIE,
+                key,
+                httponly=True,
+                samesite="strict",
+                secure=request.url.scheme == "https",
+            )
+            return response
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and allowed(token.strip()):
+            return None
+        if allowed(request.cookies.get(COOKIE, "")):
+            return None
+        return page(
+            "error.html",
+            401,
+            title="API key needed",
+            message="This dashboard needs one of the gateway's API keys: open it once as "
+            "/?key=YOUR_KEY (it is then kept in an HttpOnly cookie) or send "
+            "Authorization: Bearer YOUR_KEY.",
+        )
+
+    def days_of(request: Request) -> float:
+        try:
+            days = float(request.query_params.get("days", "7"))
+        except ValueError:
+            days = 7.0
+        return min(max(days, 0.01), MAX_DAYS)
+
+    async def overview(request: Request) -> Response:
+        if (denied := guard(request)) is not None:
+            return denied
+        days = days_of(request)
+        doc = await read(lambda s: data.overview(s, config, days))
+        return page("overview.html", title="Stillhouse", days=days, **doc)
+
+    async def task(request: Request) -> Response:
+        if (denied := guard(request)) is not None:
+            return denied
+        name = request.path_params["task"]
+        if name not in config.tasks:
+            return page("error.html", 404, title="no such task", message=f"No task '{name}'.")
+        days = days_of(request)
+        doc = await read(lambda s: data.task_page(s, config, name, days))
+        return page("task.html", title=f"task {name}", days=days, task=doc)
+
+    async def registry(request: Request) -> Response:
+        if (denied := guard(request)) is not None:
+            return denied
+        doc = await read(data.registry)
+        return page("registry.html", title="datasets and candidates", **doc)
+
+    async def calls(request: Request) -> Response:
+        if (denied := guard(request)) is not None:
+            return denied
+        q = request.query_params
+        filters = {k: q.get(k) or None for k in ("task", "role", "status")}
+        try:
+            limit = min(max(int(q.get("limit", "100")), 1), 1000)
+        except ValueError:
+            limit = 100
+        found = await read(
+            lambda s: data.list_calls(s, filters["task"], filters["role"], filters["status"], limit)
+        )
+        return page("calls.html", title="calls", found=found, filters=filters, limit=limit)
+
+    async def call(request: Request) -> Response:
+        if (denied := guard(request)) is not None:
+            return denied
+        call_id = request.path_params["call_id"]
+        doc = await read(lambda s: data.call_view(s, call_id))
+        if doc is None:
+            return page("error.html", 404, title="no such call", message=f"No call '{call_id}'.")
+        return page("call.html", title=f"call {call_id}", **doc)
+
+    return [
+        Route("/", overview, methods=["GET"]),
+        Route("/tasks/{task}", task, methods=["GET"]),
+        Route("/registry", registry, methods=["GET"]),
+        Route("/calls", calls, methods=["GET"]),
+        Route("/calls/{call_id}", call, methods=["GET"]),
+    ]
