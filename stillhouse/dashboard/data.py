@@ -111,8 +111,11 @@ def overview(store: TraceStore, config: Config, days: float, now: float | None =
     states = _lifecycle(store)
     names = sorted(set(config.tasks) | {r.task for r in rows})
     tasks = []
+    by_task: dict[str, list[CallRow]] = {}
+    for row in rows:  # one pass, not one per task
+        by_task.setdefault(row.task, []).append(row)
     for name in names:
-        mine = [r for r in rows if r.task == name]
+        mine = by_task.get(name, [])
         state = states.get(name)
         tasks.append(
             {
