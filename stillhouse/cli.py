@@ -534,6 +534,70 @@ def candidates(config: Config, task: str | None, as_json: bool) -> None:
         click.echo("no candidates yet: run `stillhouse train --task T`", err=True)
 
 
+@main.command("eval")
+@config_option
+@click.option("--task", required=True, help="The task the candidate belongs to.")
+@click.option("--candidate", "candidate_id", required=True, help="Candidate id (cand_…).")
+@click.option(
+    "--dataset", "dataset_id", help="Dataset whose holdout to use (default: the candidate's)."
+)
+@click.option("--concurrency", default=8, show_default=True, help="Requests in flight.")
+@click.option("--seed", default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def eval_(
+    config: Config,
+    task: str,
+    candidate_id: str,
+    dataset_id: str | None,
+    concurrency: int,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Evaluate a candidate against the teacher on the holdout, calibrate, apply the gate."""
+    from .evaluate.report import table
+    from .evaluate.run import evaluate
+    from .store import open_store
+
+    with open_store(config.store.url) as store:
+        doc = evaluate(
+            store,
+            config,
+            task,
+            candidate_id,
+            dataset=dataset_id,
+            concurrency=concurrency,
+            seed=seed,
+            progress=not as_json,
+        )
+    if as_json:
+        print_json(doc)
+        return
+    click.echo(table(doc), nl=False)
+    click.echo(f"chart: {doc['report']['chart']}")
+
+
+@main.command()
+@config_option
+@click.option("--task", required=True, help="The task to write a prompt for.")
+@click.option("--dataset", "dataset_id", help="Dataset id (default: the task's newest).")
+@click.option("--shots", default=8, show_default=True, help="Few-shot examples (one per intent).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def optimize(config: Config, task: str, dataset_id: str | None, shots: int, as_json: bool) -> None:
+    """Register a prompt candidate: distilled system prompt + few-shot examples on the student."""
+    from .optimize import optimize_task
+    from .store import open_store
+
+    with open_store(config.store.url) as store:
+        _, doc = optimize_task(store, config, task, dataset=dataset_id, shots=shots)
+    if as_json:
+        print_json(doc)
+        return
+    click.echo(
+        f"{doc['candidate']}  task={task}  dataset={doc['dataset']}  backend=prompt  "
+        f"shots={len(doc['prompt']['examples'])}  {doc['base_model']}"
+    )
+
+
 @main.command()
 @config_option
 @click.argument("record_id", metavar="ID")

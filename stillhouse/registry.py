@@ -84,11 +84,13 @@ def record_eval_run(
     config: dict[str, Any],
     metrics: dict[str, Any],
     passed: bool | None,
+    run_id: str | None = None,
 ) -> EvalRun:
+    """Store an eval run; `run_id` lets the caller name files after the run before storing it."""
     if store.get_candidate(candidate_id) is None:
         raise StillhouseError(f"no candidate {candidate_id!r}")
     run = EvalRun(
-        id=new_id("eval"),
+        id=run_id or new_id("eval"),
         candidate_id=candidate_id,
         dataset_id=dataset_id,
         config_hash=config_hash(config),

@@ -14,6 +14,8 @@ from stillhouse.config import Config, parse_config
 from stillhouse.gateway import create_app
 from stillhouse.store import open_store
 
+# Session-wide real tiny models (tests/models.py), for every test module that trains or evaluates.
+from .models import tiny_base, trained  # noqa: F401
 from .upstream import ServerThread, UpstreamBehaviour, running_upstream
 
 PG_ENV = "STILLHOUSE_TEST_PG_URL"

@@ -1,0 +1,318 @@
+"""`stillhouse eval` as a library call: serve a dataset's holdout through a candidate (and the
+serving student, when there is one), score it against the teacher's answers, calibrate the
+confidence threshold, apply the gate, write the report beside the run and store the eval run.
+
+It never changes what serves: it only records a verdict the lifecycle (or a person) acts on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..config import Config, ModelConfig, TaskConfig
+from ..errors import ConfigError, StillhouseError
+from ..store.base import TraceStore
+from ..store.records import Candidate, new_id
+from . import metrics
+from .calibrate import SIGNAL, calibrate
+from .gate import Rules, decide
+from .serve import Answer, model_config, serve
+from .stats import bootstrap_ci, mean, paired_difference_ci, percentile
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One holdout example: the request as the teacher saw it and the teacher's answer."""
+
+    call_id: str
+    intent: str
+    messages: tuple[dict[str, Any], ...]
+    teacher: str
+    reference: Any = None  # the call's metadata.reference, when it carried one
+    tools: Any = None
+
+
+def holdout_items(store: TraceStore, dataset_id: str) -> list[Item]:
+    """The dataset's holdout as (request, teacher answer) pairs, cut at the last assistant turn."""
+    items = []
+    for e in store.dataset_examples(dataset_id, "holdout"):
+        messages = e.example["messages"]
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+        if last < 1 or not isinstance(messages[last].get("content"), str):
+            continue  # a tool-call-only answer: nothing textual to compare (yet)
+        call = store.get_call(e.call_id)
+        reference = (call.metadata or {}).get("reference") if call is not None else None
+        items.append(
+            Item(
+                e.call_id,
+                e.intent,
+                tuple(messages[:last]),
+                messages[last]["content"],
+                reference,
+                e.example.get("tools"),
+            )
+        )
+    return items
+
+
+def request_bodies(items: Sequence[Item], prompt: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Greedy chat requests; the token cap is twice the teacher's answer in characters (a token is
+    rarely shorter than a character) so a rambling student is cut, not waited for."""
+    from ..optimize import apply_prompt
+
+    bodies = []
+    for item in items:
+        messages = list(item.messages)
+        body: dict[str, Any] = {
+            "messages": apply_prompt(prompt, messages) if prompt else messages,
+            "temperature": 0,
+            "max_tokens": 2 * len(item.teacher) + 16,
+            "logprobs": True,
+        }
+        if item.tools:
+            body["tools"] = item.tools
+        bodies.append(body)
+    return bodies
+
+
+def serving_student(store: TraceStore, task: str, exclude: str | None = None) -> str | None:
+    """The candidate serving the task now: the newest release in state `serving`, else the
+    lifecycle's serving (or retraining) student; None when the teacher still serves alone."""
+    from ..lifecycle import events
+    from ..lifecycle.states import State
+
+    releases = [
+        r
+        for c in store.list_candidates(task=task)
+        for r in store.list_releases(c.id)
+        if r.state == "serving" and c.id != exclude
+    ]
+    if releases:
+        return max(releases, key=lambda r: r.created_at).candidate_id
+    state = events.current(store, task)
+    if state.state in (State.SERVING, State.RETRAINING) and state.candidate_id != exclude:
+        return state.candidate_id
+    return None
+
+
+def _task(config: Config, task: str) -> TaskConfig:
+    if task not in config.tasks:
+        known = ", ".join(sorted(config.tasks)) or "none configured"
+        raise ConfigError(f"unknown task '{task}' (tasks: {known})")
+    return config.tasks[task]
+
+
+def _candidate(store: TraceStore, task: str, candidate_id: str) -> Candidate:
+    candidate = store.get_candidate(candidate_id)
+    if candidate is None:
+        raise StillhouseError(f"no candidate {candidate_id!r} (see `stillhouse candidates`)")
+    if candidate.task != task:
+        raise StillhouseError(f"candidate {candidate_id} belongs to task '{candidate.task}'")
+    return candidate
+
+
+def _price_model(config: Config, task: TaskConfig, model: ModelConfig) -> ModelConfig:
+    """A local student has no price of its own: the task's student model's (a GPU hour) counts."""
+    if model.price is None and task.student and config.models[task.student].price is not None:
+        return model.model_copy(update={"price": config.models[task.student].price})
+    return model
+
+
+def _scores(
+    config: Config, task: TaskConfig, items: Sequence[Item], answers: Sequence[Answer]
+) -> tuple[list[metrics.Scored], str]:
+    """(one score per item, how similarity was measured)."""
+    students = [a.text for a in answers]
+    teachers = [i.teacher for i in items]
+    metric = task.gate.metric
+    if metric == "similarity":
+        return metrics.similarity(students, teachers)
+    if metric != "judge":
+        return metrics.score(metric, students, teachers), metric
+    teacher = config.models[task.teacher]
+    requests = [str(i.messages[-1].get("content") or "") for i in items]
+
+    async def grade() -> list[metrics.Scored]:
+        from ..providers import SharedSession, build_provider
+
+        session = SharedSession()
+        await session.open()
+        try:
+            provider = build_provider(task.teacher, teacher, session)
+
+            async def complete(body: dict[str, Any]) -> dict[str, Any]:
+                return await provider.complete({"model": teacher.model, **body})
+
+            return await metrics.judge(complete, requests, students, teachers)
+        finally:
+            await session.close()
+
+    return asyncio.run(grade()), "judge"
+
+
+def _serve_candidate(
+    candidate: Candidate, items: Sequence[Item], concurrency: int
+) -> tuple[ModelConfig, list[Answer]]:
+    model = model_config(candidate.serving)
+    bodies = request_bodies(items, candidate.artifacts.get("prompt"))
+    return model, serve(candidate.id, model, bodies, concurrency)
+
+
+def report_dir(candidate: Candidate, eval_id: str) -> Path:
+    """Beside the candidate's training run when it has one, else under Stillhouse's home."""
+    from ..engine.sources import home
+
+    run_dir = candidate.artifacts.get("run_dir")
+    root = Path(run_dir) / "evals" if run_dir else home() / "evals"
+    return root / eval_id
+
+
+def evaluate(
+    store: TraceStore,
+    config: Config,
+    task: str,
+    candidate_id: str,
+    *,
+    dataset: str | None = None,
+    incumbent: str | Literal["auto"] | None = "auto",
+    concurrency: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate, gate, report and store: the `eval --json` document."""
+    started = time.perf_counter()
+    settings = _task(config, task)
+    candidate = _candidate(store, task, candidate_id)
+    dataset_id = dataset or candidate.dataset_id
+    items = holdout_items(store, dataset_id)
+    if not items:
+        raise StillhouseError(f"dataset {dataset_id} has no holdout examples to evaluate on")
+
+    def say(line: str) -> None:
+        if progress:
+            print(line, file=sys.stderr, flush=True)
+
+    say(f"serving {len(items)} holdout examples through {candidate.id}")
+    model, answers = _serve_candidate(candidate, items, concurrency)
+    scored, method = _scores(config, settings, items, answers)
+    agree = [s.agree for s in scored]
+    low, high = bootstrap_ci(agree, seed=seed)
+
+    by_intent: dict[str, list[float]] = defaultdict(list)
+    for item, a in zip(items, agree, strict=True):
+        by_intent[item.intent].append(a)
+    per_intent = {
+        k: {"n": len(v), "agreement": sum(v) / len(v)} for k, v in sorted(by_intent.items())
+    }
+    schema = settings.response_schema
+    compliant = [
+        metrics.format_ok(a.text, a.finish_reason, settings.gate.metric, schema) for a in answers
+    ]
+    referenced = [(i, a) for i, a in zip(items, answers, strict=True) if i.reference is not None]
+    hallucinations = [
+        metrics.hallucinated(settings.gate.metric, a.text, i.reference) for i, a in referenced
+    ]
+    ok = [a for a in answers if a.error is None]
+    latencies = [a.latency_ms for a in ok]
+    price = _price_model(config, settings, model)
+    from ..pricing import call_cost, price_for
+
+    costs = [
+        c
+        for a in ok
+        if (c := call_cost(price_for(price), a.input_tokens, a.output_tokens)) is not None
+    ]
+    confidences = [(a.confidence or {}).get(SIGNAL) for a in answers]
+    calibration = calibrate(confidences, agree, settings.gate.kept_agreement)
+
+    if incumbent == "auto":
+        incumbent = serving_student(store, task, exclude=candidate.id)
+    versus: dict[str, Any] | None = None
+    if incumbent is not None and incumbent != candidate.id:
+        say(f"serving the same examples through the serving student {incumbent}")
+        _, theirs = _serve_candidate(_candidate(store, task, incumbent), items, concurrency)
+        their_agree = [s.agree for s in _scores(config, settings, items, theirs)[0]]
+        d_low, d_high = paired_difference_ci(agree, their_agree, seed=seed)
+        versus = {
+            "candidate": incumbent,
+            "agreement": mean(their_agree),
+            "difference_ci": [d_low, d_high],
+        }
+
+    p95 = percentile(latencies, 95)
+    rules = Rules.of(settings.gate)
+    decision = decide(
+        rules,
+        n=len(items),
+        agreement_ci=(low, high),
+        format_compliance=sum(compliant) / len(compliant),
+        p95_ms=p95,
+        versus_ci=tuple(versus["difference_ci"]) if versus else None,  # type: ignore[arg-type]
+    )
+    eval_id = new_id("eval")
+    doc: dict[str, Any] = {
+        "eval": eval_id,
+        "candidate": candidate.id,
+        "task": task,
+        "dataset": dataset_id,
+        "metric": settings.gate.metric,
+        "method": method,
+        "n": len(items),
+        "agreement": mean(agree),
+        "agreement_ci": [low, high],
+        "field_agreement": mean([s.fields for s in scored if s.fields is not None]),
+        "per_intent": per_intent,
+        "format_compliance": sum(compliant) / len(compliant),
+        "hallucination": {
+            "n": len(referenced),
+            "rate": mean([float(h) for h in hallucinations]),
+        },
+        "latency_ms": {"p50": percentile(latencies, 50), "p95": p95},
+        "concurrency": concurrency,
+        "errors": len(answers) - len(ok),
+        "cost_per_call": mean(costs),
+        "confidence_threshold": calibration.threshold,
+        "calibration": calibration.to_json(),
+        "versus": versus,
+        "gate": {
+            "rules": rules.to_json(),
+            "checks": [c.to_json() for c in decision.checks],
+        },
+        "passed": decision.passed,
+        "reason": decision.reason,
+    }
+    from .report import write
+
+    folder = report_dir(candidate, eval_id)
+    doc["report"] = {k: str(v) for k, v in write(doc, folder).items()}
+    doc["report"]["json"] = str(folder / "eval.json")
+    doc["seconds"] = round(time.perf_counter() - started, 3)
+    from ..registry import record_eval_run
+
+    record_eval_run(
+        store,
+        candidate.id,
+        dataset_id=dataset_id,
+        config={
+            "task": task,
+            "metric": settings.gate.metric,
+            "gate": rules.to_json(),
+            "kept_agreement": settings.gate.kept_agreement,
+            "concurrency": concurrency,
+            "seed": seed,
+            "incumbent": incumbent,
+        },
+        metrics={k: v for k, v in doc.items() if k != "eval"},
+        passed=decision.passed,
+        run_id=eval_id,
+    )
+    (folder / "eval.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return doc

@@ -1,0 +1,93 @@
+"""Serve a holdout through a model for real and time it: a local adapter runs in this process
+through the engine (the `local` provider), a remote model through its provider over HTTP.
+
+Latency is measured per request from send to answer with `concurrency` requests in flight, the
+way the gateway would load it. A failed request is an answer with an error, never an exception:
+one bad call must not lose the whole evaluation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import ModelConfig
+from ..engine.confidence import token_confidence
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    text: str
+    finish_reason: str | None
+    latency_ms: float
+    confidence: dict[str, Any] | None  # `stillhouse.confidence`, or computed from logprobs
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    error: str | None = None
+
+
+def model_config(serving: dict[str, Any]) -> ModelConfig:
+    """A candidate's `serving` table as a [models.x] table (unknown keys dropped)."""
+    return ModelConfig.model_validate(
+        {k: v for k, v in serving.items() if k in ModelConfig.model_fields}
+    )
+
+
+def _answer(reply: dict[str, Any], latency_ms: float) -> Answer:
+    choice = (reply.get("choices") or [{}])[0]
+    text = (choice.get("message") or {}).get("content") or ""
+    confidence = (reply.get("stillhouse") or {}).get("confidence")
+    if confidence is None:
+        # A remote model: the logprobs it returned, reduced the way the engine reduces its own.
+        content = (choice.get("logprobs") or {}).get("content") or []
+        logprobs = [float(t["logprob"]) for t in content if "logprob" in t]
+        confidence = token_confidence(logprobs) if logprobs else None
+    usage = reply.get("usage") or {}
+    return Answer(
+        text=text,
+        finish_reason=choice.get("finish_reason"),
+        latency_ms=latency_ms,
+        confidence=confidence,
+        input_tokens=usage.get("prompt_tokens"),
+        output_tokens=usage.get("completion_tokens"),
+    )
+
+
+async def serve_async(
+    name: str, model: ModelConfig, bodies: Sequence[dict[str, Any]], concurrency: int = 8
+) -> list[Answer]:
+    """Each body (an OpenAI chat request) answered by `model`, in order."""
+    from ..errors import StillhouseError
+    from ..providers import SharedSession, build_provider
+
+    session = SharedSession()
+    await session.open()
+    provider = build_provider(name, model, session)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(body: dict[str, Any]) -> Answer:
+        async with gate:
+            started = time.perf_counter()
+            try:
+                reply = await provider.complete({"model": model.model, **body})
+            except StillhouseError as err:
+                ms = (time.perf_counter() - started) * 1000
+                return Answer("", None, ms, None, error=str(err)[:500])
+            return _answer(reply, (time.perf_counter() - started) * 1000)
+
+    try:
+        return list(await asyncio.gather(*(one(b) for b in bodies)))
+    finally:
+        await session.close()
+        engine = getattr(getattr(provider, "completions", None), "_engine", None)
+        if engine is not None:
+            engine.close()  # the local model's worker thread: do not leave it behind
+
+
+def serve(
+    name: str, model: ModelConfig, bodies: Sequence[dict[str, Any]], concurrency: int = 8
+) -> list[Answer]:
+    return asyncio.run(serve_async(name, model, bodies, concurrency))
