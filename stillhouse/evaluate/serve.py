@@ -79,6 +79,9 @@ async def serve_async(
             return _answer(reply, (time.perf_counter() - started) * 1000)
 
     try:
+        if bodies:
+            # Untimed: a local model loads on its first request, which is not serving latency.
+            await one(bodies[0])
         return list(await asyncio.gather(*(one(b) for b in bodies)))
     finally:
         await session.close()
