@@ -201,11 +201,21 @@ async def read_json(response: aiohttp.ClientResponse, model_name: str) -> Any:
 
 async def sse_data(response: aiohttp.ClientResponse, model_name: str) -> AsyncGenerator[Any, None]:
     """The JSON of each `data:` line of an SSE response (`[DONE]` comes as None); releases it."""
+    # Whole buffers, split here: aiohttp's line-by-line reader cost a sixth of a streamed
+    # request's CPU in the gateway benchmark.
+    rest = b""
     try:
-        async for line in response.content:
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
+        async for block in response.content.iter_any():
+            lines = (rest + block).split(b"\n")
+            rest = lines.pop()
+            if len(rest) > READ_BUFFER:
+                raise ValueError("stream event too long")
+            for line in lines:
+                if line.startswith(b"data:"):
+                    data = line[5:].strip()
+                    yield None if data == b"[DONE]" else orjson.loads(data)
+        if rest.startswith(b"data:"):
+            data = rest[5:].strip()
             yield None if data == b"[DONE]" else orjson.loads(data)
     except TimeoutError as err:
         raise UpstreamError(
