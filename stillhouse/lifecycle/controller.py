@@ -80,12 +80,8 @@ class DefaultSteps:
     def validate(
         self, store: TraceStore, config: Config, task: str, candidate: str, incumbent: str | None
     ) -> Verdict:
-        try:
-            from ..evaluate import gate  # type: ignore[attr-defined]
-        except ImportError:
-            raise StillhouseError(
-                "validation needs stillhouse.evaluate (issue 6), which is not installed yet"
-            ) from None
+        from ..evaluate import gate
+
         result = gate.validate(store, config, task, candidate, incumbent=incumbent)
         return Verdict(
             passed=bool(result.passed),
