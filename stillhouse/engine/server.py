@@ -8,24 +8,20 @@ event loop never runs the model: generation happens on the engine's worker threa
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ..errors import HTTPError, NotFound
-from ..gateway.chat import DONE, error_response, read_body, sse
+from ..gateway.chat import DONE, openai_exception_handlers, read_body, sse
 from ..gateway.protocol import parse_request
 from .completions import LocalCompletions
 from .runtime import Engine
-
-log = logging.getLogger("stillhouse.engine")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -74,22 +70,6 @@ def create_model_app(
     async def healthz(request: Request) -> Response:
         return _json({"status": "ok", "model": name, "engine": engine.stats.as_dict()})
 
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPError)
-        return error_response(exc)
-
-    async def on_starlette_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 404:
-            return error_response(NotFound(f"no route {request.url.path}", code="unknown_url"))
-        return error_response(
-            HTTPError(str(exc.detail), status=exc.status_code, type="invalid_request_error")
-        )
-
-    async def on_crash(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s", request.url.path)
-        return error_response(HTTPError("internal error in the Stillhouse model server"))
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
@@ -104,11 +84,7 @@ def create_model_app(
             Route("/v1/models", models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
         ],
-        exception_handlers={
-            HTTPError: on_http_error,
-            StarletteHTTPException: on_starlette_error,
-            Exception: on_crash,
-        },
+        exception_handlers=openai_exception_handlers("model server"),
         lifespan=lifespan,
     )
     app.state.engine = engine

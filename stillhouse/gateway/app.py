@@ -8,27 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ..config import Config
 from ..dashboard import dashboard_routes
-from ..errors import ConfigError, HTTPError, NotFound, Unauthorized
+from ..errors import ConfigError, Unauthorized
 from ..providers import Provider, SharedSession, build_provider
 from ..routing import RoutingTable
 from ..store import CaptureWriter, open_store
-from .chat import ChatCompletions, error_response
+from .chat import ChatCompletions, openai_exception_handlers
 from .metrics import CONTENT_TYPE, GatewayMetrics
-
-log = logging.getLogger("stillhouse.gateway")
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -105,21 +101,6 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPError)
-        return error_response(exc)
-
-    async def on_starlette_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 404:
-            return error_response(NotFound(f"no route {request.url.path}", code="unknown_url"))
-        err = HTTPError(str(exc.detail), status=exc.status_code, type="invalid_request_error")
-        return error_response(err)
-
-    async def on_crash(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s", request.url.path)
-        return error_response(HTTPError("internal error in the Stillhouse gateway"))
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         writer.start()
@@ -142,11 +123,7 @@ def create_app(
             Route("/metrics", prometheus, methods=["GET"]),
             *dashboard_routes(config, keys),  # read-only pages at /
         ],
-        exception_handlers={
-            HTTPError: on_http_error,
-            StarletteHTTPException: on_starlette_error,
-            Exception: on_crash,
-        },
+        exception_handlers=openai_exception_handlers("gateway"),
         lifespan=lifespan,
     )
     app.state.writer = writer

@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ..config import Config
-from ..errors import NotFound, PayloadTooLarge, UpstreamError
+from ..errors import HTTPError, NotFound, PayloadTooLarge, UpstreamError
 from ..lifecycle.shadow import agreement, answer_text
 from ..pricing import call_cost, price_for
 from ..providers import Chunk, Provider
@@ -42,6 +43,32 @@ def sse(payload: dict[str, Any]) -> bytes:
 
 def error_response(err: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(err.to_body()), err.status, headers, "application/json")
+
+
+def openai_exception_handlers(server: str) -> dict[Any, Any]:
+    """Starlette exception handlers that answer every error in the OpenAI shape, never a
+    traceback: ours with their status, unknown routes as 404, anything else as a logged 500."""
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPError)
+        return error_response(exc)
+
+    async def on_starlette_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            return error_response(NotFound(f"no route {request.url.path}", code="unknown_url"))
+        err = HTTPError(str(exc.detail), status=exc.status_code, type="invalid_request_error")
+        return error_response(err)
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(HTTPError(f"internal error in the Stillhouse {server}"))
+
+    return {
+        HTTPError: on_http_error,
+        StarletteHTTPException: on_starlette_error,
+        Exception: on_crash,
+    }
 
 
 async def read_body(request: Request, limit: int) -> bytes:
