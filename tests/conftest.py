@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from stillhouse.config import Config, parse_config
@@ -124,3 +128,21 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
     return request.getfixturevalue("pg_url")
+
+
+def start_serve(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    """`stillhouse serve` as a user runs it, in `folder` (with its config), once healthy."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stillhouse", "serve", "--port", str(port), "--log-level",
+         "warning"],
+        cwd=folder,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, "gateway did not start"
+        time.sleep(0.05)

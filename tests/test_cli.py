@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import openai
 
+from .conftest import start_serve
 from .upstream import free_port, running_upstream
 
 
@@ -98,32 +97,8 @@ def test_serve_captures_and_status_and_calls_report_it(tmp_path: Path) -> None:
             f'model = "m"\n[tasks.support]\nteacher = "t"\n'
         )
         port = free_port()
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "stillhouse",
-                "serve",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            cwd=tmp_path,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        server = start_serve(tmp_path, port)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "gateway did not start"
-                assert server.poll() is None, server.stderr.read()
-                time.sleep(0.1)
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
             for i in range(5):
                 client.chat.completions.create(

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import openai
 
-from .conftest import Gateway, make_config
+from .conftest import Gateway, make_config, start_serve
 
 
 async def _hammer(url: str, stop: asyncio.Event) -> tuple[int, int]:
@@ -83,35 +83,6 @@ def test_gateway_on_postgres_captures_every_call(
     assert all(c.output_tokens for c in calls)
 
 
-def _serve(folder, port: int):
-    import subprocess
-    import sys
-    import time
-
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stillhouse",
-            "serve",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=folder,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline and proc.poll() is None, "gateway did not start"
-        time.sleep(0.05)
-
-
 def test_sigkill_right_after_answering_loses_nothing(tmp_path, upstream) -> None:
     import signal
     import sqlite3
@@ -126,7 +97,7 @@ def test_sigkill_right_after_answering_loses_nothing(tmp_path, upstream) -> None
         f'model = "m"\n[tasks.support]\nteacher = "t"\n'
     )
     port = free_port()
-    proc = _serve(tmp_path, port)
+    proc = start_serve(tmp_path, port)
     # Hold the database's write lock: the gateway answers, but its writer cannot commit, so the
     # answered calls exist only in the journal when the process dies.
     blocker = sqlite3.connect(tmp_path / "calls.db", isolation_level=None)
@@ -143,7 +114,7 @@ def test_sigkill_right_after_answering_loses_nothing(tmp_path, upstream) -> None
     assert blocker.execute("SELECT COUNT(*) FROM calls").fetchone() == (0,)
     blocker.execute("ROLLBACK")
     blocker.close()
-    restarted = _serve(tmp_path, port)  # replays what the dead process journaled
+    restarted = start_serve(tmp_path, port)  # replays what the dead process journaled
     restarted.send_signal(signal.SIGTERM)
     restarted.wait(30)
     with open_store(f"sqlite:///{tmp_path / 'calls.db'}") as store:
