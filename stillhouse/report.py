@@ -66,7 +66,7 @@ def read_rows(store: TraceStore, since: float, task: str | None = None) -> list[
     if task is not None:
         sql += " AND task = ?"
         params.append(task)
-    return [CallRow(*r) for r in store._query(sql + " ORDER BY created_at", params)]
+    return [CallRow(*r) for r in store.query(sql + " ORDER BY created_at", params)]
 
 
 def read_agreement(
@@ -81,7 +81,7 @@ def read_agreement(
     if task is not None:
         sql += " AND c.task = ?"
         params.append(task)
-    return [(t, float(at), float(v)) for t, at, v in store._query(sql, params)]
+    return [(t, float(at), float(v)) for t, at, v in store.query(sql, params)]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

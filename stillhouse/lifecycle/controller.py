@@ -96,7 +96,7 @@ def _share(task: TaskConfig, stage: int) -> float:
 
 
 def new_teacher_calls(store: TraceStore, task: str, since: float) -> int:
-    rows = store._query(
+    rows = store.query(
         "SELECT COUNT(*) FROM calls WHERE task = ? AND role = 'teacher' AND status = 'ok' "
         "AND created_at >= ?",
         (task, since),
@@ -179,11 +179,17 @@ class Controller:
         self, store: TraceStore, name: str, task: TaskConfig, state: TaskState, now: float
     ) -> TaskState | None:
         dataset = state.detail.get("dataset") or self.steps.curate(store, self.config, name)
+        return self._train(store, name, state, dataset, "trained")
+
+    def _train(
+        self, store: TraceStore, name: str, state: TaskState, dataset: str, verb: str
+    ) -> TaskState:
+        """Train a candidate on `dataset` (the serving student as its parent) and validate it."""
         incumbent = state.detail.get("incumbent")
         candidate = self.steps.train(store, self.config, name, dataset, incumbent)
         return state.moved(
             State.VALIDATING,
-            f"trained {candidate} on {dataset}",
+            f"{verb} {candidate} on {dataset}",
             detail={**state.detail, "dataset": dataset, "trained": candidate},
         )
 
@@ -281,13 +287,7 @@ class Controller:
     ) -> TaskState | None:
         # The serving student keeps its share while the new one is curated and trained.
         dataset = self.steps.curate(store, self.config, name)
-        incumbent = state.detail.get("incumbent")
-        candidate = self.steps.train(store, self.config, name, dataset, incumbent)
-        return state.moved(
-            State.VALIDATING,
-            f"retrained {candidate} on {dataset}",
-            detail={**state.detail, "dataset": dataset, "trained": candidate},
-        )
+        return self._train(store, name, state, dataset, "retrained")
 
     def _rolled_back(
         self, store: TraceStore, name: str, task: TaskConfig, state: TaskState, now: float

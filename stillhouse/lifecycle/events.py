@@ -96,7 +96,7 @@ def _state(row: tuple[Any, ...]) -> tuple[TaskState, dict[str, Any]]:
 
 def history(store: TraceStore, task: str, limit: int = 100) -> list[dict[str, Any]]:
     """A task's events, newest first, as JSON documents."""
-    rows = store._query(
+    rows = store.query(
         f"SELECT {', '.join(COLUMNS)} FROM lifecycle_events WHERE task = ? "
         "ORDER BY created_at DESC, id DESC LIMIT ?",
         (task, limit),
@@ -112,7 +112,7 @@ def history(store: TraceStore, task: str, limit: int = 100) -> list[dict[str, An
 
 def current(store: TraceStore, task: str) -> TaskState:
     """The task's newest event, or grace with no student when it has none."""
-    rows = store._query(
+    rows = store.query(
         f"SELECT {', '.join(COLUMNS)} FROM lifecycle_events WHERE task = ? "
         "ORDER BY created_at DESC, id DESC LIMIT 1",
         (task,),
@@ -122,7 +122,7 @@ def current(store: TraceStore, task: str) -> TaskState:
 
 def current_all(store: TraceStore) -> dict[str, TaskState]:
     """Every task's newest event (tasks with none are absent)."""
-    rows = store._query(
+    rows = store.query(
         f"SELECT {', '.join(COLUMNS)} FROM lifecycle_events e WHERE e.id = ("
         "SELECT x.id FROM lifecycle_events x WHERE x.task = e.task "
         "ORDER BY x.created_at DESC, x.id DESC LIMIT 1)"

@@ -46,7 +46,7 @@ def recent_intents(
     store: TraceStore, task: str, since: float
 ) -> tuple[list[str | None], list[str]]:
     """(metadata.intent or None, request text) of the task's served calls since `since`."""
-    rows = store._query(
+    rows = store.query(
         "SELECT request, metadata FROM calls WHERE task = ? AND created_at >= ? "
         "AND route_reason NOT IN ('shadow', 'fallback')",
         (task, since),

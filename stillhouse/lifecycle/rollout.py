@@ -73,7 +73,7 @@ class Evidence:
 
 def collect(store: TraceStore, task: str, since: float) -> Evidence:
     """Evidence from the task's calls and shadow scores created at or after `since`."""
-    rows = store._query(
+    rows = store.query(
         "SELECT role, route_reason, status, latency_ms FROM calls "
         "WHERE task = ? AND created_at >= ?",
         (task, since),
@@ -88,7 +88,7 @@ def collect(store: TraceStore, task: str, since: float) -> Evidence:
             errors[role] = errors.get(role, 0) + 1
         elif latency is not None:
             (student if role == "student" else teacher).append(float(latency))
-    scores = store._query(
+    scores = store.query(
         "SELECT s.value FROM scores s JOIN calls c ON c.id = s.call_id "
         "WHERE c.task = ? AND s.name = 'shadow_agreement' AND s.created_at >= ? "
         "AND s.value IS NOT NULL",

@@ -75,7 +75,9 @@ class TraceStore:
     def _sql(self, sql: str) -> str:
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A read with `?` placeholders (translated for PostgreSQL), for the store's readers
+        elsewhere (report, lifecycle) that need an aggregate no method here gives."""
         cur = self.conn.execute(self._sql(sql), tuple(params))
         rows = cur.fetchall()
         self.conn.commit()
@@ -84,7 +86,7 @@ class TraceStore:
     # -- schema --------------------------------------------------------------------------------
     def schema_version(self) -> int:
         try:
-            rows = self._query("SELECT MAX(version) FROM schema_migrations")
+            rows = self.query("SELECT MAX(version) FROM schema_migrations")
         except Exception:
             self.conn.rollback()
             return 0
@@ -177,13 +179,13 @@ class TraceStore:
 
     # -- reads --------------------------------------------------------------------------------
     def counter(self, name: str) -> int:
-        rows = self._query("SELECT value FROM counters WHERE name = ?", (name,))
+        rows = self.query("SELECT value FROM counters WHERE name = ?", (name,))
         return int(rows[0][0]) if rows else 0
 
     def _calls(self, where: str, params: Sequence[Any], tail: str = "") -> list[Call]:
         sql = f"SELECT {', '.join(CALL_COLUMNS)} FROM calls {where} {tail}"
         out = []
-        for row in self._query(sql, params):
+        for row in self.query(sql, params):
             data = dict(zip(CALL_COLUMNS, row, strict=True))
             for c in JSON_COLUMNS:
                 data[c] = _load(data[c])
@@ -214,14 +216,14 @@ class TraceStore:
     def count_calls(self) -> dict[str, dict[str, int]]:
         """{task: {role: n}} over every call, failed ones included."""
         out: dict[str, dict[str, int]] = {}
-        for task, role, n in self._query(
+        for task, role, n in self.query(
             "SELECT task, role, COUNT(*) FROM calls GROUP BY task, role"
         ):
             out.setdefault(task, {})[role] = int(n)
         return out
 
     def scores_for(self, call_id: str) -> list[Score]:
-        rows = self._query(
+        rows = self.query(
             f"SELECT {', '.join(SCORE_COLUMNS)} FROM scores WHERE call_id = ? ORDER BY created_at",
             (call_id,),
         )
@@ -234,7 +236,7 @@ class TraceStore:
     def scores_for_task(self, task: str) -> dict[str, list[Score]]:
         """{call_id: scores} for every scored call of a task."""
         cols = ", ".join(f"s.{c}" for c in SCORE_COLUMNS)
-        rows = self._query(
+        rows = self.query(
             f"SELECT {cols} FROM scores s JOIN calls c ON c.id = s.call_id "
             "WHERE c.task = ? ORDER BY s.created_at",
             (task,),
@@ -257,7 +259,7 @@ class TraceStore:
         the first call's time."""
         conv = f"COALESCE({self._json_text('metadata', 'conversation_id')}, id)"
         intent = self._json_text("metadata", "intent")
-        rows = self._query(
+        rows = self.query(
             f"SELECT task, COUNT(DISTINCT {conv}), COUNT(DISTINCT {intent}), MIN(created_at) "
             "FROM calls WHERE status = 'ok' AND role = 'teacher' GROUP BY task"
         )
@@ -304,7 +306,7 @@ class TraceStore:
         return created
 
     def _datasets(self, where: str, params: Sequence[Any]) -> list[Dataset]:
-        rows = self._query(
+        rows = self.query(
             f"SELECT {', '.join(DATASET_COLUMNS)} FROM datasets {where} "
             "ORDER BY created_at DESC, id",
             params,
@@ -331,7 +333,7 @@ class TraceStore:
         """A dataset's lines in their stored order; `split` = train | holdout | None (all)."""
         clause = "WHERE dataset_id = ?" + (" AND split = ?" if split else "")
         params: tuple[Any, ...] = (dataset_id, split) if split else (dataset_id,)
-        rows = self._query(
+        rows = self.query(
             "SELECT position, split, call_id, intent, example FROM dataset_examples "
             f"{clause} ORDER BY position",
             params,
@@ -372,7 +374,7 @@ class TraceStore:
     def _registry_rows(
         self, table: str, columns: Sequence[str], where: str, params: Sequence[Any]
     ) -> list[dict[str, Any]]:
-        rows = self._query(
+        rows = self.query(
             f"SELECT {', '.join(columns)} FROM {table} {where} ORDER BY created_at DESC, id",
             params,
         )
