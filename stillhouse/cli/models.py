@@ -1,0 +1,64 @@
+"""Verbs for local models: models, serve-model."""
+
+from __future__ import annotations
+
+import click
+
+from .common import main, print_json
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.0f} MB"
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def models(as_json: bool) -> None:
+    """List the local models that ship in PyPI packages and whether they run offline."""
+    from ..engine.sources import list_models, models_dir
+
+    rows = list_models()
+    if as_json:
+        print_json({"models": rows, "cache": str(models_dir())})
+        return
+    for m in rows:
+        state = "cached" if m["cached"] else "ready" if m["ready"] else "not installed"
+        click.echo(f"{m['name']:<30} {_size(m['size_bytes']):>7}  {state:<13}  {m['source']}")
+        if not m["ready"]:
+            click.echo(f"{'':<30} install: {m['install']}")
+    click.echo(f"cache: {models_dir()}", err=True)
+
+
+@main.command("serve-model")
+@click.argument("model")
+@click.option("--adapter", type=click.Path(file_okay=False), help="A LoRA adapter directory.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 256))
+@click.option("--threads", type=click.IntRange(1, 256), help="torch threads (default: torch's).")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def serve_model(
+    model: str,
+    adapter: str | None,
+    host: str,
+    port: int,
+    max_batch: int,
+    threads: int | None,
+    log_level: str,
+) -> None:
+    """Serve one local model (a name from `stillhouse models` or a path) over the OpenAI API."""
+    import uvicorn
+
+    from ..engine.runtime import Engine
+    from ..engine.server import create_model_app
+
+    click.echo(f"loading {model}{f' + {adapter}' if adapter else ''} ...", err=True)
+    engine = Engine.load(model, adapter=adapter, threads=threads, max_batch=max_batch)
+    app = create_model_app(engine, model, owns_engine=True)
+    click.echo(f"stillhouse model server on http://{host}:{port}/v1  (model: {model})", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
