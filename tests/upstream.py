@@ -2,8 +2,8 @@
 
 Tests and benchmarks use it as the teacher/student upstream: it answers deterministically from
 the request (by default it echoes the last user message), and can be told to wait, fail with a
-status (and Retry-After), stream word by word, return logprobs and tool calls, or cut a stream
-in the middle. It records every request it received.
+status (and Retry-After), stream word by word, return logprobs and tool calls, cut a stream in
+the middle or stall in the middle of one. It records every request it received.
 
 Run alone (for benchmarks): python tests/upstream.py --port 9100 [--latency-ms 5]
 """
@@ -58,6 +58,7 @@ class UpstreamBehaviour:
     reply: Callable[[dict[str, Any]], str] = default_reply
     failures: list[Failure] = field(default_factory=list)  # consumed one per request
     cut_stream_after: int | None = None  # close the SSE stream after this many chunks
+    stall_stream_after: int | None = None  # go silent (for an hour) after this many chunks
     model_name: str = "upstream-model"
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
@@ -210,6 +211,11 @@ def build_app(behaviour: UpstreamBehaviour) -> Starlette:
             for sent, part in enumerate(parts):
                 if behaviour.cut_stream_after is not None and sent >= behaviour.cut_stream_after:
                     raise ConnectionResetError("scripted stream cut")
+                if (
+                    behaviour.stall_stream_after is not None
+                    and sent >= behaviour.stall_stream_after
+                ):
+                    await asyncio.sleep(3600)
                 if behaviour.chunk_delay and sent:
                     await asyncio.sleep(behaviour.chunk_delay)
                 yield part

@@ -96,7 +96,14 @@ def create_app(
         return _json({"object": "list", "data": data})
 
     async def healthz(request: Request) -> Response:
-        return _json({"status": "ok", "capture_queue": writer.queued, "dropped": writer.dropped})
+        return _json(
+            {
+                "status": "ok",
+                "capture_queue": writer.queued,
+                "captures_at_risk": writer.at_risk,
+                "dropped": writer.dropped,
+            }
+        )
 
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)

@@ -24,6 +24,12 @@ class _CaptureCollector(Collector):
             "Captured records waiting for the writer",
             value=w.queued,
         )
+        yield GaugeMetricFamily(
+            "stillhouse_captures_at_risk",
+            "Captured records only in memory (the journal could not take them, the store has "
+            "not yet): a crash now would lose them",
+            value=w.at_risk,
+        )
         for name, value, doc in (
             ("written", w.written, "Captured records written to the store from the queue"),
             ("replayed", w.replayed, "Captured records written to the store from the journal"),

@@ -8,6 +8,7 @@ record in it is in the store. A segment whose owner died (its lock is free) is r
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import threading
@@ -24,6 +25,7 @@ class Segment:
     path: Path
     handle: BinaryIO  # kept open, with an exclusive lock, until the segment is deleted
     opened: float = field(default_factory=time.monotonic)
+    size: int = 0  # bytes of whole lines written
     records: int = 0  # lines written (under the journal's lock)
     committed: int = 0  # of those, inserted by the writer thread (only it counts them)
     needs_replay: bool = False  # some line never reached the store through the queue
@@ -48,12 +50,22 @@ class Journal:
 
     # -- appending (request path) ----------------------------------------------------------------
     def append(self, line: bytes) -> Segment:
-        """Write one record line; returns the segment it went to. Raises OSError (disk full)."""
+        """Write one record line; returns the segment it went to. Raises OSError (disk full).
+
+        A line the disk took only part of is cut off again, so the next line starts clean."""
         with self._lock:
             segment = self._current
             if segment is None:
                 segment = self._current = self._open()
-            segment.handle.write(line)
+            try:
+                written = segment.handle.write(line)
+                if written != len(line):
+                    raise OSError(errno.ENOSPC, "short write to the journal", str(segment.path))
+            except OSError:
+                with contextlib.suppress(OSError):
+                    segment.handle.truncate(segment.size)
+                raise
+            segment.size += len(line)
             segment.records += 1
             return segment
 

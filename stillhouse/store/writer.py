@@ -71,6 +71,8 @@ class CaptureWriter:
         self._next_orphan_scan = 0.0
         self._flush_requested = False
         self._dropped_saved = 0
+        self._journal_failing = False
+        self._unjournaled_stored = 0  # records the journal missed that reached the store
         self.written = 0  # records inserted from the queue
         self.replayed = 0  # records inserted from journal segments
         self.overflowed = 0  # records the queue had no room for (replayed from the journal)
@@ -86,13 +88,19 @@ class CaptureWriter:
             segment = self.journal.append(encode(record))
         except OSError as err:
             self.journal_errors += 1
-            if self.journal_errors == 1 or self.journal_errors % 1000 == 0:
+            if not self._journal_failing or self.journal_errors % 1000 == 0:
                 log.error(
-                    "captures at risk: cannot write the journal in %s (%s); %d so far",
+                    "captures at risk: cannot write the journal in %s (%s); %d records so far "
+                    "are held only in memory until the store takes them",
                     self.journal.folder,
                     err,
                     self.journal_errors,
                 )
+            self._journal_failing = True
+        else:
+            if self._journal_failing:
+                self._journal_failing = False
+                log.warning("the journal in %s is writable again", self.journal.folder)
         if self._thread is not None and self._thread.is_alive():
             try:
                 self._queue.put_nowait((record, segment))
@@ -107,6 +115,11 @@ class CaptureWriter:
     @property
     def queued(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def at_risk(self) -> int:
+        """Records neither the journal nor the store holds yet: a crash now would lose them."""
+        return max(0, self.journal_errors - self._unjournaled_stored - self.dropped)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -190,7 +203,9 @@ class CaptureWriter:
             self.written += len(batch)
         for record, segment in batch:
             if segment is None:
-                if not ok:
+                if ok:
+                    self._unjournaled_stored += 1
+                else:
                     self._hold([record])
             elif ok:
                 segment.committed += 1
@@ -253,6 +268,7 @@ class CaptureWriter:
             held, self._unjournaled = self._unjournaled, []
             if self._insert(held):
                 self.replayed += len(held)
+                self._unjournaled_stored += len(held)
             else:
                 self._unjournaled = held
         if (force or now >= self._next_orphan_scan) and time.monotonic() >= self._next_retry:
