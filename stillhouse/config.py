@@ -18,12 +18,14 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from .errors import ConfigError
+from .tiers import TIERED_KEYS, TIERS, source_of
 
 DEFAULT_CONFIG_NAME = "stillhouse.toml"
 CONFIG_ENV = "STILLHOUSE_CONFIG"
@@ -165,6 +167,7 @@ class RolloutConfig(_Table):
     min_dwell: float = Field(3600.0, ge=0, description="seconds; accepts '1h', '15m'")
     max_error_rate: float = Field(0.02, ge=0, le=1)
     max_latency_ratio: float = Field(1.0, gt=0, description="student p95 / teacher p95")
+    final_share: int = Field(100, ge=1, le=100, description="percent of sessions when serving")
 
     @field_validator("min_dwell", mode="before")
     @classmethod
@@ -266,11 +269,45 @@ class TaskConfig(_Table):
     train: TrainConfig = Field(default_factory=TrainConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     retrain_every: float | None = Field(None, gt=0, description="seconds; accepts '90d'")
+    safe_student_after: float = Field(
+        14 * 86_400.0, ge=0, description="seconds serving in auto before mode student; '14d'"
+    )
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("retrain_every", mode="before")
     @classmethod
     def _retrain_every(cls, value: Any) -> float | None:
         return None if value is None else parse_duration(value)
+
+    @field_validator("safe_student_after", mode="before")
+    @classmethod
+    def _safe_after(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _tier_defaults(self) -> TaskConfig:
+        """Fill the tiered keys the TOML left out from the tier, and remember each source."""
+        for key in TIERED_KEYS:
+            table, field = key.split(".")
+            section = getattr(self, table)
+            explicit = field in section.model_fields_set
+            self._sources[key] = source_of(key, explicit, self.tier)
+            if not explicit and self.tier is not None:
+                value = TIERS[self.tier][key]
+                # frozen model: the validator builds the table once, before anyone reads it
+                object.__setattr__(self, table, section.model_copy(update={field: value}))
+        return self
+
+    def settings(self) -> dict[str, dict[str, Any]]:
+        """The tiered keys in force: {key: {"value", "source"}} (source: toml, tier:X, default)."""
+        out = {}
+        for key in TIERED_KEYS:
+            table, field = key.split(".")
+            out[key] = {
+                "value": getattr(getattr(self, table), field),
+                "source": self._sources.get(key, "default"),
+            }
+        return out
 
 
 class LifecycleConfig(_Table):

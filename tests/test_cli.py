@@ -62,6 +62,12 @@ def test_init_writes_a_starter_that_works(tmp_path: Path) -> None:
                     },
                     "ready": False,
                 },
+                "tier": None,
+                "settings": {
+                    "gate.agreement": {"value": 0.92, "source": "toml"},
+                    "gate.kept_agreement": {"value": 0.97, "source": "default"},
+                    "rollout.final_share": {"value": 100, "source": "default"},
+                },
             }
         },
         "dropped": 0,

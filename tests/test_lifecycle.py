@@ -328,7 +328,7 @@ def test_shadow_comparisons_never_delay_the_user(tmp_path: Path) -> None:
         w = World(tmp_path, teacher_url, server.url + "/v1")
         try:
             with open_store(w.config.store.url) as store:
-                ctl.set_mode(store, w.config, "support", "student")
+                ctl.set_mode(store, w.config, "support", "student", force=True)
             w.table.publish({"support": _entry(w)})
             started = time.perf_counter()
             reply = w.client.chat.completions.with_raw_response.create(
@@ -414,7 +414,7 @@ def test_a_running_gateway_picks_up_a_stored_mode(tmp_path: Path) -> None:
 
             assert route() == "teacher"
             with open_store(config.store.url) as store:
-                ctl.set_mode(store, config, "support", "student")
+                ctl.set_mode(store, config, "support", "student", force=True)
             deadline = time.monotonic() + 5
             while route() != "student":
                 assert time.monotonic() < deadline, "the gateway never saw the stored mode"

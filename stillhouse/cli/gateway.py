@@ -104,6 +104,8 @@ def task_status(config: Config) -> dict[str, Any]:
             "teacher_calls": by_role.get("teacher", 0),
             "student_calls": by_role.get("student", 0),
             "grace": grace[name],
+            "tier": task.tier,
+            "settings": task.settings(),
         }
     return {"tasks": tasks, "dropped": dropped}
 
@@ -130,6 +132,10 @@ def status(config: Config, as_json: bool) -> None:
             f"{'':<20} grace: {g['conversations']} conversations, {g['unique_intents']} intents, "
             f"{g['days']} days; met: {met}"
         )
+        settings = ", ".join(
+            f"{key}={s['value']} ({s['source']})" for key, s in t["settings"].items()
+        )
+        click.echo(f"{'':<20} tier: {t['tier'] or '-'}; {settings}")
     click.echo(f"dropped captures: {doc['dropped']}")
 
 

@@ -12,14 +12,17 @@ from .common import StillhouseGroup, config_option, main, print_json
 @main.command()
 @config_option
 @click.option("--task", required=True, help="The task whose mode to set.")
+@click.option(
+    "--force", is_flag=True, help="Allow mode student before the student has been stable."
+)
 @click.argument("mode", type=click.Choice(["teacher", "auto", "student"]))
-def mode(config: Config, task: str, mode: str) -> None:
+def mode(config: Config, task: str, mode: str, force: bool) -> None:
     """Set a task's mode (teacher | auto | student); running gateways pick it up."""
     from ..lifecycle.controller import set_mode
     from ..store import open_store
 
     with open_store(config.store.url) as store:
-        state = set_mode(store, config, task, mode)
+        state = set_mode(store, config, task, mode, force=force)
     click.echo(f"{task}: mode={state.mode} state={state.state}")
 
 

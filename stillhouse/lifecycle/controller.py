@@ -92,7 +92,7 @@ class DefaultSteps:
 
 
 def _share(task: TaskConfig, stage: int) -> float:
-    return task.rollout.stages[stage] / 100
+    return min(task.rollout.stages[stage], task.rollout.final_share) / 100
 
 
 def new_teacher_calls(store: TraceStore, task: str, since: float) -> int:
@@ -248,7 +248,11 @@ class Controller:
         detail.pop("paused_from", None)
         if stage >= len(task.rollout.stages):
             return state.moved(
-                State.SERVING, reason, stage=-1, share=1.0, detail={**detail, "serving_since": now}
+                State.SERVING,
+                reason,
+                stage=-1,
+                share=task.rollout.final_share / 100,
+                detail={**detail, "serving_since": now},
             )
         return state.moved(
             State.ROLLOUT, reason, stage=stage, share=_share(task, stage), detail=detail
@@ -357,11 +361,20 @@ def _task(config: Config, name: str) -> TaskConfig:
     return task
 
 
-def set_mode(store: TraceStore, config: Config, name: str, mode: str) -> TaskState:
-    """Store a mode for the task; gateways pick it up with their next routing table."""
+def set_mode(
+    store: TraceStore, config: Config, name: str, mode: str, *, force: bool = False
+) -> TaskState:
+    """Store a mode for the task; gateways pick it up with their next routing table. `student`
+    is refused, unless forced, before the student has been stable (see lifecycle/safety.py)."""
     task = _task(config, name)
     if mode != "teacher" and task.student is None:
         raise StillhouseError(f"task '{name}' has no student: set tasks.{name}.student first")
+    if mode == "student" and not force:
+        from .safety import student_readiness
+
+        ready = student_readiness(store, name, task, time.time())
+        if not ready.allowed:
+            raise StillhouseError(f"refused: {ready.reason}")
     state = events.current(store, name)
     new = dataclasses.replace(state, mode=mode, reason=f"mode set to {mode}")
     return events.record(store, new, previous=state.state, kind="mode")

@@ -1,0 +1,43 @@
+"""Tiers: `tier = "cost"` or `"accuracy"` picks a task's defaults in one word.
+
+A tier fills only the keys the TOML leaves out; a key written in the TOML always wins. Every
+tiered value remembers where it came from ("toml", "tier:cost", "default") so `stillhouse status`
+can say why a threshold is what it is. Nothing here reads the store or the network.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+Tier = Literal["cost", "accuracy"]
+
+# The tiered keys, as dotted paths inside [tasks.<t>], and each tier's value for them.
+TIERS: dict[str, dict[str, Any]] = {
+    "cost": {
+        "gate.agreement": 0.90,
+        "gate.kept_agreement": 0.95,
+        "rollout.final_share": 95,
+    },
+    "accuracy": {
+        "gate.agreement": 0.92,
+        "gate.kept_agreement": 0.98,
+        "rollout.final_share": 90,
+    },
+}
+
+# The model pair each tier suggests; `stillhouse init --tier` writes it into the starter file.
+MODEL_PAIRS: dict[str, dict[str, str]] = {
+    "cost": {"teacher": "gpt-4.1-mini", "student": "smollm2-135m-instruct"},
+    "accuracy": {"teacher": "gpt-4.1", "student": "qwen2.5-coder-0.5b-instruct"},
+}
+
+TIERED_KEYS: tuple[str, ...] = tuple(TIERS["cost"])
+
+
+def source_of(key: str, explicit: bool, tier: str | None) -> str:
+    """Where a tiered key's value comes from: the TOML, the task's tier, or the built-in default."""
+    if explicit:
+        return "toml"
+    if tier is not None:
+        return f"tier:{tier}"
+    return "default"
