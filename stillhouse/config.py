@@ -77,6 +77,7 @@ SecretStr = Annotated[
     PlainSerializer(lambda s: repr(s), return_type=str),
 ]
 
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -376,6 +377,12 @@ class Config(_Table):
 
 def _format_errors(err: ValidationError) -> str:
     lines = []
+            if not TASK_NAME.fullmatch(name) or ".." in name:
+                # a task's name becomes part of folder names (training runs), URLs and headers
+                raise ConfigError(
+                    f"tasks.{name}: a task name is 1-64 letters, digits, '_', '-' or '.', "
+                    "starting with a letter or digit"
+                )
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]

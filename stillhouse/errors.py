@@ -3,6 +3,7 @@
     StillhouseError                  every error we raise on purpose
     ├── ConfigError                  stillhouse.toml is missing, malformed or inconsistent
     ├── StoreError                   the trace store cannot be opened or migrated
+    ├── AdapterError                 a LoRA adapter is missing, corrupt or does not fit its base
     └── HTTPError                    carries an HTTP status and the OpenAI error shape
         ├── BadRequest               400  malformed body, missing or ill-typed field
         ├── Unauthorized             401  gateway API key missing or wrong
@@ -29,6 +30,10 @@ class ConfigError(StillhouseError):
 
 class StoreError(StillhouseError):
     """The trace store cannot be opened, migrated or read."""
+
+
+class AdapterError(StillhouseError):
+    """A LoRA adapter is missing, corrupt, or was trained for another base model."""
 
 
 class HTTPError(StillhouseError):

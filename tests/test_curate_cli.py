@@ -237,7 +237,9 @@ OTEL = {
 }
 
 
-def test_importers_report_bad_lines_and_land_in_the_store(store_url: str, tmp_path: Path) -> None:
+def test_importers_with_skip_bad_report_bad_lines_and_land_the_rest(
+    store_url: str, tmp_path: Path
+) -> None:
     write_config(tmp_path, store_url)
     chat = tmp_path / "chat.jsonl"
     chat.write_text(
@@ -248,9 +250,8 @@ def test_importers_report_bad_lines_and_land_in_the_store(store_url: str, tmp_pa
     (tmp_path / "otel.json").write_text(json.dumps(OTEL))
 
     def imported(fmt: str, file: str) -> dict[str, Any]:
-        return json.loads(
-            run("import", fmt, file, "--task", "support", "--json", cwd=tmp_path).stdout
-        )
+        args = ("import", fmt, file, "--task", "support", "--skip-bad", "--json")
+        return json.loads(run(*args, cwd=tmp_path).stdout)
 
     doc = imported("openai-chat", "chat.jsonl")
     assert doc["imported"] == 2 and [b["line"] for b in doc["bad"]] == [2, 3]
@@ -263,8 +264,10 @@ def test_importers_report_bad_lines_and_land_in_the_store(store_url: str, tmp_pa
     again = imported("openai-chat", "chat.jsonl")  # re-importing never duplicates
     assert again["imported"] == 2
 
-    text = run("import", "openai-chat", "chat.jsonl", "--task", "support", cwd=tmp_path)
-    assert "chat.jsonl:2: skipped" in text.stderr and "imported 2 calls" in text.stdout
+    text = run(
+        "import", "openai-chat", "chat.jsonl", "--task", "support", "--skip-bad", cwd=tmp_path
+    )
+    assert "chat.jsonl:2: invalid JSON" in text.stderr and "imported 2 calls" in text.stdout
 
     with open_store(store_url) as store:
         calls = store.calls_for_task("support")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import openai
@@ -54,3 +55,174 @@ def test_a_gateway_key_env_var_that_is_unset_refuses_to_start(
     config = make_config(tmp_path, upstream[0], gateway={"api_keys": ["env::GW_KEY_UNSET"]})
     with pytest.raises(ConfigError, match=r"gateway.api_keys\[0\]"):
         create_app(config)
+
+
+UPSTREAM_KEY = "sk-upstream-secret-4242"
+
+
+@pytest.fixture
+def keyed_on(tmp_path, upstream, gateway_factory, monkeypatch, store_url):
+    """A keyed gateway on SQLite and on PostgreSQL, logging everything at DEBUG to a file."""
+    import logging
+
+    monkeypatch.setenv("GW_KEY", "sh-gateway-key")
+    monkeypatch.setenv("UP_KEY", UPSTREAM_KEY)
+    config = make_config(
+        tmp_path, upstream[0], store_url=store_url, gateway={"api_keys": ["env::GW_KEY"]}
+    )
+    teacher = config.models["teacher"].model_copy(update={"api_key": Secret("env::UP_KEY")})
+    log_file = tmp_path / "all.log"
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield gateway_factory(config.model_copy(update={"models": {"teacher": teacher}})), log_file
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+
+
+def _everything_stored(gw) -> bytes:
+    """Every byte the store holds: the SQLite files, or every row of every table as text."""
+    url = gw.config.store.url
+    if url.startswith("sqlite:///"):
+        db = url.removeprefix("sqlite:///")
+        return b"".join(Path(p).read_bytes() for p in (db, db + "-wal") if Path(p).exists())
+    import psycopg
+
+    out = []
+    with psycopg.connect(url) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+        for (table,) in tables:
+            for (row,) in conn.execute(f'SELECT t::text FROM "{table}" t'):
+                out.append(row.encode())
+    return b"\n".join(out)
+
+
+def test_the_upstream_key_is_in_no_store_log_metric_page_or_answer(keyed_on, upstream) -> None:
+    """Even an upstream that quotes the key it was sent in its error message (some do, masked
+    or not) does not get it into anything Stillhouse keeps or shows."""
+    gw, log_file = keyed_on
+    behaviour = upstream[1]
+    c = openai.OpenAI(base_url=gw.base_url, api_key="sh-gateway-key", max_retries=0)
+    c.chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])
+    list(
+        c.chat.completions.create(
+            model="support", stream=True, messages=[{"role": "user", "content": "s"}]
+        )
+    )
+    behaviour.fail(401, message=f"Incorrect API key provided: {UPSTREAM_KEY}.")
+    with pytest.raises(openai.AuthenticationError) as info:
+        c.chat.completions.create(model="support", messages=[{"role": "user", "content": "y"}])
+    assert behaviour.headers[-1]["authorization"] == f"Bearer {UPSTREAM_KEY}"  # it was sent
+    seen = [info.value.response.content]
+    gw.flush()
+    journal = Path(gw.config.store.journal_dir)
+    seen += [p.read_bytes() for p in journal.glob("*")]
+    seen.append(_everything_stored(gw))
+    auth = {"authorization": "Bearer sh-gateway-key"}
+    with gw.store() as store:
+        ids = [call.id for call in store.list_calls()]
+    assert len(ids) == 3
+    pages = ["/", "/tasks/support", "/calls", "/registry", "/metrics", "/healthz"]
+    pages += ["/openapi.json", "/v1/models", *(f"/calls/{i}" for i in ids)]
+    for path in pages:
+        r = httpx.get(gw.url + path, headers=auth)
+        assert r.status_code == 200, path
+        seen.append(r.content)
+    seen.append(log_file.read_bytes())
+    everything = b"\n".join(seen)
+    assert b"Incorrect API key provided: ***" in everything  # the error itself is kept
+    assert UPSTREAM_KEY.encode() not in everything
+    assert b"sh-gateway-key" not in everything
+
+
+@pytest.fixture
+def seeded_gateway(tmp_path, upstream, gateway_factory, store_url):
+    gw = gateway_factory(make_config(tmp_path, upstream[0], store_url=store_url))
+    c = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+    for i in range(3):
+        c.chat.completions.create(model="support", messages=[{"role": "user", "content": f"q{i}"}])
+    gw.flush()
+    return gw
+
+
+HOSTILE = [
+    "' OR '1'='1",
+    "support'; DROP TABLE calls; --",
+    "support\x00",
+    "%",
+    "../../../etc/passwd",
+    "<script>alert(1)</script>",
+    "\ud7ff" * 3,
+    "x" * 5000,
+]
+
+
+def test_hostile_dashboard_filters_find_nothing_and_break_nothing(seeded_gateway) -> None:
+    gw = seeded_gateway
+    for value in HOSTILE:
+        for name in ("task", "role", "status"):
+            r = httpx.get(gw.url + "/calls", params={name: value, "limit": "5"})
+            assert r.status_code == 200, (name, value, r.text[:300])
+            assert "/calls/call_" not in r.text  # no call matches a hostile filter
+            assert "<script>alert" not in r.text
+        for path in ("/calls/", "/tasks/"):
+            r = httpx.get(gw.url + path + quote(value, safe=""))
+            assert r.status_code in (404, 400), (path, value, r.status_code)
+    for days in ("nan", "-inf", "inf", "1e308", "-1", "x"):
+        assert httpx.get(gw.url + "/", params={"days": days}).status_code == 200, days
+    for limit in ("-5", "0", "1e9", "99999999999999999999", "x"):
+        r = httpx.get(gw.url + "/calls", params={"limit": limit})
+        assert r.status_code == 200, limit
+    r = httpx.get(gw.url + "/calls", params={"task": "support"})
+    assert r.text.count('href="/calls/call_') == 3  # the store is whole and filters still work
+
+
+def test_hostile_cli_arguments_are_one_line_errors_and_leave_the_store_whole(
+    seeded_gateway, tmp_path
+) -> None:
+    from .test_cli import run
+
+    gw = seeded_gateway
+    (tmp_path / "stillhouse.toml").write_text(
+        f'[store]\nurl = "{gw.config.store.url}"\n'
+        '[models.t]\nprovider = "openai"\nmodel = "gpt-4.1"\n[tasks.support]\nteacher = "t"\n'
+    )
+    for value in [v for v in HOSTILE[:5] if "\x00" not in v]:  # argv cannot carry NUL
+        found = run("calls", "--task", value, "--json", cwd=tmp_path, check=False)
+        assert found.returncode in (0, 1) and "Traceback" not in found.stderr
+        if found.returncode == 0:
+            assert "call_" not in found.stdout
+        for verb in (
+            ("train", "--task", "support", "--dataset", value),
+            ("train", "--task", value),
+            ("export", "--dataset", value, "--out", str(tmp_path / "out.jsonl")),
+            ("lineage", value),
+        ):
+            result = run(*verb, cwd=tmp_path, check=False)
+            assert result.returncode == 1, (verb, result.stdout, result.stderr)
+            assert "Traceback" not in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, (verb, result.stderr)
+    assert not (tmp_path / "out.jsonl").exists()
+    with gw.store() as store:
+        assert store.count_calls()["support"]["teacher"] == 3
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "with space", ""])
+def test_task_names_that_could_leave_their_folder_are_refused(tmp_path, name) -> None:
+    from stillhouse.config import parse_config
+    from stillhouse.errors import ConfigError
+
+    data = {
+        "models": {"t": {"provider": "openai", "model": "gpt-4.1"}},
+        "tasks": {name: {"teacher": "t"}},
+    }
+    with pytest.raises(ConfigError, match="tasks"):
+        parse_config(data, tmp_path)

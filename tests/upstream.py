@@ -63,8 +63,14 @@ class UpstreamBehaviour:
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
 
-    def fail(self, status: int, times: int = 1, retry_after: float | None = None) -> None:
-        self.failures.extend(Failure(status, retry_after=retry_after) for _ in range(times))
+    def fail(
+        self,
+        status: int,
+        times: int = 1,
+        retry_after: float | None = None,
+        message: str = "scripted failure",
+    ) -> None:
+        self.failures.extend(Failure(status, message, retry_after) for _ in range(times))
 
 
 def _logprobs(tokens: list[str], top: int) -> dict[str, Any]:
@@ -97,6 +103,19 @@ def _tool_calls(body: dict[str, Any], text: str) -> list[dict[str, Any]] | None:
 
 def build_app(behaviour: UpstreamBehaviour) -> Starlette:
     async def chat(request: Request) -> Response:
+        try:
+            return await answer(request)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            # A request it cannot make sense of is the client's error, as with a real API.
+            error = {
+                "message": f"invalid request: {type(err).__name__}: {err}",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+            return Response(orjson.dumps({"error": error}), 400, media_type="application/json")
+
+    async def answer(request: Request) -> Response:
         raw = await request.body()
         body = orjson.loads(raw)
         behaviour.requests.append(body)

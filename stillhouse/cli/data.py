@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 
 import click
 
@@ -82,21 +83,34 @@ def export(config: Config, dataset_id: str, out: str, split: str) -> None:
 )
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--task", required=True, help="The task the imported calls belong to.")
+@click.option("--skip-bad", is_flag=True, help="Import the readable records even if some are bad.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def import_(config: Config, fmt: str, file: str, task: str, as_json: bool) -> None:
+def import_(config: Config, fmt: str, file: str, task: str, skip_bad: bool, as_json: bool) -> None:
     """Import traces (OpenAI JSONL, Stored Completions, Langfuse, OpenTelemetry) as calls."""
     from ..curate.importers import parse_file
     from ..store import open_store
 
     result = parse_file(fmt, file, task)
-    with open_store(config.store.url) as store:
-        store.insert_calls(result.calls)
+    refused = bool(result.bad) and not skip_bad
+    if not refused:
+        with open_store(config.store.url) as store:
+            store.insert_calls(result.calls)  # one transaction: all of them or none
     doc = {"task": task, "format": fmt, **result.to_json()}
+    if refused:
+        doc["imported"] = 0
     if as_json:
         print_json(doc)
-        return
     for b in result.bad:
-        click.echo(f"{file}:{b.line}: skipped: {b.error}", err=True)
+        click.echo(f"{file}:{b.line}: {b.error}", err=True)
+    if refused:
+        click.echo(
+            f"error: nothing imported: {len(result.bad)} bad records in {file} "
+            "(fix them, or pass --skip-bad to import the rest)",
+            err=True,
+        )
+        sys.exit(1)
+    if as_json:
+        return
     click.echo(
         f"imported {doc['imported']} calls into {task} ({len(result.bad)} bad, "
         f"{result.skipped} not model calls)"

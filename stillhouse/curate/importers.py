@@ -2,8 +2,9 @@
 
 Formats: `openai-chat` (fine-tuning JSONL), `stored-completions` (OpenAI Stored Completions
 export), `langfuse` (observations export, GENERATION rows) and `otel` (OpenTelemetry GenAI spans).
-A record that cannot be read is reported with its line (JSONL) or item (JSON array) number and
-skipped; it is never dropped silently. Ids derive from the record, so re-importing never duplicates.
+A record that cannot be read is reported with its line (JSONL) or item (JSON array) number, never
+dropped silently; the caller decides whether the rest may land (`stillhouse import` refuses the
+whole file unless told `--skip-bad`). Ids derive from the record, so re-importing never duplicates.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def _records(text: str) -> Iterator[tuple[int, Any]]:
     if stripped.startswith(("[", "{")):
         try:
             doc = orjson.loads(text)
-        except orjson.JSONDecodeError:
+        except orjson.JSONDecodeError as err:
+            if stripped.startswith("["):  # a JSON array cut short or broken: JSONL never is one
+                yield err.lineno, ValueError(f"the JSON document is broken: {err.msg}")
+                return
             doc = None  # not one document: read it as JSONL below
         if isinstance(doc, list):
             yield from enumerate(doc, 1)
@@ -398,7 +402,14 @@ def parse(fmt: str, text: str, task: str, *, now: float | None = None) -> Import
 
 def parse_file(fmt: str, path: str | Path, task: str) -> ImportResult:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        data = Path(path).read_bytes()
+    except OSError as err:
         raise StillhouseError(f"cannot read {path}: {err}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise StillhouseError(
+            f"{path}:{line}: not UTF-8 (byte {data[err.start]:#04x}); nothing imported"
+        ) from None
     return parse(fmt, text, task)

@@ -9,7 +9,9 @@ HttpOnly cookie and redirects to the same page without the key in its address.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,7 +57,7 @@ def _environment() -> jinja2.Environment:
 
 
 def dashboard_routes(config: Config, keys: Sequence[bytes]) -> list[Route]:
-    """The dashboard's pages, to add to the gateway's routes; `keys` are the gateway's."""
+    """The dashboard's pages for the gateway's app; `keys`: SHA-256 digests of its API keys."""
     env = _environment()
     url = config.store.url
 
@@ -76,7 +78,7 @@ def dashboard_routes(config: Config, keys: Sequence[bytes]) -> list[Route]:
         return HTMLResponse(html, status)
 
     def allowed(token: str) -> bool:
-        given = token.encode()
+        given = hashlib.sha256(token.encode()).digest()  # `keys` are the keys' digests
         return any(hmac.compare_digest(given, k) for k in keys)
 
     def guard(request: Request) -> Response | None:
@@ -116,6 +118,8 @@ def dashboard_routes(config: Config, keys: Sequence[bytes]) -> list[Route]:
         try:
             days = float(request.query_params.get("days", "7"))
         except ValueError:
+            days = 7.0
+        if math.isnan(days):
             days = 7.0
         return min(max(days, 0.01), MAX_DAYS)
 

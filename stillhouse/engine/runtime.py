@@ -517,9 +517,9 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model: Any = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
     if adapter is not None:
-        from peft import PeftModel
+        from .adapters import load_adapter
 
-        model = PeftModel.from_pretrained(model, str(adapter))
+        model = load_adapter(model, adapter)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()

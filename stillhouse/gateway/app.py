@@ -7,6 +7,7 @@ on a request's path reads the store.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,6 +26,7 @@ from ..routing import RoutingTable
 from ..store import CaptureWriter, open_store
 from .chat import ChatCompletions, openai_exception_handlers
 from .metrics import CONTENT_TYPE, GatewayMetrics
+from .openapi import openapi_spec
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -41,11 +43,17 @@ def default_writer(config: Config) -> CaptureWriter:
     )
 
 
+def key_digest(key: str) -> bytes:
+    """Keys are compared as SHA-256 digests with hmac.compare_digest: in constant time, and
+    without leaking a key's length; the app holds only the digests."""
+    return hashlib.sha256(key.encode()).digest()
+
+
 def _gateway_keys(config: Config) -> list[bytes]:
     keys = []
     for i, secret in enumerate(config.gateway.api_keys):
         try:
-            keys.append(secret.reveal().encode())
+            keys.append(key_digest(secret.reveal()))
         except ConfigError as err:
             raise ConfigError(f"gateway.api_keys[{i}]: {err}") from None
     return keys
@@ -77,7 +85,7 @@ def create_app(
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        given = token.strip().encode()
+        given = key_digest(token.strip())
         if scheme.lower() != "bearer" or not any(hmac.compare_digest(given, k) for k in keys):
             raise Unauthorized(
                 "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key"
@@ -108,6 +116,11 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    description = orjson.dumps(openapi_spec(config))
+
+    async def openapi(request: Request) -> Response:
+        return Response(description, media_type="application/json")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         writer.start()
@@ -128,6 +141,7 @@ def create_app(
             Route("/v1/models", models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
             *dashboard_routes(config, keys),  # read-only pages at /
         ],
         exception_handlers=openai_exception_handlers("gateway"),

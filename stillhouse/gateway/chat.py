@@ -58,7 +58,7 @@ def openai_exception_handlers(server: str) -> dict[Any, Any]:
         if exc.status_code == 404:
             return error_response(NotFound(f"no route {request.url.path}", code="unknown_url"))
         err = HTTPError(str(exc.detail), status=exc.status_code, type="invalid_request_error")
-        return error_response(err)
+        return error_response(err, dict(exc.headers or {}))  # a 405 keeps its Allow header
 
     async def on_crash(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s", request.url.path)

@@ -18,8 +18,10 @@ SESSION_HEADER = "x-stillhouse-session"
 OWN_METADATA = ("task", "session_id")
 
 
+# strict: a field of the wrong JSON type is a 400, never coerced (`"top_p": false` is not 0),
+# because the body goes upstream as sent.
 class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
@@ -31,7 +33,7 @@ class Message(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """Fields in the official order; anything else is allowed and passed through."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     messages: list[Message] = Field(min_length=1)
     model: str = Field(min_length=1)

@@ -177,8 +177,25 @@ async def post(
             content = b""
         finally:
             response.release()
-        raise error_from_response(response.status, content, response.headers)
+        failure = error_from_response(response.status, content, response.headers)
+        failure.message = redact(failure.message, headers)
+        raise failure
     return response
+
+
+SECRET_HEADERS = ("authorization", "api-key", "x-api-key")
+
+
+def redact(text: str, headers: dict[str, str]) -> str:
+    """`text` without the request's keys: an upstream may quote the key it was sent in its
+    error, and that message reaches the client, the store and the logs."""
+    for name, value in headers.items():
+        if name.lower() not in SECRET_HEADERS:
+            continue
+        for secret in {value, value.partition(" ")[2]}:
+            if len(secret) >= 8 and secret in text:
+                text = text.replace(secret, "***")
+    return text
 
 
 def bad_reply(model_name: str, what: str) -> UpstreamError:

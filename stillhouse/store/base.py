@@ -78,8 +78,12 @@ class TraceStore:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """A read with `?` placeholders (translated for PostgreSQL), for the store's readers
         elsewhere (report, lifecycle) that need an aggregate no method here gives."""
-        cur = self.conn.execute(self._sql(sql), tuple(params))
-        rows = cur.fetchall()
+        try:
+            cur = self.conn.execute(self._sql(sql), tuple(params))
+            rows = cur.fetchall()
+        except Exception:
+            self.conn.rollback()  # PostgreSQL: the connection stays usable after a failed read
+            raise
         self.conn.commit()
         return list(rows)
 
@@ -131,14 +135,14 @@ class TraceStore:
         return LATEST_VERSION
 
     # -- writes -----------------------------------------------------------------------------
+    def _value(self, column: str, value: Any) -> Any:
+        """A record's field as its column holds it."""
+        if column in JSON_COLUMNS:
+            return _dump(value)
+        return int(value) if column == "stream" else value
+
     def _insert(self, table: str, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> int:
-        values = [
-            tuple(
-                _dump(row[c]) if c in JSON_COLUMNS else (int(row[c]) if c == "stream" else row[c])
-                for c in columns
-            )
-            for row in rows
-        ]
+        values = [tuple(self._value(c, row[c]) for c in columns) for row in rows]
         if not values:
             return 0
         marks = ", ".join("?" for _ in columns)

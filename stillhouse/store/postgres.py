@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from ..errors import StoreError
-from .base import TraceStore
+from .base import TraceStore, _dump
+from .records import JSON_COLUMNS
 
 # Any fixed 64-bit number: the advisory lock that serialises schema migrations.
 MIGRATION_LOCK = 0x5717_4805_E001
@@ -26,8 +30,31 @@ class PostgresStore(TraceStore):
         except psycopg.Error as err:
             raise StoreError(f"cannot connect to PostgreSQL: {err}") from err
 
+    def _value(self, column: str, value: Any) -> Any:
+        """PostgreSQL cannot hold NUL in text or JSONB: it becomes U+FFFD, so that one request
+        carrying it is still captured (and does not fail the batch it is written with)."""
+        out = super()._value(column, value)
+        if isinstance(out, str) and ("\x00" in out or "\\u0000" in out):
+            out = _dump(_without_nul(value)) if column in JSON_COLUMNS else _without_nul(out)
+        return out
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """As TraceStore.query; NUL in a parameter (a hostile filter) becomes U+FFFD, as it
+        does in what is stored, instead of an error from PostgreSQL."""
+        return super().query(sql, [_without_nul(p) for p in params])
+
     def _begin_write(self) -> None:
         """psycopg opens a transaction on the first statement."""
 
     def _lock_migrations(self) -> None:
         self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value

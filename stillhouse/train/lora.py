@@ -8,6 +8,7 @@ merged copy is written beside the adapter, never over the base).
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import sys
@@ -19,6 +20,8 @@ from typing import Any
 
 from ..errors import StillhouseError
 from .config import TrainSettings
+
+log = logging.getLogger("stillhouse.train")
 
 IGNORE = -100  # label of a token the loss skips
 
@@ -231,21 +234,33 @@ def _save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
     import torch
 
     tmp = directory.with_name(directory.name + ".tmp")
+    old = directory.with_name(directory.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save(state, tmp / "state.pt")
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.replace(directory)  # a crash mid-write leaves the previous checkpoint whole
+    # Killed at any point, a whole checkpoint is left: `directory`, else `.old` (two renames)
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.replace(old)
+    tmp.replace(directory)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _load_checkpoint(directory: Path) -> dict[str, Any] | None:
+    """The newest whole checkpoint, or None (a run killed mid-save falls back to `.old`)."""
     import torch
 
-    path = directory / "state.pt"
-    if not path.is_file():
-        return None
-    state: dict[str, Any] = torch.load(path, weights_only=False)
-    return state
+    for candidate in (directory, directory.with_name(directory.name + ".old")):
+        path = candidate / "state.pt"
+        if not path.is_file():
+            continue
+        try:
+            state: dict[str, Any] = torch.load(path, weights_only=False)
+        except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors...
+            log.warning("ignoring unreadable checkpoint %s: %s", path, err)
+            continue
+        return state
+    return None
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -391,7 +406,8 @@ def train(
     model.eval()
     adapter_dir = save_adapter(model, out / "adapter", base_dir)
     merged_dir = merge_adapter(model, tokenizer, out / "merged") if settings.merge else None
-    shutil.rmtree(checkpoint, ignore_errors=True)  # finished: nothing left to resume
+    for leftover in (checkpoint, checkpoint.with_name("checkpoint.old")):
+        shutil.rmtree(leftover, ignore_errors=True)  # finished: nothing left to resume
     last_epoch = losses[-min(len(losses), per_epoch) :]
     return TrainResult(
         adapter_dir=adapter_dir,
