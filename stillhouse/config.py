@@ -200,6 +200,17 @@ class DriftConfig(_Table):
 class RoutingConfig(_Table):
     fallback: Literal["none", "confidence"] = "confidence"
     shadow_rate: float = Field(0.05, ge=0, le=1)
+    teacher_intents: list[str] = Field(default_factory=list, description="always the teacher")
+    student_intents: list[str] = Field(
+        default_factory=list, description="the student at full share from the first stage"
+    )
+
+    @model_validator(mode="after")
+    def _intents(self) -> RoutingConfig:
+        both = sorted(set(self.teacher_intents) & set(self.student_intents))
+        if both:
+            raise ValueError(f"intents in both teacher_intents and student_intents: {both}")
+        return self
 
 
 PIIKind = Literal["email", "phone", "card", "iban", "national_id", "ip"]
@@ -362,6 +373,12 @@ class Config(_Table):
     @model_validator(mode="after")
     def _references(self) -> Config:
         for name, task in self.tasks.items():
+            if not TASK_NAME.fullmatch(name) or ".." in name:
+                # a task's name becomes part of folder names (training runs), URLs and headers
+                raise ConfigError(
+                    f"tasks.{name}: a task name is 1-64 letters, digits, '_', '-' or '.', "
+                    "starting with a letter or digit"
+                )
             for role in ("teacher", "student"):
                 ref = getattr(task, role)
                 if ref is not None and ref not in self.models:
@@ -377,12 +394,6 @@ class Config(_Table):
 
 def _format_errors(err: ValidationError) -> str:
     lines = []
-            if not TASK_NAME.fullmatch(name) or ".." in name:
-                # a task's name becomes part of folder names (training runs), URLs and headers
-                raise ConfigError(
-                    f"tasks.{name}: a task name is 1-64 letters, digits, '_', '-' or '.', "
-                    "starting with a letter or digit"
-                )
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import orjson
+
 from .config import Config, Price
 from .errors import ConfigError
 from .pricing import call_cost, price_for, price_source
@@ -230,6 +232,47 @@ def quality(rows: Iterable[CallRow], agreement: Sequence[float]) -> dict[str, An
     }
 
 
+def _intent(metadata: Any) -> str:
+    meta = orjson.loads(metadata) if isinstance(metadata, str | bytes) else (metadata or {})
+    return str(meta.get("intent") or meta.get("routed_intent") or "unknown")
+
+
+def per_intent(store: TraceStore, since: float, task: str) -> dict[str, dict[str, Any]]:
+    """Traffic and agreement by intent: the caller's metadata.intent, else the intent the gateway
+    told from the snapshot's intent model (`routed_intent`), else "unknown"."""
+    out: dict[str, dict[str, Any]] = {}
+    rows = store.query(
+        "SELECT role, route_reason, metadata FROM calls WHERE task = ? AND created_at >= ?",
+        (task, since),
+    )
+    for role, reason, metadata in rows:
+        if reason in ("shadow", "fallback"):
+            continue
+        entry = out.setdefault(
+            _intent(metadata),
+            {"requests": 0, "student": 0, "teacher": 0, "fallbacks": 0, "agreement": []},
+        )
+        entry["requests"] += 1
+        entry[role] = entry.get(role, 0) + 1
+        entry["fallbacks"] += str(reason).startswith("fallback:")
+    scores = store.query(
+        "SELECT c.metadata, s.value FROM scores s JOIN calls c ON c.id = s.call_id "
+        "WHERE s.name = 'shadow_agreement' AND s.value IS NOT NULL AND c.task = ? "
+        "AND c.created_at >= ?",
+        (task, since),
+    )
+    for metadata, value in scores:
+        intent = _intent(metadata)
+        if intent in out:
+            out[intent]["agreement"].append(float(value))
+    for entry in out.values():
+        agreement = entry.pop("agreement")
+        entry["student_share"] = _r(entry["student"] / entry["requests"], 4)
+        entry["agreement"] = _r(sum(agreement) / len(agreement), 4) if agreement else None
+        entry["agreement_samples"] = len(agreement)
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1]["requests"], kv[0])))
+
+
 def report(
     store: TraceStore,
     config: Config,
@@ -258,6 +301,7 @@ def report(
             "models": per_model(mine, config),
             "routes": per_route(mine),
             "quality": quality(mine, agreement),
+            "intents": per_intent(store, since, name),
         }
     return {
         "window_days": days,

@@ -8,12 +8,16 @@ the student when its bucket is under the task's current student share.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from .config import TaskConfig
+from .curate.intent_model import IntentModel
+from .curate.normalize import message_text
 from .store.records import Role
 
 
@@ -40,6 +44,7 @@ class RoutingTable:
 
     def __init__(self, entries: Mapping[str, TaskRoute] | None = None) -> None:
         self._entries: Mapping[str, TaskRoute] = MappingProxyType(dict(entries or {}))
+        self._intents: Mapping[str, IntentModel] = MappingProxyType({})
 
     def get(self, task: str) -> TaskRoute | None:
         return self._entries.get(task)
@@ -52,6 +57,22 @@ class RoutingTable:
 
     def snapshot(self) -> dict[str, TaskRoute]:
         return dict(self._entries)
+
+    # -- intents: each task's intent model, from its newest curated snapshot ------------------
+    def publish_intents(self, models: Mapping[str, IntentModel]) -> None:
+        self._intents = MappingProxyType(dict(models))
+
+    def intent_of(self, task: str, metadata: Mapping[str, Any] | None, request: Any) -> str | None:
+        """A live request's intent: the caller's metadata.intent, else the task's intent model
+        on the request's user turns (None: no model yet, or nothing matched)."""
+        given = (metadata or {}).get("intent")
+        if given is not None:
+            return str(given)
+        model = self._intents.get(task)
+        if model is None or not isinstance(request, dict):
+            return None
+        users = [m for m in request.get("messages") or [] if m.get("role") == "user"]
+        return model.predict("\n".join(message_text(m) for m in users))
 
 
 def _unit(*parts: str) -> float:
@@ -104,3 +125,29 @@ def shadow_sampled(task: TaskConfig, role: str, call_id: str) -> bool:
     if role != "student" or task.routing.shadow_rate <= 0:
         return False
     return _unit("shadow", call_id) < task.routing.shadow_rate
+
+
+def intent_rules(
+    task: TaskConfig, entry: TaskRoute | None, route: Route, intent: str | None, *, name: str = ""
+) -> Route:
+    """Per-intent rules on top of the share: `routing.teacher_intents` always go to the teacher
+    (the high-stakes cases); `routing.student_intents` go to the student at full share as soon
+    as a candidate has a share (auto mode)."""
+    if intent is None:
+        return route
+    rules = task.routing
+    if intent in rules.teacher_intents:
+        if route.role == "teacher":
+            return route
+        return Route("teacher", task.teacher, "intent:teacher")
+    if (
+        intent in rules.student_intents
+        and route.role == "teacher"
+        and mode_of(task, entry) == "auto"
+        and entry is not None
+        and entry.share > 0
+    ):
+        full = choose_route(task, dataclasses.replace(entry, share=1.0), name=name, key="")
+        if full.role == "student":
+            return dataclasses.replace(full, reason="intent:student")
+    return route

@@ -64,6 +64,13 @@ def report(
                 f"  p50 {_ms(lat['p50'])} p95 {_ms(lat['p95'])}"
                 f"  ttft p50 {_ms(ttft['p50'])} p95 {_ms(ttft['p95'])}"
             )
+        for intent, i in list(t["intents"].items())[:20]:
+            agree = "-" if i["agreement"] is None else f"{i['agreement']:.3f}"
+            click.echo(
+                f"  intent {intent:<24} {i['requests']:>6} requests"
+                f"  student {i['student_share']:.0%}"
+                f"  agreement {agree} (n={i['agreement_samples']})"
+            )
 
 
 @main.command()

@@ -19,7 +19,7 @@ from ..config import Config, TaskConfig
 from ..errors import ConfigError
 from ..store.base import TraceStore
 from ..store.records import Call, Dataset, DatasetExample, Score
-from . import snapshot
+from . import intent_model, snapshot
 from .dedupe import dedupe
 from .filters import apply_filters, describe
 from .intents import assign_intents
@@ -129,8 +129,12 @@ def curate_calls(
         )
         for pos, i in enumerate(order)
     )
+    # the gateway's intent model for routing rules and per-intent reports (see intent_model.py)
+    model = intent_model.fit([e.user_text() or e.text() for e in examples], intents)
     lap("split")
     config = {**cfg.model_dump(), **describe(task), "intent_method": method}
+    if model is not None:
+        config["intent_model"] = model.to_json()
     dataset = snapshot.build(
         task_name,
         rows,

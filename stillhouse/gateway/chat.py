@@ -25,7 +25,14 @@ from ..errors import HTTPError, NotFound, PayloadTooLarge, UpstreamError
 from ..lifecycle.shadow import agreement, answer_text
 from ..pricing import call_cost, price_for
 from ..providers import Chunk, Provider
-from ..routing import Route, RoutingTable, choose_route, needs_fallback, shadow_sampled
+from ..routing import (
+    Route,
+    RoutingTable,
+    choose_route,
+    intent_rules,
+    needs_fallback,
+    shadow_sampled,
+)
 from ..store.records import Call, Score, new_id
 from ..store.writer import CaptureWriter
 from .metrics import GatewayMetrics
@@ -143,6 +150,9 @@ class ChatCompletions:
         session_key = session_of(checked, request.headers)
         entry = self.routing.get(task_name)
         route = choose_route(task, entry, name=task_name, key=session_key or call_id)
+        # per-intent rules; the intent comes from memory (metadata.intent or the snapshot's model)
+        intent = self.routing.intent_of(task_name, checked.metadata, body)
+        route = intent_rules(task, entry, route, intent, name=task_name)
         model = self.config.models[route.model]
         call = Call(
             id=call_id,
@@ -163,6 +173,11 @@ class ChatCompletions:
             "x-stillhouse-task": task_name,
             "x-stillhouse-route": route.role,
         }
+        if intent is not None:
+            headers["x-stillhouse-intent"] = intent
+            if "intent" not in call.metadata:  # the caller's own intent is kept as sent
+                routed = {**call.metadata, "routed_intent": intent}
+                call = dataclasses.replace(call, metadata=routed)
         forward = upstream_body(body, model.model)
         provider = self.providers[route.model]
         if checked.stream:

@@ -132,6 +132,9 @@ class Controller:
                     out[name] = events.current(store, name)
             if self.routing is not None:
                 self.routing.publish({n: entry_of(s) for n, s in out.items()})
+                from ..curate.intent_model import newest_models
+
+                self.routing.publish_intents(newest_models(store))
         return out
 
     def step(self, store: TraceStore, name: str) -> TaskState:

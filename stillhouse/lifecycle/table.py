@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Mapping
 
+from ..curate.intent_model import newest_models
 from ..routing import RoutingTable, TaskRoute
 from ..store import open_store
 from . import events
@@ -59,6 +60,7 @@ class RoutingRefresher:
             try:
                 store = store or open_store(self.store_url)
                 self.table.publish(entries(events.current_all(store)))
+                self.table.publish_intents(newest_models(store))
             except Exception:  # the store is down: keep routing on the last table
                 log.warning("routing table refresh failed", exc_info=True)
                 if store is not None:
