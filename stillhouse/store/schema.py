@@ -159,6 +159,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX lifecycle_events_task_time ON lifecycle_events (task, created_at)",
         ),
     ),
+    Migration(
+        5,
+        "human review queue",
+        (
+            # One row per call sent for review (a sample of student answers, every fallback
+            # disagreement); a person's verdict fills status, correction and reviewed_at once.
+            """CREATE TABLE review_items (
+                id TEXT PRIMARY KEY,
+                call_id TEXT NOT NULL UNIQUE,
+                task TEXT NOT NULL,
+                created_at {real} NOT NULL,
+                reason TEXT NOT NULL,
+                status TEXT NOT NULL,
+                correction TEXT,
+                reviewer TEXT,
+                reviewed_at {real}
+            )""",
+            "CREATE INDEX review_items_task_status ON review_items (task, status, created_at)",
+        ),
+    ),
 )
 
 DIALECT_TYPES = {
