@@ -51,22 +51,21 @@ def main() -> int:
         text=True,
     )
     seconds = time.perf_counter() - started
-    tests = {}
+    # "--hypothesis-show-statistics": one block per test (schemathesis: one per operation),
+    # a line "N passing, M failing, and K invalid test cases" per phase.
+    tests: dict[str, dict[str, int]] = {}
     current = None
     for line in proc.stdout.splitlines():
-        m = re.match(r"tests/test_bad_input\.py::(\S+):", line.strip())
+        m = re.match(r"tests/test_bad_input\.py::(\S+):$", line.strip())
         if m:
-            current = m.group(1)
+            n = sum(1 for k in tests if k.split("#")[0] == m.group(1)) + 1
+            current = f"{m.group(1)}#{n}"
+            tests[current] = {"passing": 0, "failing": 0, "invalid": 0}
             continue
-        m = re.search(
-            r"(\d+) passing examples, (\d+) failing examples, (\d+) invalid examples", line
-        )
-        if m and current and "generate phase" in line:
-            tests[current] = {
-                "passing": int(m.group(1)),
-                "failing": int(m.group(2)),
-                "invalid": int(m.group(3)),
-            }
+        m = re.search(r"(\d+) passing, (\d+) failing, and (\d+) invalid", line)
+        if m and current:
+            for key, value in zip(("passing", "failing", "invalid"), m.groups(), strict=True):
+                tests[current][key] += int(value)
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     doc = {
         "examples_per_test": args.examples,
