@@ -168,6 +168,7 @@ class RolloutConfig(_Table):
     min_dwell: float = Field(3600.0, ge=0, description="seconds; accepts '1h', '15m'")
     max_error_rate: float = Field(0.02, ge=0, le=1)
     max_latency_ratio: float = Field(1.0, gt=0, description="student p95 / teacher p95")
+    max_hallucination_rate: float = Field(0.05, ge=0, le=1)
     final_share: int = Field(100, ge=1, le=100, description="percent of sessions when serving")
 
     @field_validator("min_dwell", mode="before")
@@ -200,6 +201,9 @@ class DriftConfig(_Table):
 class RoutingConfig(_Table):
     fallback: Literal["none", "confidence"] = "confidence"
     shadow_rate: float = Field(0.05, ge=0, le=1)
+    stream_fallback: Literal["buffer", "none"] = Field(
+        "buffer", description="buffer: hold a student stream until its confidence is known"
+    )
     teacher_intents: list[str] = Field(default_factory=list, description="always the teacher")
     student_intents: list[str] = Field(
         default_factory=list, description="the student at full share from the first stage"

@@ -26,6 +26,7 @@ class Route:
     role: Role
     model: str  # a model name from stillhouse.toml
     reason: str
+    candidate: str | None = None  # the registered student that answers (None: `model` as is)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,15 @@ class TaskRoute:
     share: float = 0.0  # fraction of sessions that go to the student
     mode: str | None = None  # a stored `stillhouse mode` override of tasks.<t>.mode
     threshold: float | None = None  # calibrated confidence under which the teacher answers
-    candidate: str | None = None
+    candidate: str | None = None  # the student rolling out or serving
+    # the candidate's `serving` table from the registry (how to deploy it; empty: the task's
+    # `student` model as configured)
+    serving: Mapping[str, Any] | None = None
+    # a retrained candidate rolls out against the student that served before it: sessions
+    # outside the candidate's share keep that incumbent (not the teacher)
+    incumbent: str | None = None
+    incumbent_serving: Mapping[str, Any] | None = None
+    incumbent_threshold: float | None = None
 
 
 class RoutingTable:
@@ -99,12 +108,16 @@ def choose_route(
         return Route("teacher", task.teacher, "mode:teacher")
     if task.student is None:
         return Route("teacher", task.teacher, "no-student")
+    candidate = entry.candidate if entry is not None else None
     if mode == "student":
-        return Route("student", task.student, "mode:student")
+        return Route("student", task.student, "mode:student", candidate)
     if entry is None:
         return Route("teacher", task.teacher, "grace")
     if entry.share > 0 and bucket(name, key) < entry.share:
-        return Route("student", task.student, f"{entry.state}:{round(entry.share * 100)}%")
+        reason = f"{entry.state}:{round(entry.share * 100)}%"
+        return Route("student", task.student, reason, candidate)
+    if entry.incumbent is not None:
+        return Route("student", task.student, f"{entry.state}:incumbent", entry.incumbent)
     return Route("teacher", task.teacher, entry.state)
 
 
@@ -115,9 +128,12 @@ def needs_fallback(
     replaced by the teacher's. No threshold or no confidence reported: no fallback."""
     if route.role != "student" or task.routing.fallback != "confidence":
         return False
-    if mode_of(task, entry) != "auto" or entry is None or entry.threshold is None:
+    if mode_of(task, entry) != "auto" or entry is None:
         return False
-    return confidence is not None and confidence < entry.threshold
+    threshold = entry.threshold
+    if entry.incumbent is not None and route.candidate == entry.incumbent:
+        threshold = entry.incumbent_threshold
+    return threshold is not None and confidence is not None and confidence < threshold
 
 
 def shadow_sampled(task: TaskConfig, role: str, call_id: str) -> bool:

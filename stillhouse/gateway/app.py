@@ -78,7 +78,7 @@ def create_app(
     providers: dict[str, Provider] = {
         name: build_provider(name, model, client) for name, model in config.models.items()
     }
-    chat = ChatCompletions(config, providers, writer, metrics, routing)
+    chat = ChatCompletions(config, providers, writer, metrics, routing, session=client)
 
     def authorise(request: Request) -> None:
         if not keys:

@@ -22,12 +22,14 @@ from starlette.responses import Response, StreamingResponse
 
 from ..config import Config
 from ..errors import HTTPError, NotFound, PayloadTooLarge, UpstreamError
+from ..lifecycle.deploy import Deployed, Deployments
 from ..lifecycle.shadow import agreement, answer_text
 from ..pricing import call_cost, price_for
-from ..providers import Chunk, Provider
+from ..providers import Chunk, Provider, SharedSession
 from ..routing import (
     Route,
     RoutingTable,
+    TaskRoute,
     choose_route,
     intent_rules,
     needs_fallback,
@@ -115,6 +117,22 @@ def _estimate_input_tokens(body: dict[str, Any]) -> int:
     return max(1, len(orjson.dumps(body.get("messages", []))) // 4)
 
 
+class _Replay:
+    """A provider that streams chunks already received (a held student stream)."""
+
+    def __init__(self, chunks: list[Chunk], provider: Provider) -> None:
+        self.chunks = chunks
+        self.name = provider.name
+        self.config = provider.config
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[Chunk]:
+        for chunk in self.chunks:
+            yield chunk
+
+
 class ChatCompletions:
     def __init__(
         self,
@@ -123,12 +141,14 @@ class ChatCompletions:
         writer: CaptureWriter,
         metrics: GatewayMetrics,
         routing: RoutingTable | None = None,
+        session: SharedSession | None = None,
     ) -> None:
         self.config = config
         self.providers = providers
         self.writer = writer
         self.metrics = metrics
         self.routing = routing or RoutingTable()
+        self.deployments = Deployments(config, providers, session or SharedSession())
         self._background: set[asyncio.Task[None]] = set()  # shadow calls, held until done
 
     async def __call__(self, request: Request) -> Response:
@@ -153,7 +173,15 @@ class ChatCompletions:
         # per-intent rules; the intent comes from memory (metadata.intent or the snapshot's model)
         intent = self.routing.intent_of(task_name, checked.metadata, body)
         route = intent_rules(task, entry, route, intent, name=task_name)
+        deployed: Deployed | None = None
+        if route.role == "student":
+            deployed = self.deployments.pick(task_name, task, entry, route)
+            if deployed is None:  # its candidate is still loading and no student served before
+                route = Route("teacher", task.teacher, "deploying")
         model = self.config.models[route.model]
+        metadata = dict(checked.metadata or {})
+        if deployed is not None and deployed.candidate is not None:
+            metadata["candidate"] = deployed.candidate
         call = Call(
             id=call_id,
             task=task_name,
@@ -161,12 +189,12 @@ class ChatCompletions:
             role=route.role,
             model=route.model,
             provider=model.provider,
-            upstream_model=model.model,
+            upstream_model=deployed.upstream_model if deployed else model.model,
             route_reason=route.reason,
             stream=bool(checked.stream),
             created_at=created_at,
             session_key=session_key,
-            metadata=dict(checked.metadata or {}),
+            metadata=metadata,
         )
         headers = {
             "x-stillhouse-call-id": call.id,
@@ -178,9 +206,17 @@ class ChatCompletions:
             if "intent" not in call.metadata:  # the caller's own intent is kept as sent
                 routed = {**call.metadata, "routed_intent": intent}
                 call = dataclasses.replace(call, metadata=routed)
-        forward = upstream_body(body, model.model)
-        provider = self.providers[route.model]
+        if "candidate" in metadata:
+            headers["x-stillhouse-candidate"] = metadata["candidate"]
+        forward = upstream_body(body, call.upstream_model)
+        provider = deployed.provider if deployed else self.providers[route.model]
         if checked.stream:
+            if task.routing.stream_fallback == "buffer" and needs_fallback(task, entry, route, 0.0):
+                # the route has a fallback threshold: hold the student's stream until its
+                # confidence is known (see docs/lifecycle.md for the TTFT this costs)
+                return await self._buffered(
+                    call, route, provider, forward, checked, started, headers, entry
+                )
             return await self._stream(call, route, provider, forward, checked, started, headers)
         try:
             response = await provider.complete(forward)
@@ -281,6 +317,56 @@ class ChatCompletions:
         )
 
     # -- streaming -------------------------------------------------------------------------
+    async def _buffered(
+        self,
+        call: Call,
+        route: Route,
+        provider: Provider,
+        forward: dict[str, Any],
+        checked: ChatCompletionRequest,
+        started: float,
+        headers: dict[str, str],
+        entry: TaskRoute | None,
+    ) -> Response:
+        """A student stream held whole until its confidence is known: then its events are
+        sent, or, under the threshold, the teacher's stream is (route fallback)."""
+        forward["stream_options"] = {**(checked.stream_options or {}), "include_usage": True}
+        acc = StreamAccumulator(started)
+        held: list[Chunk] = []
+        chunks = provider.stream(forward)
+        try:
+            async for chunk in chunks:
+                acc.add(chunk)
+                held.append(chunk)
+        except UpstreamError as err:
+            self._capture_error(call, err, started)  # nothing was sent: a proper HTTP error
+            return error_response(err, headers)
+        finally:
+            with contextlib.suppress(Exception):
+                await chunks.aclose()  # type: ignore[attr-defined]
+        task = self.config.tasks[call.task]
+        if not needs_fallback(task, entry, route, _confidence(acc.response())):
+            return await self._stream(
+                call, route, _Replay(held, provider), forward, checked, started, headers
+            )
+        self._capture_stream(
+            dataclasses.replace(call, route_reason="fallback:replaced"), acc, started, None, 200
+        )
+        teacher, body = self._teacher_call(call, "fallback", "fallback_of")
+        teacher = dataclasses.replace(teacher, stream=True)
+        body["stream"] = True
+        headers = {**headers, "x-stillhouse-route": "fallback"}
+        headers.pop("x-stillhouse-candidate", None)
+        return await self._stream(
+            teacher,
+            Route("teacher", teacher.model, "fallback"),
+            self.providers[teacher.model],
+            body,
+            checked,
+            time.perf_counter(),
+            headers,
+        )
+
     async def _stream(
         self,
         call: Call,

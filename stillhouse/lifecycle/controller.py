@@ -74,7 +74,9 @@ class DefaultSteps:
     ) -> str:
         from ..train.run import train_task
 
-        candidate, _ = train_task(store, config, task, dataset=dataset_id, progress=False)
+        candidate, _ = train_task(
+            store, config, task, dataset=dataset_id, progress=False, parent=parent
+        )
         return candidate.id
 
     def validate(
@@ -131,7 +133,7 @@ class Controller:
                     log.exception("lifecycle step for task %s failed", name)
                     out[name] = events.current(store, name)
             if self.routing is not None:
-                self.routing.publish({n: entry_of(s) for n, s in out.items()})
+                self.routing.publish({n: entry_of(s, store) for n, s in out.items()})
                 from ..curate.intent_model import newest_models
 
                 self.routing.publish_intents(newest_models(store))
@@ -204,6 +206,9 @@ class Controller:
         verdict = self.steps.validate(store, self.config, name, candidate, incumbent)
         checked = {"eval_run": verdict.eval_run_id, "validation": verdict.metrics}
         if verdict.passed:
+            # A retrained candidate rolls out against the serving student: sessions outside
+            # its share stay with that incumbent, and its gates compare with it.
+            keep = {k: state.detail[k] for k in ("incumbent", "incumbent_detail") if incumbent}
             return state.moved(
                 State.ROLLOUT,
                 f"{candidate} passed the gate: {verdict.reason}",
@@ -214,6 +219,7 @@ class Controller:
                     "dataset": state.detail["dataset"],
                     "threshold": verdict.threshold,
                     **checked,
+                    **keep,
                 },
             )
         reason = f"{candidate} failed the gate: {verdict.reason}"
@@ -230,15 +236,34 @@ class Controller:
     def _rollout(
         self, store: TraceStore, name: str, task: TaskConfig, state: TaskState, now: float
     ) -> TaskState | None:
+        since, metric = state.created_at, task.gate.metric
+        incumbent = state.detail.get("incumbent")
         result: GateResult = judge(
-            task, collect(store, name, state.created_at), now - state.created_at
+            task,
+            collect(store, name, since, state.candidate_id, metric),
+            now - since,
+            collect(store, name, since, incumbent, metric) if incumbent else None,
         )
         if result.outcome == "wait":
             return None
-        if result.outcome == "fail":
-            return self._rolled_back_from(
-                state, f"stage {state.share:.0%} gate failed: {result.reason}", result.evidence, now
+        reason = f"stage {state.share:.0%} gate failed: {result.reason}"
+        if result.outcome == "fail" and incumbent:
+            # 0% for the retrained candidate: the student it was to replace serves everyone
+            return state.moved(
+                State.SERVING,
+                f"{reason}; {incumbent} keeps serving",
+                stage=-1,
+                share=task.rollout.final_share / 100,
+                candidate_id=incumbent,
+                detail={
+                    **state.detail["incumbent_detail"],
+                    "serving_since": now,
+                    "evidence": result.evidence,
+                    "rolled_back": state.candidate_id,
+                },
             )
+        if result.outcome == "fail":
+            return self._rolled_back_from(state, reason, result.evidence, now)
         return self._next_stage(
             task, state, f"stage {state.share:.0%} passed: {result.reason}", result.evidence, now
         )
@@ -250,6 +275,8 @@ class Controller:
         detail = {**state.detail, "evidence": evidence}
         detail.pop("paused_from", None)
         if stage >= len(task.rollout.stages):
+            detail.pop("incumbent", None)  # the retrained candidate has replaced it
+            detail.pop("incumbent_detail", None)
             return state.moved(
                 State.SERVING,
                 reason,

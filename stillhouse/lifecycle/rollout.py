@@ -2,8 +2,10 @@
 teacher's, and the shadow comparisons of its answers.
 
 A gate has three outcomes. pass: agreement's confidence-interval lower bound reaches the task's
-threshold and errors and latency hold; fail: the interval's upper bound is under the threshold,
-or errors or latency are out of bounds; wait: not enough evidence either way yet.
+threshold and errors, hallucinations and latency hold (and, for a retrained candidate, its
+agreement matches the serving student's); fail: the interval's upper bound is under the
+threshold, or errors, hallucinations or latency are out of bounds, or it is clearly worse than
+the serving student; wait: not enough evidence either way yet.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 from ..config import TaskConfig
 from ..store.base import TraceStore
+from .shadow import answer_text
 
 Z95 = 1.96
 
@@ -45,6 +50,8 @@ class Evidence:
     student_errors: int = 0
     teacher_errors: int = 0
     shadow: list[float] = field(default_factory=list)
+    # one per student answer whose call carried metadata.reference: 1.0 when it contradicts it
+    hallucinations: list[float] = field(default_factory=list)
 
     @property
     def student_calls(self) -> int:
@@ -64,6 +71,10 @@ class Evidence:
             "shadow_samples": len(self.shadow),
             "agreement": sum(self.shadow) / len(self.shadow) if self.shadow else None,
             "agreement_ci": [round(low, 4), round(high, 4)],
+            "referenced": len(self.hallucinations),
+            "hallucination_rate": (
+                sum(self.hallucinations) / len(self.hallucinations) if self.hallucinations else None
+            ),
             "student_p50_ms": quantile(self.student_latency, 0.5),
             "student_p95_ms": quantile(self.student_latency, 0.95),
             "teacher_p50_ms": quantile(self.teacher_latency, 0.5),
@@ -71,25 +82,49 @@ class Evidence:
         }
 
 
-def collect(store: TraceStore, task: str, since: float) -> Evidence:
-    """Evidence from the task's calls and shadow scores created at or after `since`."""
+def _json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+def collect(
+    store: TraceStore,
+    task: str,
+    since: float,
+    candidate: str | None = None,
+    metric: str = "exact",
+) -> Evidence:
+    """Evidence from the task's calls and shadow scores created at or after `since`. With
+    `candidate`, only the student calls that candidate answered (metadata.candidate) count."""
     rows = store.query(
-        "SELECT role, route_reason, status, latency_ms FROM calls "
+        "SELECT id, role, route_reason, status, latency_ms, metadata, response FROM calls "
         "WHERE task = ? AND created_at >= ?",
         (task, since),
     )
     student: list[float] = []
     teacher: list[float] = []
     errors = {"student": 0, "teacher": 0}
-    for role, reason, status, latency in rows:
+    mine: set[str] = set()
+    hallucinations: list[float] = []
+    for call_id, role, reason, status, latency, metadata, response in rows:
         if role == "teacher" and reason in ("shadow", "fallback"):
             continue  # not a served teacher answer: it would skew the teacher's baseline
+        meta = _json(metadata) or {}
+        if role == "student":
+            if candidate is not None and meta.get("candidate") != candidate:
+                continue
+            mine.add(call_id)
+            if status == "ok" and meta.get("reference") is not None:
+                from ..evaluate.metrics import hallucinated
+
+                text = answer_text(_json(response))
+                gate_metric: Any = "similarity" if metric == "judge" else metric
+                hallucinations.append(float(hallucinated(gate_metric, text, meta["reference"])))
         if status != "ok":
             errors[role] = errors.get(role, 0) + 1
         elif latency is not None:
             (student if role == "student" else teacher).append(float(latency))
     scores = store.query(
-        "SELECT s.value FROM scores s JOIN calls c ON c.id = s.call_id "
+        "SELECT s.call_id, s.value FROM scores s JOIN calls c ON c.id = s.call_id "
         "WHERE c.task = ? AND s.name = 'shadow_agreement' AND s.created_at >= ? "
         "AND s.value IS NOT NULL",
         (task, since),
@@ -99,7 +134,8 @@ def collect(store: TraceStore, task: str, since: float) -> Evidence:
         teacher_latency=teacher,
         student_errors=errors["student"],
         teacher_errors=errors["teacher"],
-        shadow=[float(v) for (v,) in scores],
+        shadow=[float(v) for call_id, v in scores if candidate is None or call_id in mine],
+        hallucinations=hallucinations,
     )
 
 
@@ -113,9 +149,15 @@ class GateResult:
     evidence: dict[str, Any]
 
 
-def judge(task: TaskConfig, evidence: Evidence, dwelt: float) -> GateResult:
-    """Whether the stage's live evidence passes, fails or needs more time (see module doc)."""
+def judge(
+    task: TaskConfig, evidence: Evidence, dwelt: float, incumbent: Evidence | None = None
+) -> GateResult:
+    """Whether the stage's live evidence passes, fails or needs more time (see module doc).
+    `incumbent`: the serving student's evidence over the same window, when a retrained
+    candidate rolls out against it."""
     doc = evidence.to_json()
+    if incumbent is not None:
+        doc["incumbent"] = incumbent.to_json()
     threshold = task.gate.agreement
     low, high = wilson(evidence.shadow)
     n = evidence.student_calls
@@ -125,6 +167,22 @@ def judge(task: TaskConfig, evidence: Evidence, dwelt: float) -> GateResult:
             return GateResult("fail", f"student error rate {evidence.student_errors}/{n}", doc)
     if evidence.shadow and high < threshold:
         return GateResult("fail", f"shadow agreement {high:.3f} (upper bound) < {threshold}", doc)
+    wrong = evidence.hallucinations
+    most = task.rollout.max_hallucination_rate
+    if wrong and wilson(wrong)[0] > most:
+        rate = sum(wrong) / len(wrong)
+        return GateResult(
+            "fail", f"hallucination rate {rate:.3f} (n={len(wrong)}) > {most} (lower bound)", doc
+        )
+    served = (
+        sum(incumbent.shadow) / len(incumbent.shadow) if incumbent and incumbent.shadow else None
+    )
+    if served is not None and evidence.shadow and high < served:
+        return GateResult(
+            "fail",
+            f"shadow agreement {high:.3f} (upper bound) < the serving student's {served:.3f}",
+            doc,
+        )
     s95, t95 = doc["student_p95_ms"], doc["teacher_p95_ms"]
     ratio = task.rollout.max_latency_ratio
     if n >= task.rollout.min_samples and s95 is not None and t95 is not None and s95 > t95 * ratio:
@@ -139,4 +197,13 @@ def judge(task: TaskConfig, evidence: Evidence, dwelt: float) -> GateResult:
             f"shadow agreement lower bound {low:.3f} < {threshold} (n={len(evidence.shadow)})",
             doc,
         )
+    if wrong and sum(wrong) / len(wrong) > most:
+        return GateResult("wait", f"hallucination rate over {most} (n={len(wrong)})", doc)
+    if served is not None and incumbent is not None:
+        mean = sum(evidence.shadow) / len(evidence.shadow)
+        floor = wilson(incumbent.shadow)[0]
+        if mean < floor:
+            return GateResult(
+                "wait", f"agreement {mean:.3f} < the serving student's lower bound {floor:.3f}", doc
+            )
     return GateResult("pass", f"agreement lower bound {low:.3f} >= {threshold}, n={n}", doc)

@@ -11,28 +11,54 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 from ..curate.intent_model import newest_models
 from ..routing import RoutingTable, TaskRoute
 from ..store import open_store
+from ..store.base import TraceStore
 from . import events
-from .states import TaskState
+from .states import State, TaskState
 
 log = logging.getLogger("stillhouse.lifecycle")
 
 
-def entry_of(state: TaskState) -> TaskRoute:
+def entry_of(state: TaskState, store: TraceStore | None = None) -> TaskRoute:
+    """The task's routing entry; with a store, the candidates' `serving` tables are looked up
+    (candidates never change, so each is read once per process)."""
+    incumbent = state.detail.get("incumbent") if state.state is State.ROLLOUT else None
+    before = state.detail.get("incumbent_detail") or {}
     return TaskRoute(
         state=str(state.state),
         share=state.share,
         mode=state.mode,
         threshold=state.threshold,
         candidate=state.candidate_id,
+        serving=serving_of(store, state.candidate_id),
+        incumbent=incumbent,
+        incumbent_serving=serving_of(store, incumbent),
+        incumbent_threshold=before.get("threshold") if incumbent else None,
     )
 
 
-def entries(states: Mapping[str, TaskState]) -> dict[str, TaskRoute]:
-    return {task: entry_of(state) for task, state in states.items()}
+_SERVING: dict[str, dict[str, Any]] = {}
+
+
+def serving_of(store: TraceStore | None, candidate: str | None) -> dict[str, Any] | None:
+    if store is None or candidate is None:
+        return None
+    if candidate not in _SERVING:
+        found = store.get_candidate(candidate)
+        if found is None:
+            return None
+        _SERVING[candidate] = dict(found.serving or {})
+    return _SERVING[candidate]
+
+
+def entries(
+    states: Mapping[str, TaskState], store: TraceStore | None = None
+) -> dict[str, TaskRoute]:
+    return {task: entry_of(state, store) for task, state in states.items()}
 
 
 class RoutingRefresher:
@@ -59,7 +85,7 @@ class RoutingRefresher:
         while not self._stop.is_set():
             try:
                 store = store or open_store(self.store_url)
-                self.table.publish(entries(events.current_all(store)))
+                self.table.publish(entries(events.current_all(store), store))
                 self.table.publish_intents(newest_models(store))
             except Exception:  # the store is down: keep routing on the last table
                 log.warning("routing table refresh failed", exc_info=True)

@@ -71,8 +71,10 @@ def train_task(
     backend: str | None = None,
     progress: bool = True,
     log: Any = None,
+    parent: str | None = None,
 ) -> tuple[Candidate, dict[str, Any]]:
-    """Train the task's student and register it: (candidate, the `train --json` document)."""
+    """Train the task's student and register it: (candidate, the `train --json` document).
+    `parent`: the candidate it retrains (the serving student), recorded in its lineage."""
     from ..curate.pipeline import curate
 
     started = time.perf_counter()
@@ -148,6 +150,7 @@ def train_task(
         artifacts=artifacts,
         serving=serving,
         metrics=metrics,
+        parent_id=parent,
     )
     doc = {
         "candidate": candidate.id,

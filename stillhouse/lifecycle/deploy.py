@@ -1,0 +1,169 @@
+"""Deploying a candidate in the gateway: which provider, under which model name, answers for a
+registered student, from the `serving` table the routing table carries.
+
+- `local` (a LoRA adapter trained here): the gateway's in-process engine loads the base model with
+  the candidate's adapter, in a worker thread;
+- an `openai-compatible` student (vLLM) and a local adapter: vLLM's dynamic LoRA route,
+  POST {base_url}/load_lora_adapter, then model = the candidate's id;
+- `openai` / `azure` (a fine-tuning job's result): model = its fine_tuned_model id.
+
+Never on the request path: a candidate that is not ready is not waited for; the student that
+served before keeps serving (or, when there is none, the teacher) until it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..config import Config, ModelConfig, TaskConfig
+from ..errors import UpstreamError
+from ..providers import Provider, SharedSession, build_provider
+from ..routing import Route, TaskRoute
+
+log = logging.getLogger("stillhouse.lifecycle")
+
+RETRY_AFTER = 60.0  # seconds before a candidate that failed to load is tried again
+KEEP = 2  # loaded candidates kept per task: the one rolling out and the one before it
+
+
+@dataclass(frozen=True, slots=True)
+class Deployed:
+    provider: Provider
+    upstream_model: str  # the `model` sent upstream
+    candidate: str | None  # None: the task's `student` model as configured
+
+
+async def load_vllm_adapter(
+    session: SharedSession, student: ModelConfig, name: str, adapter: str
+) -> None:
+    """Load `adapter` into a running vLLM server under `name` (vLLM must run with
+    VLLM_ALLOW_RUNTIME_LORA_UPDATING=True). Loading one it already has is not an error."""
+    from ..providers.base import post, secret_header, timeouts
+
+    assert student.base_url is not None
+    headers = {"content-type": "application/json", **student.headers}
+    key = secret_header(student, name)
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    url = student.base_url.rstrip("/") + "/load_lora_adapter"
+    body = orjson.dumps({"lora_name": name, "lora_path": adapter})
+    try:
+        response = await post(
+            session.session, url, body, headers, timeouts(student)[0], model_name=name
+        )
+    except UpstreamError as err:
+        if err.status == 400 and "already" in err.message.lower():
+            return
+        raise
+    response.release()
+
+
+class Deployments:
+    """The candidates this gateway has deployed, loaded on first need and kept (KEEP per task)."""
+
+    def __init__(
+        self, config: Config, providers: Mapping[str, Provider], session: SharedSession
+    ) -> None:
+        self.config = config
+        self.providers = providers
+        self.session = session
+        self._ready: dict[str, Deployed] = {}
+        self._loading: dict[str, asyncio.Task[None]] = {}
+        self._failed: dict[str, float] = {}  # candidate -> when it may be tried again
+        self._loaded: dict[str, list[str]] = {}  # task -> its ready candidates, oldest first
+        self._last: dict[str, Deployed] = {}  # task -> the deployment that answered last
+
+    def static(self, task: TaskConfig, candidate: str | None = None) -> Deployed:
+        """The task's `student` model as configured (answering for `candidate` when that one
+        was registered without a serving table of its own)."""
+        assert task.student is not None
+        model = self.config.models[task.student].model
+        return Deployed(self.providers[task.student], model, candidate)
+
+    def pick(
+        self, name: str, task: TaskConfig, entry: TaskRoute | None, route: Route
+    ) -> Deployed | None:
+        """What answers a student route now; None when nothing for it is ready (ask the
+        teacher). Starts loading the route's candidate when it is new."""
+        candidate = route.candidate
+        if entry is None or candidate is None:
+            return self.static(task)
+        own = candidate == entry.candidate
+        serving = entry.serving if own else entry.incumbent_serving
+        if not serving:  # registered without a serving table: the student model as configured
+            return self.static(task, candidate)
+        found = self._ensure(name, task, candidate, serving)
+        if found is None and own and entry.incumbent is not None and entry.incumbent_serving:
+            found = self._ensure(name, task, entry.incumbent, entry.incumbent_serving)
+        if found is None:
+            found = self._last.get(name)  # the student before keeps serving meanwhile
+        if found is not None:
+            self._last[name] = found
+        return found
+
+    def ready(self, candidate: str) -> bool:
+        return candidate in self._ready
+
+    def _ensure(
+        self, name: str, task: TaskConfig, candidate: str, serving: Mapping[str, Any]
+    ) -> Deployed | None:
+        found = self._ready.get(candidate)
+        if found is not None:
+            return found
+        if candidate not in self._loading and time.monotonic() >= self._failed.get(candidate, 0):
+            job = asyncio.get_running_loop().create_task(
+                self._load(name, task, candidate, dict(serving))
+            )
+            self._loading[candidate] = job
+        return None
+
+    async def _load(
+        self, name: str, task: TaskConfig, candidate: str, serving: dict[str, Any]
+    ) -> None:
+        try:
+            deployed = await self._deploy(task, candidate, serving)
+        except Exception:
+            log.exception("deploying candidate %s for task %s failed", candidate, name)
+            self._failed[candidate] = time.monotonic() + RETRY_AFTER
+            return
+        finally:
+            self._loading.pop(candidate, None)
+        self._ready[candidate] = deployed
+        log.info("candidate %s of task %s is deployed", candidate, name)
+        loaded = self._loaded.setdefault(name, [])
+        loaded.append(candidate)
+        while len(loaded) > KEEP:
+            await self._retire(loaded.pop(0))
+
+    async def _deploy(self, task: TaskConfig, candidate: str, serving: dict[str, Any]) -> Deployed:
+        assert task.student is not None
+        student = self.config.models[task.student]
+        adapter = serving.get("adapter")
+        if adapter and student.provider == "openai-compatible":
+            await load_vllm_adapter(self.session, student, candidate, str(adapter))
+            return Deployed(self.providers[task.student], candidate, candidate)
+        from ..evaluate.serve import model_config
+
+        model = model_config(serving)
+        provider = build_provider(f"{task.student}@{candidate}", model, self.session)
+        engine = getattr(provider, "completions", None)
+        if engine is not None:
+            await engine.engine()  # a local model loads in a worker thread, off the loop
+        return Deployed(provider, model.model, candidate)
+
+    async def _retire(self, candidate: str) -> None:
+        deployed = self._ready.pop(candidate, None)
+        for task, last in list(self._last.items()):
+            if last is deployed:
+                del self._last[task]
+        completions = getattr(deployed.provider, "completions", None) if deployed else None
+        engine = getattr(completions, "_engine", None)
+        if engine is not None:
+            await asyncio.to_thread(engine.close)
