@@ -348,3 +348,39 @@ def test_a_line_the_disk_took_only_part_of_is_cut_off_again(tmp_path) -> None:
     lines = segment.read_bytes().split(b"\n")
     assert [line[:1] for line in lines] == [b"0", b"1", b"2", b""]
     assert all(len(line) == 299 for line in lines[:3])
+
+
+def test_captures_at_risk_counts_calls_only_in_memory_until_the_store_takes_them(
+    tmp_path,
+) -> None:
+    """Journal unwritable (its folder is a file) and the store down (its folder is missing):
+    the calls are held in memory and counted at risk; once the store is back they land and the
+    count falls to 0."""
+    from stillhouse.store import open_store
+    from stillhouse.store.records import Call, new_id
+    from stillhouse.store.writer import CaptureWriter
+
+    (tmp_path / "journal").write_text("not a folder")
+    db = tmp_path / "store" / "calls.db"
+    store_up = False
+
+    def opener():
+        if not store_up:
+            raise OSError("store down")
+        return open_store(f"sqlite:///{db}")
+
+    writer = CaptureWriter(opener, tmp_path / "journal", retry_interval=0.05)
+    writer.start()
+    try:
+        calls = [Call(id=new_id("call"), task="t", request={"n": i}) for i in range(25)]
+        for call in calls:
+            writer.submit(call)
+        time.sleep(0.3)
+        assert writer.journal_errors == 25 and writer.at_risk == 25 and writer.dropped == 0
+        store_up = True
+        assert writer.flush(10)
+        assert writer.at_risk == 0
+    finally:
+        writer.close()
+    with open_store(f"sqlite:///{db}") as store:
+        assert {c.id for c in store.list_calls(limit=100)} == {c.id for c in calls}

@@ -265,12 +265,11 @@ class CaptureWriter:
                 self.journal.delete(segment)
                 self._closed.remove(segment)
         if self._unjournaled and can_retry:
-            held, self._unjournaled = self._unjournaled, []
+            held = list(self._unjournaled)  # emptied only once stored: flush() waits for that
             if self._insert(held):
                 self.replayed += len(held)
                 self._unjournaled_stored += len(held)
-            else:
-                self._unjournaled = held
+                del self._unjournaled[: len(held)]
         if (force or now >= self._next_orphan_scan) and time.monotonic() >= self._next_retry:
             self._next_orphan_scan = now + ORPHAN_SCAN_SECONDS
             for path in self.journal.orphans():
