@@ -270,6 +270,14 @@ class TrainConfig(_Table):
         return parse_duration(value)
 
 
+class ReviewConfig(_Table):
+    """What goes to the human review queue (see docs/review.md)."""
+
+    rate: float = Field(0.02, ge=0, le=1, description="share of student answers sampled")
+    fallbacks: bool = Field(True, description="every fallback whose answers disagree")
+    correction_weight: int = Field(2, ge=1, le=20, description="copies of a correction trained")
+
+
 class TaskConfig(_Table):
     teacher: str
     student: str | None = None
@@ -284,6 +292,7 @@ class TaskConfig(_Table):
     curate: CurateConfig = Field(default_factory=CurateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     retrain_every: float | None = Field(None, gt=0, description="seconds; accepts '90d'")
     safe_student_after: float = Field(
         14 * 86_400.0, ge=0, description="seconds serving in auto before mode student; '14d'"

@@ -436,3 +436,28 @@ def test_a_serving_student_is_retrained_every_period(world: World) -> None:
     later = Controller(config, steps=w.steps, clock=lambda: time.time() + 7200)
     assert later.tick()["support"].state is State.RETRAINING
     assert w.state().reason.startswith("periodic")
+
+
+def test_a_retrained_candidate_worse_than_production_is_withdrawn(world: World) -> None:
+    w = world
+    roll_to_first_stage(w)
+    first = w.state().candidate_id
+    with open_store(w.config.store.url) as store:
+        ctl.advance(store, w.config, "support")
+        assert ctl.advance(store, w.config, "support").state is State.SERVING
+    task = w.config.tasks["support"].model_copy(update={"retrain_every": 3600.0})
+    config = w.config.model_copy(update={"tasks": {"support": task}})
+    later = Controller(config, steps=w.steps, clock=lambda: time.time() + 7200)
+    assert later.tick()["support"].state is State.RETRAINING
+    assert [w.tick() for _ in range(2)] == [State.VALIDATING, State.ROLLOUT]
+    second = w.state().candidate_id
+    assert second != first and w.state().detail["incumbent"] == first
+    w.student.wrong = True  # type: ignore[attr-defined]
+    replies = w.ask(24)
+    # the sessions outside the new candidate's share stay with the serving student
+    assert {r.headers["x-stillhouse-route"] for r in replies} == {"student"}
+    assert {r.headers["x-stillhouse-candidate"] for r in replies} == {first, second}
+    assert w.tick() is State.SERVING
+    state = w.state()
+    assert state.candidate_id == first and state.share == 1.0
+    assert "gate failed" in state.reason and f"{first} keeps serving" in state.reason

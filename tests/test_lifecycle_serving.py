@@ -285,3 +285,24 @@ def test_hallucinations_on_referenced_calls_fail_a_stage(tmp_path: Path) -> None
     assert verdict.outcome == "fail" and "hallucination rate 1.000" in verdict.reason
     fine = Evidence(student_latency=[5.0] * 10, shadow=agreed, hallucinations=good.hallucinations)
     assert judge(task, fine, 60).outcome == "pass"
+
+
+def test_a_retrained_candidate_must_match_the_serving_students_live_agreement(
+    tmp_path: Path,
+) -> None:
+    config = config_for(
+        tmp_path,
+        "http://127.0.0.1:9/v1",
+        {"provider": "openai", "model": "x"},
+        gate={"agreement": 0.3},
+        rollout={"min_samples": 4, "min_dwell": 0},
+    )
+    task = config.tasks["support"]
+    latency = [5.0] * 40
+    half = Evidence(student_latency=latency, shadow=[1.0, 0.0] * 20)  # over the 0.3 threshold
+    assert judge(task, half, 60).outcome == "pass"  # a first rollout: good enough
+    production = Evidence(student_latency=latency, shadow=[1.0] * 40)
+    verdict = judge(task, half, 60, incumbent=production)
+    assert verdict.outcome == "fail" and "serving student's 0.912" in verdict.reason
+    close = Evidence(student_latency=latency, shadow=[1.0] * 39 + [0.0])
+    assert judge(task, close, 60, incumbent=production).outcome == "pass"

@@ -7,6 +7,7 @@ filter, and no text reaches a snapshot before it was scrubbed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
@@ -59,6 +60,30 @@ def _example_key(line: dict[str, Any]) -> str:
     return hashlib.blake2b(orjson.dumps(line, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def _corrected(
+    corrections: Sequence[tuple[Call, str]], scrubber: Scrubber, weight: int, start: int
+) -> list[DatasetExample]:
+    """People's corrections (the review queue) as training examples, each `weight` times."""
+    out: list[DatasetExample] = []
+    for call, text in corrections:
+        answer = {"role": "assistant", "content": text}
+        fixed = dataclasses.replace(call, response={"choices": [{"message": answer}]})
+        example = scrubber.example(to_example(fixed))
+        meta = call.metadata if isinstance(call.metadata, dict) else {}
+        intent = str(meta.get("intent") or meta.get("routed_intent") or "reviewed")
+        for _ in range(weight):
+            out.append(
+                DatasetExample(
+                    position=start + len(out),
+                    split="train",
+                    call_id=call.id,
+                    intent=intent,
+                    example=example.to_json(),
+                )
+            )
+    return out
+
+
 def curate_calls(
     task_name: str,
     task: TaskConfig,
@@ -66,9 +91,17 @@ def curate_calls(
     scores: Mapping[str, Sequence[Score]] | None = None,
     *,
     created_at: float | None = None,
+    corrections: Sequence[tuple[Call, str]] = (),
 ) -> CurateReport:
-    """Turn a task's calls into a dataset snapshot (not yet stored)."""
+    """Turn a task's calls into a dataset snapshot (not yet stored). `corrections` (a reviewed
+    call and a person's answer) go to the training split first-hand: never filtered, deduplicated
+    or capped, repeated `review.correction_weight` times; a teacher's fallback answer to a
+    corrected call is dropped in their favour."""
     cfg = task.curate
+    corrected = {call.id for call, _ in corrections}
+    superseded = len(calls)
+    calls = [c for c in calls if (c.metadata or {}).get("fallback_of") not in corrected]
+    superseded -= len(calls)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -80,6 +113,8 @@ def curate_calls(
 
     filtered = apply_filters(calls, task, scores)
     removed = dict(filtered.removed)
+    if corrections:
+        removed["corrected"] = superseded
     lap("filters")
     examples = [to_example(c) for c in filtered.kept]
     lap("normalize")
@@ -129,16 +164,19 @@ def curate_calls(
         )
         for pos, i in enumerate(order)
     )
+    rows += tuple(_corrected(corrections, scrubber, task.review.correction_weight, len(rows)))
     # the gateway's intent model for routing rules and per-intent reports (see intent_model.py)
     model = intent_model.fit([e.user_text() or e.text() for e in examples], intents)
     lap("split")
     config = {**cfg.model_dump(), **describe(task), "intent_method": method}
+    if corrections:
+        config["corrections"] = sorted(corrected)
     if model is not None:
         config["intent_model"] = model.to_json()
     dataset = snapshot.build(
         task_name,
         rows,
-        source_count=len(calls),
+        source_count=len(calls) + superseded,
         removed=removed,
         config=config,
         created_at=created_at,
@@ -155,8 +193,11 @@ def curate(store: TraceStore, config: Config, task_name: str) -> CurateReport:
     started = time.perf_counter()
     calls = store.calls_for_task(task_name)
     scores = store.scores_for_task(task_name)
+    from ..review import corrections
+
+    fixed = corrections(store, task_name)
     load_seconds = time.perf_counter() - started
-    report = curate_calls(task_name, task, calls, scores)
+    report = curate_calls(task_name, task, calls, scores, corrections=fixed)
     started = time.perf_counter()
     stored, created = snapshot.save(store, report.dataset, report.examples)
     seconds = {"load": load_seconds, **report.seconds, "save": time.perf_counter() - started}

@@ -1,4 +1,5 @@
-"""The dashboard's routes on the gateway's app: server-rendered HTML, read-only.
+"""The dashboard's routes on the gateway's app: server-rendered HTML, read-only but for the
+review page, where a person's verdict is posted as a form.
 
 It must never block the event loop on the database: every page reads the store in a worker
 thread (run_in_threadpool) through a connection of its own, opened and closed per page. When the
@@ -15,6 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, quote
 
 import jinja2
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from ..config import Config
+from ..errors import StillhouseError
 from ..pricing_catalog import CATALOG_DATE
 from ..store import open_store
 from ..store.base import TraceStore
@@ -169,10 +172,56 @@ def dashboard_routes(config: Config, keys: Sequence[bytes]) -> list[Route]:
             return page("error.html", 404, title="no such call", message=f"No call '{call_id}'.")
         return page("call.html", title=f"call {call_id}", **doc)
 
+    async def review_page(request: Request) -> Response:
+        if (denied := guard(request)) is not None:
+            return denied
+        task = request.query_params.get("task") or None
+
+        def pending(store: TraceStore) -> list[dict[str, Any]]:
+            from .. import review
+
+            review.enqueue(store, config)
+            return [review.show(store, i) for i in review.items(store, task, limit=50)]
+
+        found = await read(pending)
+        done = request.query_params.get("done")
+        return page("review.html", title="review", items=found, task=task, done=done)
+
+    async def review_mark(request: Request) -> Response:
+        if (denied := guard(request)) is not None:
+            return denied
+        origin = request.headers.get("origin")
+        if origin and origin.split("://")[-1] != request.headers.get("host"):
+            return page("error.html", 403, title="refused", message="Cross-site form refused.")
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        verdict = (form.get("verdict") or [""])[0]
+        correction = (form.get("correction") or [""])[0].strip() or None
+        item_id = request.path_params["item_id"]
+        if verdict == "correct" and correction is None:
+            return page("error.html", 400, title="no correction", message="Type the answer.")
+        if verdict not in ("right", "wrong", "correct"):
+            return page("error.html", 400, title="no verdict", message="right, wrong or correct.")
+        right = verdict == "right"
+
+        def mark(store: TraceStore) -> str:
+            from .. import review
+
+            if right:
+                return review.mark(store, item_id, "right", None, "dashboard").status
+            return review.mark(store, item_id, "wrong", correction, "dashboard").status
+
+        try:
+            status = await read(mark)
+        except StillhouseError as err:
+            return page("error.html", 400, title="not marked", message=str(err))
+        return RedirectResponse(f"/review?done={quote(f'{item_id}: {status}')}", 303)
+
     return [
         Route("/", overview, methods=["GET"]),
         Route("/tasks/{task}", task, methods=["GET"]),
         Route("/registry", registry, methods=["GET"]),
         Route("/calls", calls, methods=["GET"]),
         Route("/calls/{call_id}", call, methods=["GET"]),
+        Route("/review", review_page, methods=["GET"]),
+        Route("/review/{item_id}", review_mark, methods=["POST"]),
     ]

@@ -132,6 +132,12 @@ class Controller:
                     # A failed step (training crashed, store hiccup) is retried next tick.
                     log.exception("lifecycle step for task %s failed", name)
                     out[name] = events.current(store, name)
+            try:  # a sample of student answers and fallback disagreements, for people
+                from ..review import enqueue
+
+                enqueue(store, self.config)
+            except Exception:
+                log.exception("filling the review queue failed")
             if self.routing is not None:
                 self.routing.publish({n: entry_of(s, store) for n, s in out.items()})
                 from ..curate.intent_model import newest_models

@@ -174,13 +174,13 @@ def judge(
         return GateResult(
             "fail", f"hallucination rate {rate:.3f} (n={len(wrong)}) > {most} (lower bound)", doc
         )
-    served = (
-        sum(incumbent.shadow) / len(incumbent.shadow) if incumbent and incumbent.shadow else None
-    )
-    if served is not None and evidence.shadow and high < served:
+    # the serving student's lower bound: a candidate clearly under it is worse than production
+    floor = wilson(incumbent.shadow)[0] if incumbent is not None and incumbent.shadow else None
+    if floor is not None and evidence.shadow and high < floor:
         return GateResult(
             "fail",
-            f"shadow agreement {high:.3f} (upper bound) < the serving student's {served:.3f}",
+            f"shadow agreement {high:.3f} (upper bound) < the serving student's {floor:.3f} "
+            "(lower bound)",
             doc,
         )
     s95, t95 = doc["student_p95_ms"], doc["teacher_p95_ms"]
@@ -199,9 +199,8 @@ def judge(
         )
     if wrong and sum(wrong) / len(wrong) > most:
         return GateResult("wait", f"hallucination rate over {most} (n={len(wrong)})", doc)
-    if served is not None and incumbent is not None:
+    if floor is not None:
         mean = sum(evidence.shadow) / len(evidence.shadow)
-        floor = wilson(incumbent.shadow)[0]
         if mean < floor:
             return GateResult(
                 "wait", f"agreement {mean:.3f} < the serving student's lower bound {floor:.3f}", doc
