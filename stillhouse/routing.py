@@ -126,14 +126,20 @@ def needs_fallback(
 ) -> bool:
     """A student answer in auto mode whose confidence is under the calibrated threshold is
     replaced by the teacher's. No threshold or no confidence reported: no fallback."""
-    if route.role != "student" or task.routing.fallback != "confidence":
-        return False
-    if mode_of(task, entry) != "auto" or entry is None:
-        return False
-    threshold = entry.threshold
-    if entry.incumbent is not None and route.candidate == entry.incumbent:
-        threshold = entry.incumbent_threshold
+    threshold = fallback_threshold(task, entry, route)
     return threshold is not None and confidence is not None and confidence < threshold
+
+
+def fallback_threshold(task: TaskConfig, entry: TaskRoute | None, route: Route) -> float | None:
+    """The calibrated confidence under which this route's student answer is replaced (the
+    candidate's, or the serving incumbent's); None: no fallback on this route."""
+    if route.role != "student" or task.routing.fallback != "confidence":
+        return None
+    if mode_of(task, entry) != "auto" or entry is None:
+        return None
+    if entry.incumbent is not None and route.candidate == entry.incumbent:
+        return entry.incumbent_threshold
+    return entry.threshold
 
 
 def shadow_sampled(task: TaskConfig, role: str, call_id: str) -> bool:

@@ -207,7 +207,8 @@ def stored(app: Any, config: Config) -> list[Call]:
 def test_an_unsure_streamed_student_answer_is_replaced_by_the_teachers_stream(
     local_student: Any,
 ) -> None:
-    app, client, config = local_student(threshold=10.0)  # over any confidence: always unsure
+    # confidences are log-probabilities (<= 0): just under 0 is over any, so always unsure
+    app, client, config = local_student(threshold=-1e-9)
     headers, text = stream(client)
     assert headers["x-stillhouse-route"] == "fallback" and json.loads(text) == {"intent": "teacher"}
     calls = {c.route_reason: c for c in stored(app, config)}

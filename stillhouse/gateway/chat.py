@@ -31,6 +31,7 @@ from ..routing import (
     RoutingTable,
     TaskRoute,
     choose_route,
+    fallback_threshold,
     intent_rules,
     needs_fallback,
     shadow_sampled,
@@ -211,9 +212,10 @@ class ChatCompletions:
         forward = upstream_body(body, call.upstream_model)
         provider = deployed.provider if deployed else self.providers[route.model]
         if checked.stream:
-            if task.routing.stream_fallback == "buffer" and needs_fallback(task, entry, route, 0.0):
-                # the route has a fallback threshold: hold the student's stream until its
-                # confidence is known (see docs/lifecycle.md for the TTFT this costs)
+            held = task.routing.stream_fallback == "buffer"
+            if held and fallback_threshold(task, entry, route) is not None:
+                # hold the student's stream until its confidence is known (see
+                # docs/lifecycle.md for the time to first token this costs)
                 return await self._buffered(
                     call, route, provider, forward, checked, started, headers, entry
                 )
@@ -341,6 +343,9 @@ class ChatCompletions:
         except UpstreamError as err:
             self._capture_error(call, err, started)  # nothing was sent: a proper HTTP error
             return error_response(err, headers)
+        except asyncio.CancelledError:
+            self._capture_stream(call, acc, started, "client disconnected before the answer", 499)
+            raise
         finally:
             with contextlib.suppress(Exception):
                 await chunks.aclose()  # type: ignore[attr-defined]
