@@ -160,6 +160,7 @@ class GateConfig(_Table):
     metric: Literal["exact", "json", "similarity", "judge"] = "exact"
     kept_agreement: float = Field(0.97, ge=0, le=1)
     max_p95_latency_ms: float | None = Field(None, gt=0)
+    general_max_drop: float | None = Field(None, ge=0, le=1)
 
 
 class RolloutConfig(_Table):
@@ -278,6 +279,15 @@ class ReviewConfig(_Table):
     correction_weight: int = Field(2, ge=1, le=20, description="copies of a correction trained")
 
 
+class GeneralConfig(_Table):
+    """The forgetting guard: general examples mixed into each dataset (see docs/curation.md)."""
+
+    share: float = Field(0.10, ge=0, lt=1, description="of the training split")
+    prompts: str | None = Field(None, description="a JSONL file; default: packaged chitchat")
+    count: int = Field(200, ge=1, description="prompts `stillhouse general` sends the teacher")
+    holdout: float = Field(0.2, gt=0, lt=1, description="of the general set, for evaluation")
+
+
 class TaskConfig(_Table):
     teacher: str
     student: str | None = None
@@ -293,6 +303,7 @@ class TaskConfig(_Table):
     train: TrainConfig = Field(default_factory=TrainConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
+    general: GeneralConfig = Field(default_factory=GeneralConfig)
     retrain_every: float | None = Field(None, gt=0, description="seconds; accepts '90d'")
     safe_student_after: float = Field(
         14 * 86_400.0, ge=0, description="seconds serving in auto before mode student; '14d'"
@@ -446,6 +457,14 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         if t.train.output_dir and not Path(t.train.output_dir).is_absolute()
         else t
         for name, t in config.tasks.items()
+    }
+    tasks = {
+        name: t.model_copy(
+            update={"general": t.general.model_copy(update={"prompts": str(base / prompts)})}
+        )
+        if (prompts := t.general.prompts) and not Path(prompts).is_absolute()
+        else t
+        for name, t in tasks.items()
     }
     return config.model_copy(
         update={"store": store.model_copy(update=updates), "models": models, "tasks": tasks}

@@ -5,10 +5,20 @@ traceback. Every verb with `--json` prints exactly one JSON document on stdout a
 
 Verbs live by family: gateway (init, serve, status, calls), data (curate, datasets, export,
 import), models (models, serve-model), students (train, candidates, eval, optimize, lineage),
-lifecycle (mode, rollout, worker), reports (report, costs), review.
+lifecycle (mode, rollout, worker), reports (report, costs), review, general.
 """
 
-from . import data, gateway, lifecycle, models, reports, review, students
+from . import data, gateway, general, lifecycle, models, reports, review, students
 from .common import main
 
-__all__ = ["data", "gateway", "lifecycle", "main", "models", "reports", "review", "students"]
+__all__ = [
+    "data",
+    "gateway",
+    "general",
+    "lifecycle",
+    "main",
+    "models",
+    "reports",
+    "review",
+    "students",
+]

@@ -184,6 +184,62 @@ def curate_calls(
     return CurateReport(dataset=dataset, examples=rows, seconds=seconds, intent_method=method)
 
 
+def mix_general(
+    report: CurateReport, general: CurateReport, share: float, created_at: float | None = None
+) -> CurateReport:
+    """The forgetting guard: add general examples as `share` of the training split (a seeded
+    choice among the general set's train part) and the general holdout as split `general`."""
+    task_train = sum(e.split == "train" for e in report.examples)
+    wanted = round(share / (1 - share) * task_train) if share > 0 else 0
+    pool = sorted(
+        (e for e in general.examples if e.split == "train"), key=lambda e: _example_key(e.example)
+    )
+    chosen = sorted(pool[:wanted], key=lambda e: e.position)
+    held = [e for e in general.examples if e.split == "holdout"]
+    extra = [dataclasses.replace(e, split="train") for e in chosen]
+    extra += [dataclasses.replace(e, split="general") for e in held]
+    start = len(report.examples)
+    rows = report.examples + tuple(
+        dataclasses.replace(e, position=start + i) for i, e in enumerate(extra)
+    )
+    d = report.dataset
+    config = {
+        **d.config,
+        "general": {"share": share, "train": len(chosen), "holdout": len(held), "pool": len(pool)},
+    }
+    dataset = snapshot.build(
+        d.task,
+        rows,
+        source_count=d.source_count,
+        removed=d.removed,
+        config=config,
+        created_at=d.created_at if created_at is None else created_at,
+    )
+    return dataclasses.replace(report, dataset=dataset, examples=rows)
+
+
+def _general(store: TraceStore, task_name: str, task: TaskConfig) -> CurateReport | None:
+    """The task's general set curated like its own calls (intent "general"), or None."""
+    from ..general import general_task
+
+    name = general_task(task_name)
+    calls = store.calls_for_task(name)
+    if task.general.share <= 0 or not calls:
+        return None
+    settings = task.model_copy(
+        update={
+            "curate": task.curate.model_copy(
+                update={
+                    "intents": "metadata",
+                    "holdout": task.general.holdout,
+                    "max_per_intent": None,
+                }
+            )
+        }
+    )
+    return curate_calls(name, settings, calls, store.scores_for_task(name))
+
+
 def curate(store: TraceStore, config: Config, task_name: str) -> CurateReport:
     """Curate a task's captured calls and store the snapshot."""
     task = config.tasks.get(task_name)
@@ -198,6 +254,9 @@ def curate(store: TraceStore, config: Config, task_name: str) -> CurateReport:
     fixed = corrections(store, task_name)
     load_seconds = time.perf_counter() - started
     report = curate_calls(task_name, task, calls, scores, corrections=fixed)
+    general = _general(store, task_name, task)
+    if general is not None:
+        report = mix_general(report, general, task.general.share)
     started = time.perf_counter()
     stored, created = snapshot.save(store, report.dataset, report.examples)
     seconds = {"load": load_seconds, **report.seconds, "save": time.perf_counter() - started}

@@ -31,10 +31,15 @@ class Rules:
     max_p95_latency_ms: float | None = None
     margin: float = NON_INFERIORITY_MARGIN
     min_examples: int = MIN_EXAMPLES
+    general_max_drop: float | None = None
 
     @classmethod
     def of(cls, gate: GateConfig) -> Rules:
-        return cls(agreement=gate.agreement, max_p95_latency_ms=gate.max_p95_latency_ms)
+        return cls(
+            agreement=gate.agreement,
+            max_p95_latency_ms=gate.max_p95_latency_ms,
+            general_max_drop=gate.general_max_drop,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,6 +48,7 @@ class Rules:
             "max_p95_latency_ms": self.max_p95_latency_ms,
             "non_inferiority_margin": self.margin,
             "min_examples": self.min_examples,
+            "general_max_drop": self.general_max_drop,
         }
 
 
@@ -71,6 +77,7 @@ def decide(
     format_compliance: float,
     p95_ms: float | None,
     versus_ci: tuple[float, float] | None = None,
+    general: tuple[float | None, float | None] | None = None,
 ) -> Decision:
     """Every rule checked (not only the first failure), so a report shows all that is wrong."""
     low = agreement_ci[0]
@@ -100,6 +107,17 @@ def decide(
                 f"vs serving student: difference lower bound {d:+.3f} (margin -{rules.margin})",
             )
         )
+    if rules.general_max_drop is not None:
+        # the forgetting guard: general agreement may not fall more than the allowed drop below
+        # the baseline's (the serving student, else the base model)
+        mine, base = general or (None, None)
+        if mine is None or base is None:
+            ok, detail = False, "general holdout: no agreement and baseline to compare"
+        else:
+            ok = mine >= base - rules.general_max_drop
+            drop = rules.general_max_drop
+            detail = f"general agreement {mine:.3f} vs baseline {base:.3f} (max drop {drop})"
+        checks.append(Check("general", ok, detail))
     failed = [c for c in checks if not c.passed]
     reason = "; ".join(c.detail for c in (failed or checks))
     return Decision(not failed, reason, tuple(checks))

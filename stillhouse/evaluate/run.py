@@ -40,10 +40,11 @@ class Item:
     tools: Any = None
 
 
-def holdout_items(store: TraceStore, dataset_id: str) -> list[Item]:
-    """The dataset's holdout as (request, teacher answer) pairs, cut at the last assistant turn."""
+def holdout_items(store: TraceStore, dataset_id: str, split: str = "holdout") -> list[Item]:
+    """The dataset's holdout (or its `general` holdout) as (request, teacher answer) pairs, cut at
+    the last assistant turn."""
     items = []
-    for e in store.dataset_examples(dataset_id, "holdout"):
+    for e in store.dataset_examples(dataset_id, split):
         messages = e.example["messages"]
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
         if last < 1 or not isinstance(messages[last].get("content"), str):
@@ -166,6 +167,45 @@ def _serve_candidate(
     return model, serve(candidate.id, model, bodies, concurrency)
 
 
+def _general(
+    store: TraceStore,
+    config: Config,
+    settings: TaskConfig,
+    candidate: Candidate,
+    dataset_id: str,
+    incumbent: str | None,
+    concurrency: int,
+) -> dict[str, Any] | None:
+    """The forgetting guard: agreement on the dataset's general holdout, for the candidate and for
+    a baseline (the serving student, else the base model without the adapter)."""
+    items = holdout_items(store, dataset_id, "general")
+    if not items:
+        return None
+    _, answers = _serve_candidate(candidate, items, concurrency)
+    agreement = mean([s.agree for s in _scores(config, settings, items, answers)[0]])
+    baseline, baseline_of = None, None
+    if incumbent is not None:
+        _, theirs = _serve_candidate(
+            _candidate(store, candidate.task, incumbent), items, concurrency
+        )
+        baseline_of = incumbent
+    else:
+        model = model_config(candidate.serving)
+        theirs = []
+        if model.provider == "local" and model.adapter:
+            base = model.model_copy(update={"adapter": None})
+            theirs = serve(f"{candidate.id}-base", base, request_bodies(items, None), concurrency)
+            baseline_of = f"{model.model} (base, no adapter)"
+    if theirs:
+        baseline = mean([s.agree for s in _scores(config, settings, items, theirs)[0]])
+    return {
+        "n": len(items),
+        "agreement": agreement,
+        "baseline": baseline,
+        "baseline_of": baseline_of,
+    }
+
+
 def report_dir(candidate: Candidate, eval_id: str) -> Path:
     """Beside the candidate's training run when it has one, else under Stillhouse's home."""
     from ..engine.sources import home
@@ -247,6 +287,10 @@ def evaluate(
             "difference_ci": [d_low, d_high],
         }
 
+    general = _general(store, config, settings, candidate, dataset_id, incumbent, concurrency)
+    if general is not None:
+        say(f"general holdout: agreement {general['agreement']}, baseline {general['baseline']}")
+
     p95 = percentile(latencies, 95)
     rules = Rules.of(settings.gate)
     decision = decide(
@@ -256,6 +300,7 @@ def evaluate(
         format_compliance=sum(compliant) / len(compliant),
         p95_ms=p95,
         versus_ci=tuple(versus["difference_ci"]) if versus else None,  # type: ignore[arg-type]
+        general=(general["agreement"], general["baseline"]) if general else None,
     )
     eval_id = new_id("eval")
     doc: dict[str, Any] = {
@@ -270,6 +315,8 @@ def evaluate(
         "agreement_ci": [low, high],
         "field_agreement": mean([s.fields for s in scored if s.fields is not None]),
         "per_intent": per_intent,
+        "general_agreement": general["agreement"] if general else None,
+        "general": general,
         "format_compliance": sum(compliant) / len(compliant),
         "hallucination": {
             "n": len(referenced),
