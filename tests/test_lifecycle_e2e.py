@@ -223,6 +223,8 @@ def test_a_trained_student_rolls_out_serves_and_a_shift_retrains_it(world: World
         candidate = store.get_candidate(second)
         intents = {e.intent for e in store.dataset_examples(candidate.dataset_id, "train")}
     assert candidate.parent_id == first and set(NEW_INTENTS) <= intents
+    # while the new adapter loads, its sessions stay with the serving student: never a gap
+    assert {r.headers["x-stillhouse-route"] for r in w.ask(8)} == {"student"}
     w.deployed(second)
     # sessions outside the new candidate's share stay with the serving student, not the teacher
     served = students(w.ask(48, intents={**INTENTS, **NEW_INTENTS}))

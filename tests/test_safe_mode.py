@@ -82,3 +82,41 @@ def test_the_cli_refuses_and_force_overrides(tmp_path: Path) -> None:
     run("mode", "--task", "support", "student", "--force", cwd=tmp_path)
     status = json.loads(run("status", "--json", cwd=tmp_path).stdout)["tasks"]["support"]
     assert status["mode"] == "student"
+
+
+def test_each_failed_gate_restarts_the_clock_a_passed_one_does_not(tmp_path: Path) -> None:
+    """The stored history alone decides: a retrain whose candidate passes keeps the clock; one
+    whose candidate fails validation, or is withdrawn mid-rollout, restarts it."""
+    from stillhouse.lifecycle import events
+    from stillhouse.lifecycle.states import TaskState
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+
+    def move(state: State, share: float, candidate: str, reason: str = "test") -> float:
+        with open_store(url) as store:
+            now = events.current(store, "t")
+            new = TaskState("t", state, share=share, candidate_id=candidate, reason=reason)
+            return events.record(store, new, previous=now.state).created_at
+
+    def since() -> float | None:
+        with open_store(url) as store:
+            return stable_since(store, "t")
+
+    move(State.CURATING, 0, "")
+    assert since() is None
+    started = move(State.ROLLOUT, 0.1, "a")  # from validating, in real life
+    move(State.SERVING, 1.0, "a")
+    move(State.RETRAINING, 1.0, "a")
+    move(State.VALIDATING, 1.0, "a")
+    move(State.ROLLOUT, 0.1, "b")  # b passed its gate
+    move(State.SERVING, 1.0, "b")
+    assert since() == started
+    move(State.RETRAINING, 1.0, "b")
+    move(State.VALIDATING, 1.0, "b")
+    failed = move(State.SERVING, 1.0, "b")  # c failed validation: b keeps serving
+    assert since() == failed
+    move(State.RETRAINING, 1.0, "b")
+    move(State.VALIDATING, 1.0, "b")
+    move(State.ROLLOUT, 0.1, "d")
+    withdrawn = move(State.SERVING, 1.0, "b")  # d failed a stage: b serves on
+    assert since() == withdrawn

@@ -78,7 +78,6 @@ class Deployments:
         self._loading: dict[str, asyncio.Task[None]] = {}
         self._failed: dict[str, float] = {}  # candidate -> when it may be tried again
         self._loaded: dict[str, list[str]] = {}  # task -> its ready candidates, oldest first
-        self._last: dict[str, Deployed] = {}  # task -> the deployment that answered last
 
     def static(self, task: TaskConfig, candidate: str | None = None) -> Deployed:
         """The task's `student` model as configured (answering for `candidate` when that one
@@ -91,7 +90,9 @@ class Deployments:
         self, name: str, task: TaskConfig, entry: TaskRoute | None, route: Route
     ) -> Deployed | None:
         """What answers a student route now; None when nothing for it is ready (ask the
-        teacher). Starts loading the route's candidate when it is new."""
+        teacher). Starts loading the route's candidate when it is new; meanwhile the serving
+        student a retrained candidate is to replace keeps its sessions. (Never a candidate
+        that was rolled back: only the incumbent named by the routing table.)"""
         candidate = route.candidate
         if entry is None or candidate is None:
             return self.static(task)
@@ -102,14 +103,7 @@ class Deployments:
         found = self._ensure(name, task, candidate, serving)
         if found is None and own and entry.incumbent is not None and entry.incumbent_serving:
             found = self._ensure(name, task, entry.incumbent, entry.incumbent_serving)
-        if found is None:
-            found = self._last.get(name)  # the student before keeps serving meanwhile
-        if found is not None:
-            self._last[name] = found
         return found
-
-    def ready(self, candidate: str) -> bool:
-        return candidate in self._ready
 
     def _ensure(
         self, name: str, task: TaskConfig, candidate: str, serving: Mapping[str, Any]
@@ -160,9 +154,6 @@ class Deployments:
 
     async def _retire(self, candidate: str) -> None:
         deployed = self._ready.pop(candidate, None)
-        for task, last in list(self._last.items()):
-            if last is deployed:
-                del self._last[task]
         completions = getattr(deployed.provider, "completions", None) if deployed else None
         engine = getattr(completions, "_engine", None)
         if engine is not None:

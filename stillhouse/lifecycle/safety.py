@@ -14,7 +14,8 @@ from ..config import TaskConfig
 from ..store.base import TraceStore
 from .states import State
 
-SERVING_STATES = {State.ROLLOUT, State.SERVING, State.RETRAINING, State.PAUSED}
+# states in which a student can hold a share (validating: a retrain's, while its parent serves)
+SERVING_STATES = {State.ROLLOUT, State.SERVING, State.RETRAINING, State.VALIDATING, State.PAUSED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,20 +33,27 @@ def _when(ts: float) -> str:
 def stable_since(store: TraceStore, task: str) -> float | None:
     """Since when the student has served this task in auto mode without a failed gate, or None
     when it is not serving now. A rollback, a candidate failing its gate, or the mode set to
-    teacher restarts the clock."""
+    teacher restarts the clock (and so does a retrained candidate withdrawn mid-rollout)."""
     rows = store.query(
-        "SELECT created_at, from_state, state, share, mode FROM lifecycle_events "
+        "SELECT created_at, from_state, state, share, mode, candidate_id FROM lifecycle_events "
         "WHERE task = ? ORDER BY created_at, id",
         (task,),
     )
     since: float | None = None
     mode: str | None = None
-    for created_at, from_state, state, share, event_mode in rows:
+    candidate: str | None = None
+    for created_at, from_state, state, share, event_mode, candidate_id in rows:
         mode = event_mode
         at = float(created_at)
-        failed_gate = state == State.ROLLED_BACK or (
-            from_state == State.VALIDATING and state in (State.GRACE, State.SERVING)
+        failed_gate = (
+            state == State.ROLLED_BACK
+            or (from_state == State.VALIDATING and state in (State.GRACE, State.SERVING))
+            # a retrained candidate withdrawn at a stage: the student it was to replace serves on
+            or (
+                from_state == State.ROLLOUT and state == State.SERVING and candidate_id != candidate
+            )
         )
+        candidate = candidate_id
         serving = State(state) in SERVING_STATES and float(share) > 0 and mode != "teacher"
         if failed_gate or not serving:
             since = at if failed_gate and serving else None
