@@ -307,3 +307,36 @@ def test_a_retrained_candidate_must_match_the_serving_students_live_agreement(
     assert verdict.outcome == "fail" and "serving student's 0.912" in verdict.reason
     close = Evidence(student_latency=latency, shadow=[1.0] * 39 + [0.0])
     assert judge(task, close, 60, incumbent=production).outcome == "pass"
+
+
+def test_a_candidate_that_cannot_load_leaves_its_sessions_with_the_teacher(
+    tmp_path: Path, tiny_base: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_upstream() as (teacher_url, _):
+        student = {"provider": "local", "model": str(tiny_base)}
+        config = config_for(tmp_path, teacher_url, student)
+        serving = {"provider": "local", "model": str(tiny_base), "adapter": str(tmp_path / "gone")}
+        entry = TaskRoute(state="rollout", share=1.0, candidate="cand_gone", serving=serving)
+        app, gateway, client = serve(config, entry)
+        try:
+            for _ in range(3):
+                reply = client.chat.completions.with_raw_response.create(
+                    model="support", messages=[{"role": "user", "content": "hi"}]
+                )
+                assert reply.headers["x-stillhouse-route"] == "teacher"
+                assert "x-stillhouse-candidate" not in reply.headers
+            deadline = time.monotonic() + 20
+            while "deploying candidate cand_gone for task support failed" not in caplog.text:
+                assert time.monotonic() < deadline, "the failed load was never reported"
+                time.sleep(0.05)
+            assert "no such folder" in caplog.text  # the adapter check names what is wrong
+            reply = client.chat.completions.with_raw_response.create(
+                model="support", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert reply.headers["x-stillhouse-route"] == "teacher"  # still answered
+            assert app.state.writer.flush(10)
+            with open_store(config.store.url) as store:
+                reasons = {c.route_reason for c in store.list_calls(task="support", limit=10)}
+            assert reasons == {"deploying"}
+        finally:
+            gateway.stop()
