@@ -243,8 +243,8 @@ def test_without_buffering_a_stream_is_never_replaced(local_student: Any) -> Non
     assert headers["x-stillhouse-route"] == "student" and json.loads(text) == {"intent": "refund"}
 
 
-def test_hallucinations_on_referenced_calls_fail_a_stage(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'h.db'}"
+def test_hallucinations_on_referenced_calls_fail_a_stage(tmp_path: Path, store_url: str) -> None:
+    url = store_url
     config = config_for(
         tmp_path,
         "http://127.0.0.1:9/v1",

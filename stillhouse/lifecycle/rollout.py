@@ -96,7 +96,7 @@ def collect(
     """Evidence from the task's calls and shadow scores created at or after `since`. With
     `candidate`, only the student calls that candidate answered (metadata.candidate) count."""
     rows = store.query(
-        "SELECT id, role, route_reason, status, latency_ms, metadata, response FROM calls "
+        "SELECT id, role, route_reason, status, latency_ms, metadata FROM calls "
         "WHERE task = ? AND created_at >= ?",
         (task, since),
     )
@@ -104,8 +104,8 @@ def collect(
     teacher: list[float] = []
     errors = {"student": 0, "teacher": 0}
     mine: set[str] = set()
-    hallucinations: list[float] = []
-    for call_id, role, reason, status, latency, metadata, response in rows:
+    referenced: dict[str, Any] = {}  # call id -> its metadata.reference
+    for call_id, role, reason, status, latency, metadata in rows:
         if role == "teacher" and reason in ("shadow", "fallback"):
             continue  # not a served teacher answer: it would skew the teacher's baseline
         meta = _json(metadata) or {}
@@ -114,11 +114,7 @@ def collect(
                 continue
             mine.add(call_id)
             if status == "ok" and meta.get("reference") is not None:
-                from ..evaluate.metrics import hallucinated
-
-                text = answer_text(_json(response))
-                gate_metric: Any = "similarity" if metric == "judge" else metric
-                hallucinations.append(float(hallucinated(gate_metric, text, meta["reference"])))
+                referenced[call_id] = meta["reference"]
         if status != "ok":
             errors[role] = errors.get(role, 0) + 1
         elif latency is not None:
@@ -135,8 +131,29 @@ def collect(
         student_errors=errors["student"],
         teacher_errors=errors["teacher"],
         shadow=[float(v) for call_id, v in scores if candidate is None or call_id in mine],
-        hallucinations=hallucinations,
+        hallucinations=_hallucinations(store, referenced, metric),
     )
+
+
+def _hallucinations(store: TraceStore, referenced: dict[str, Any], metric: str) -> list[float]:
+    """1.0 for each answer that contradicts its call's reference (only those calls' responses
+    are read, a few hundred at a time)."""
+    if not referenced:
+        return []
+    from ..evaluate.metrics import hallucinated
+
+    scored: Any = "similarity" if metric == "judge" else metric  # judge has no offline form
+    out = []
+    ids = list(referenced)
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        marks = ", ".join("?" for _ in part)
+        for call_id, response in store.query(
+            f"SELECT id, response FROM calls WHERE id IN ({marks})", tuple(part)
+        ):
+            text = answer_text(_json(response))
+            out.append(float(hallucinated(scored, text, referenced[call_id])))
+    return out
 
 
 Outcome = Literal["pass", "fail", "wait"]
