@@ -25,7 +25,8 @@ TIERS: dict[str, dict[str, Any]] = {
     },
 }
 
-# The model pair each tier suggests; `stillhouse init --tier` writes it into the starter file.
+# The model pair each tier suggests; `stillhouse init --tier` writes it into the starter file
+# (the teacher priced from the catalog, the student a packaged local model).
 MODEL_PAIRS: dict[str, dict[str, str]] = {
     "cost": {"teacher": "gpt-4.1-mini", "student": "smollm2-135m-instruct"},
     "accuracy": {"teacher": "gpt-4.1", "student": "qwen2.5-coder-0.5b-instruct"},
@@ -41,3 +42,28 @@ def source_of(key: str, explicit: bool, tier: str | None) -> str:
     if tier is not None:
         return f"tier:{tier}"
     return "default"
+
+
+def tiered_starter(text: str, tier: str) -> str:
+    """The starter stillhouse.toml for a tier: its model pair, `tier = ...`, and no explicit
+    gate.agreement (so the tier's threshold applies)."""
+    pair = MODEL_PAIRS[tier]
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith('model = "gpt-4.1-mini"'):
+            line = f'model = "{pair["teacher"]}"\n'
+        elif line.startswith("price = {"):
+            continue  # the catalog's price for the tier's teacher
+        elif line.startswith("# A task is one narrow job"):
+            lines.append(
+                f"[models.student]                           # the {tier} tier's student\n"
+                'provider = "local"                         # needs stillhouse[train]\n'
+                f'model = "{pair["student"]}"\n\n'
+            )
+        elif line.startswith('mode = "auto"'):
+            setting = f'tier = "{tier}"'
+            line += f'student = "student"\n{setting:<43}# cost | accuracy\n'
+        elif line.startswith("agreement = "):
+            continue  # the tier's
+        lines.append(line)
+    return "".join(lines)

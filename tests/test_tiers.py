@@ -105,3 +105,18 @@ def test_a_rollout_under_a_tier_ends_at_its_final_share(world: World) -> None:
     w.ask(16)
     assert w.tick() is State.SERVING
     assert w.state().share == 0.9  # serving keeps 10% of sessions on the teacher
+
+
+@pytest.mark.parametrize("tier", ["cost", "accuracy"])
+def test_init_with_a_tier_writes_its_model_pair(tmp_path: Path, tier: str) -> None:
+    from stillhouse.config import load_config
+    from stillhouse.tiers import MODEL_PAIRS
+
+    run("init", "--tier", tier, cwd=tmp_path)
+    config = load_config(tmp_path / "stillhouse.toml")
+    task = config.tasks["support"]
+    assert task.tier == tier
+    assert config.models[task.teacher].model == MODEL_PAIRS[tier]["teacher"]
+    assert task.student is not None
+    assert config.models[task.student].model == MODEL_PAIRS[tier]["student"]
+    assert {s["source"] for s in task.settings().values()} == {f"tier:{tier}"}

@@ -16,12 +16,21 @@ from .common import CONFIG_HELP, config_option, main, print_json
 @main.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def init(config_file: str | None, force: bool) -> None:
+@click.option(
+    "--tier",
+    type=click.Choice(["cost", "accuracy"]),
+    help="Start from a tier's model pair and thresholds.",
+)
+def init(config_file: str | None, force: bool, tier: str | None) -> None:
     """Write a commented starter stillhouse.toml that works as it is."""
     target = config_path(config_file)
     if target.exists() and not force:
         raise StillhouseError(f"{target} already exists (use --force to overwrite)")
     text = resources.files("stillhouse").joinpath("starter.toml").read_text(encoding="utf-8")
+    if tier is not None:
+        from ..tiers import tiered_starter
+
+        text = tiered_starter(text, tier)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text, encoding="utf-8")
     load_config(target)  # the starter must always parse
