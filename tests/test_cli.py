@@ -24,7 +24,7 @@ def run(
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
-        timeout=60,
+        timeout=300,  # a guard against hangs only: a loaded 2-core CI machine is slow
     )
     if check:
         assert result.returncode == 0, result.stderr

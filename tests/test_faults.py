@@ -117,9 +117,13 @@ def test_mixed_faults_under_concurrent_traffic_every_call_captured_with_its_outc
         fault = rng.choice([None, None, None, None, 500, 429, "cut"])
         plan.append((i, rng.random() < 0.5, fault))
     # Faults are consumed in arrival order, so requests go one fault-kind at a time: all the
-    # failing 500s and 429s first (concurrently), then everything else (concurrently).
-    failing = [p for p in plan if p[2] in (500, 429)]
-    rest = [p for p in plan if p[2] not in (500, 429)]
+    # 500s (concurrently), then all the 429s, then everything else. Mixing 500s and 429s in one
+    # concurrent group would let arrival order hand a 429 to a request planned for a 500.
+    groups = [
+        [p for p in plan if p[2] == 500],
+        [p for p in plan if p[2] == 429],
+        [p for p in plan if p[2] not in (500, 429)],
+    ]
 
     async def send(http: httpx.AsyncClient, i: int, stream: bool) -> tuple[str, int, bytes]:
         body = {"model": "support", "messages": [{"role": "user", "content": f"q{i} a b c"}]}
@@ -131,7 +135,7 @@ def test_mixed_faults_under_concurrent_traffic_every_call_captured_with_its_outc
     async def scenario() -> list[tuple[tuple[int, bool, object], tuple[str, int, bytes]]]:
         out = []
         async with httpx.AsyncClient(timeout=20) as http:
-            for group in (failing, rest):
+            for group in groups:
                 for _, _, fault in group:
                     if fault in (500, 429):
                         behaviour.fail(fault)
