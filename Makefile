@@ -27,9 +27,10 @@ test: lint
 	STILLHOUSE_TEST_PG_URL="$$(scripts/test-postgres.sh)" && export STILLHOUSE_TEST_PG_URL && \
 		$(PY) -m pytest
 
-# Until the lifecycle demo lands: a gateway on a loopback upstream, real traffic, the captures.
+# The whole lifecycle on local models (teacher Qwen2.5-Coder-0.5B, student SmolLM2-135M + LoRA):
+# docs/quickstart.md. `make demo DEMO_ARGS=--fast` for the short run.
 demo: install
-	$(PY) scripts/demo_gateway.py
+	$(VENV)/bin/stillhouse demo $(DEMO_ARGS)
 
 bench: install
 	$(PY) bench/gateway.py

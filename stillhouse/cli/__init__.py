@@ -5,14 +5,15 @@ traceback. Every verb with `--json` prints exactly one JSON document on stdout a
 
 Verbs live by family: gateway (init, serve, status, calls), data (curate, datasets, export,
 import), models (models, serve-model), students (train, candidates, eval, optimize, lineage),
-lifecycle (mode, rollout, worker), reports (report, costs), review, general.
+lifecycle (mode, rollout, worker), reports (report, costs), review, general, demo.
 """
 
-from . import data, gateway, general, lifecycle, models, reports, review, students
+from . import data, demo, gateway, general, lifecycle, models, reports, review, students
 from .common import main
 
 __all__ = [
     "data",
+    "demo",
     "gateway",
     "general",
     "lifecycle",

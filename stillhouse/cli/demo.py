@@ -1,0 +1,67 @@
+"""The demo verb: the whole lifecycle on local models, in a fresh folder (stillhouse/demo/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .common import main, print_json
+
+
+@main.command()
+@click.option("--fast", is_flag=True, help="Fewer calls and training steps (about 5 minutes).")
+@click.option(
+    "--dir",
+    "folder",
+    default="stillhouse-demo",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Working folder, emptied at the start of each run.",
+)
+@click.option("--teacher", help="Teacher model spec (default qwen2.5-coder-0.5b-instruct).")
+@click.option("--student", help="Student base model spec (default smollm2-135m-instruct).")
+@click.option("--train", "train_json", help="JSON object of train settings to override.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the final figures as JSON.")
+def demo(
+    fast: bool,
+    folder: Path,
+    teacher: str | None,
+    student: str | None,
+    train_json: str | None,
+    as_json: bool,
+) -> None:
+    """Watch a teacher's traffic become a LoRA student that takes most of it over, on this
+    machine: grace, curation, training, validation, rollout stages, serving with fallback."""
+    from ..demo import report
+    from ..demo.driver import run
+    from ..demo.setup import FAST, FULL
+
+    try:
+        train = json.loads(train_json) if train_json else None
+    except json.JSONDecodeError as err:
+        raise click.UsageError(f"--train is not JSON: {err}") from None
+    if train is not None and not isinstance(train, dict):
+        raise click.UsageError("--train must be a JSON object")
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    try:
+        doc = run(
+            folder.resolve(),
+            FAST if fast else FULL,
+            say=say,
+            teacher=teacher,
+            student=student,
+            train=train,
+        )
+    except FileExistsError as err:
+        raise click.ClickException(str(err)) from None
+    doc["chart"] = str(report.chart(doc, folder.resolve()))
+    (folder / "demo.json").write_text(json.dumps(doc, indent=2) + "\n")
+    if as_json:
+        print_json(doc)
+    else:
+        click.echo(report.text(doc))

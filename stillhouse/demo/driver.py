@@ -1,0 +1,169 @@
+"""The demo's run: the real gateway (uvicorn on a free loopback port) with the real lifecycle
+controller ticking in a background thread, as `stillhouse serve` runs them; simulated users send
+tickets through it until the student serves (or the time budget is spent), then the figures."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import load_config
+from ..lifecycle import events
+from ..lifecycle.states import State
+from ..store import open_store
+from .figures import figures
+from .setup import TASK, Profile, prepare
+from .traffic import Reply, Users
+
+WAITING = {State.CURATING, State.TRAINING, State.VALIDATING, State.RETRAINING}
+Say = Callable[[str], None]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Gateway:
+    """create_app + the controller thread, served by uvicorn in this process."""
+
+    def __init__(self, config: Any) -> None:
+        import uvicorn
+
+        from ..gateway import create_app
+        from ..lifecycle.controller import Controller
+
+        self.app = create_app(config)
+        self.controller = Controller(config, routing=self.app.state.routing)
+        self.stop_ticks = threading.Event()
+        self.port = _free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            )
+        )
+        self.threads = [
+            threading.Thread(target=self.server.run, name="demo-gateway", daemon=True),
+            threading.Thread(
+                target=self.controller.run,
+                args=(self.stop_ticks,),
+                name="stillhouse-lifecycle",
+                daemon=True,
+            ),
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> Gateway:
+        self.threads[0].start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.threads[0].is_alive():
+                raise RuntimeError("the demo gateway did not start")
+            time.sleep(0.05)
+        self.threads[1].start()
+        return self
+
+    def settle(self) -> None:
+        """Let background shadow comparisons finish and every capture reach the store."""
+        time.sleep(0.5)
+        self.app.state.writer.flush(60)
+
+    def stop(self) -> None:
+        self.stop_ticks.set()
+        self.server.should_exit = True
+        for t in self.threads:
+            t.join(30)
+
+
+def run(
+    folder: Path,
+    profile: Profile,
+    *,
+    say: Say = lambda _: None,
+    teacher: str | None = None,
+    student: str | None = None,
+    train: dict[str, Any] | None = None,
+    concurrency: int = 8,
+) -> dict[str, Any]:
+    """Run the demo in `folder` (emptied first); the final figures."""
+    started = time.time()
+    models = {k: v for k, v in (("teacher", teacher), ("student", student)) if v}
+    path = prepare(folder, profile, train=train, **models)  # type: ignore[arg-type]
+    config = load_config(path)
+    say(f"config: {path} (profile {profile.name})")
+    gateway = Gateway(config).start()
+    tick = config.lifecycle.tick
+    say(f"gateway on {gateway.url} with the lifecycle controller ticking every {tick:g} s")
+    users = Users(gateway.url, concurrency=concurrency)
+    states: list[str] = [State.GRACE.value]
+    marks: dict[str, float] = {"grace": started}
+    counter = {"n": 0}
+
+    def done(reply: Reply) -> None:
+        counter["n"] += 1
+        if reply.error:
+            say(f"  call {counter['n']}: error {reply.error}")
+        elif counter["n"] % 8 == 0:
+            say(f"  {counter['n']} calls answered (last by the {reply.route})")
+
+    def current() -> Any:
+        with open_store(config.store.url) as store:
+            return events.current(store, TASK)
+
+    def note(state: Any) -> None:
+        label = state.state.value
+        if state.state is State.ROLLOUT:
+            label = f"rollout:{state.share:.0%}"
+        if states[-1] != label:
+            states.append(label)
+            marks.setdefault(label, time.time())
+            say(f"[{time.time() - started:6.0f} s] {label}: {state.reason}")
+
+    try:
+        say(f"grace: {profile.grace_calls} tickets to the teacher ({config.tasks[TASK].teacher})")
+        users.send(profile.grace_calls, done)
+        gateway.settle()
+        deadline = started + profile.budget_s
+        outcome = "budget spent"
+        while time.time() < deadline:
+            state = current()
+            note(state)
+            if state.state in (State.SERVING,):
+                say(f"serving: {profile.serving_calls} more tickets for the 'after' figures")
+                marks["after"] = time.time()
+                users.send(profile.serving_calls, done)
+                outcome = "serving"
+                break
+            if state.state in (State.ROLLED_BACK,) or (
+                state.state is State.GRACE and len(states) > 1
+            ):
+                outcome = f"stopped in {state.state.value}: {state.reason}"
+                break
+            if state.state is State.ROLLOUT:
+                users.send(concurrency, done)  # the stage's evidence: calls and shadows
+                gateway.settle()
+                continue
+            time.sleep(0.5)
+        gateway.settle()
+        note(current())
+    finally:
+        gateway.stop()
+    with open_store(config.store.url) as store:
+        doc = figures(store, config, marks)
+    doc.update(
+        states=states,
+        outcome=outcome,
+        profile=profile.name,
+        calls_sent=users.sent,
+        wall_s=round(time.time() - started, 1),
+        folder=str(folder),
+    )
+    return doc
