@@ -22,6 +22,13 @@ from .common import main, print_json
 )
 @click.option("--teacher", help="Teacher model spec (default qwen2.5-coder-0.5b-instruct).")
 @click.option("--student", help="Student base model spec (default smollm2-135m-instruct).")
+@click.option(
+    "--intents",
+    type=click.IntRange(1, 22),
+    default=22,
+    show_default=True,
+    help="How many of the task's intents the tickets use.",
+)
 @click.option("--train", "train_json", help="JSON object of train settings to override.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the final figures as JSON.")
 def demo(
@@ -29,6 +36,7 @@ def demo(
     folder: Path,
     teacher: str | None,
     student: str | None,
+    intents: int,
     train_json: str | None,
     as_json: bool,
 ) -> None:
@@ -56,6 +64,7 @@ def demo(
             teacher=teacher,
             student=student,
             train=train,
+            intents=intents,
         )
     except FileExistsError as err:
         raise click.ClickException(str(err)) from None

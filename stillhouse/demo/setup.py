@@ -24,11 +24,11 @@ class Profile:
     min_samples: int  # student calls per stage
     serving_calls: int  # calls sent once the student serves, for the "after" figures
     max_steps: int  # LoRA steps
-    budget_s: float  # give up waiting for a state past this (the run reports where it stopped)
+    budget_s: float  # after grace, give up waiting past this (the run reports where it stopped)
 
 
-FULL = Profile("full", 132, (25, 50, 100), 12, 40, 40, 14 * 60)
-FAST = Profile("fast", 88, (50, 100), 6, 16, 16, 5 * 60)
+FULL = Profile("full", 132, (25, 50, 100), 12, 40, 40, 30 * 60)
+FAST = Profile("fast", 88, (50, 100), 6, 16, 16, 20 * 60)
 
 # Prices (dollars per million tokens): the teacher stands for a frontier-class API model; the
 # student is self-hosted, priced per GPU hour at a measured throughput (docs/costs.md).
@@ -43,6 +43,7 @@ def prepare(
     teacher: str = TEACHER,
     student: str = STUDENT,
     train: dict[str, object] | None = None,
+    intents: int = 22,
 ) -> Path:
     """Empty `folder` (a demo folder from an earlier run, never anything else) and write the
     demo's stillhouse.toml into it; its path."""
@@ -77,7 +78,7 @@ def prepare(
         f'[tasks.{TASK}]\nteacher = "teacher"\nstudent = "student"\n'
         'description = "Support-ticket triage: one JSON object with the intent and priority"\n\n'
         f"[tasks.{TASK}.grace]\nmin_conversations = {profile.grace_calls}\n"
-        "min_unique_intents = 20\n\n"
+        f"min_unique_intents = {min(20, intents)}\n\n"
         f'[tasks.{TASK}.curate]\nholdout = 0.25\nintents = "metadata"\n'
         "dedupe_threshold = 1.0\n\n"
         f'[tasks.{TASK}.gate]\nmetric = "json"\nagreement = 0.6\nkept_agreement = 0.8\n\n'

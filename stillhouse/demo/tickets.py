@@ -43,11 +43,13 @@ GREETINGS = ["Hi", "Hello", "Hey", "Good morning", "Dear support", "Hi there", "
 TAILS = ["", "", " Thanks.", " Please help.", " This is urgent.", " Thank you!", " Cheers"]
 FOLLOW_UPS = ["Can you help me?", "What should I do?", "Any update on this?", "Please advise."]
 
-SYSTEM = (
-    "You triage customer support tickets. Reply with only one JSON object: "
-    '{"intent": "<intent>", "priority": "<priority>"}. '
-    f"Intents: {', '.join(INTENTS)}. Priorities: high, medium, low."
-)
+
+def system_prompt(intents: list[str]) -> str:
+    return (
+        "You triage customer support tickets. Reply with only one JSON object: "
+        '{"intent": "<intent>", "priority": "<priority>"}. '
+        f"Intents: {', '.join(intents)}. Priorities: high, medium, low."
+    )
 
 
 def label(intent: str) -> str:
@@ -56,11 +58,14 @@ def label(intent: str) -> str:
 
 
 class Tickets:
-    """Seeded ticket conversations, round robin over the intents."""
+    """Seeded ticket conversations, round robin over the first `intents` intents."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, intents: int = len(INTENTS)) -> None:
+        if not 1 <= intents <= len(INTENTS):
+            raise ValueError(f"intents must be 1 to {len(INTENTS)}")
         self.rng = random.Random(seed)
-        self.names = list(INTENTS)
+        self.names = list(INTENTS)[:intents]
+        self.system = system_prompt(self.names)
         self.sent = 0
 
     def next(self) -> tuple[str, list[dict[str, Any]]]:
@@ -72,7 +77,7 @@ class Tickets:
         greeting = rng.choice(GREETINGS)
         order = f" Order {rng.randint(10000, 99999)}." if rng.random() < 0.4 else ""
         text = f"{greeting + ', ' if greeting else ''}{phrase}.{order}{rng.choice(TAILS)}"
-        messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}]
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self.system}]
         if rng.random() < 0.3:  # a short conversation: the ticket, a question back, the follow-up
             messages += [
                 {"role": "user", "content": text},

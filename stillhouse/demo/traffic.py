@@ -24,9 +24,11 @@ class Reply:
 
 
 class Users:
-    def __init__(self, base_url: str, *, seed: int = 0, concurrency: int = 8) -> None:
+    def __init__(
+        self, base_url: str, *, seed: int = 0, concurrency: int = 8, intents: int = 22
+    ) -> None:
         self.client = openai.OpenAI(base_url=base_url, api_key="demo", max_retries=0, timeout=900)
-        self.tickets = Tickets(seed)
+        self.tickets = Tickets(seed, intents)
         self.concurrency = concurrency
         self.sent = 0
 
