@@ -5,10 +5,10 @@ live: the shadow comparisons of the student's answers), share on the student, fa
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..config import Config
-from ..lifecycle import events
 from ..report import CallRow, is_request, percentile, read_agreement, read_rows, route_of
 from ..store.base import TraceStore
 from .setup import TASK
@@ -19,10 +19,14 @@ def _phase(rows: list[CallRow], start: float, end: float | None) -> list[CallRow
 
 
 def _summary(rows: list[CallRow]) -> dict[str, Any]:
-    """Per user request: cost (the request's own call plus the teacher's fallback or shadow
-    calls it caused), p95 latency, routes."""
+    """Per user request: cost (the request's own call plus the teacher's fallback answer when
+    it replaced the student's), p95 latency, routes. Shadow comparisons are costed apart: the
+    demo samples every student answer (routing.shadow_rate = 1) to judge its stages on a few
+    calls, where production samples 5%."""
     requests = [r for r in rows if is_request(r) and r.status == "ok"]
-    cost = sum(r.cost or 0.0 for r in rows if r.status == "ok")
+    ok = [r for r in rows if r.status == "ok"]
+    cost = sum(r.cost or 0.0 for r in ok if route_of(r) != "shadow")
+    shadow = sum(r.cost or 0.0 for r in ok if route_of(r) == "shadow")
     routes: dict[str, int] = {}
     for r in requests:
         routes[route_of(r)] = routes.get(route_of(r), 0) + 1
@@ -33,6 +37,7 @@ def _summary(rows: list[CallRow]) -> dict[str, Any]:
         "requests": n,
         "routes": routes,
         "cost_per_call": round(cost / n, 8) if n else None,
+        "shadow_cost_per_call": round(shadow / n, 8) if n else None,
         "p95_latency_ms": round(p95, 1) if p95 is not None else None,
     }
 
@@ -47,9 +52,10 @@ def figures(store: TraceStore, config: Config, marks: dict[str, float]) -> dict[
     student_rows = [r for r in rows if r.role == "student" and is_request(r)]
     replaced = [r for r in student_rows if r.route_reason == "fallback:replaced"]
     validation: dict[str, Any] = {}
-    for e in events.history(store, TASK):
-        if (e.get("detail") or {}).get("validation"):
-            validation = dict(e["detail"]["validation"])
+    for (metrics,) in store.query("SELECT metrics FROM eval_runs ORDER BY created_at DESC"):
+        doc = json.loads(metrics)
+        if doc.get("task") == TASK:  # the newest evaluation of the task's candidate
+            validation = doc
             break
     after_requests = after["requests"] if after else 0
     on_student = after["routes"].get("student", 0) if after else 0
@@ -58,6 +64,7 @@ def figures(store: TraceStore, config: Config, marks: dict[str, float]) -> dict[
         "agreement_samples": len(live),
         "holdout_agreement": validation.get("agreement"),
         "holdout_examples": validation.get("n"),
+        "holdout_format_compliance": validation.get("format_compliance"),
         "student_share": round(on_student / after_requests, 4) if after_requests else 0.0,
         "fallback_rate": round(len(replaced) / len(student_rows), 4) if student_rows else None,
         "cost_per_call_before": before["cost_per_call"],

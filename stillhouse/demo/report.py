@@ -35,7 +35,9 @@ def text(doc: dict[str, Any]) -> str:
         f"  fallback rate:     {_pct(doc['fallback_rate'])} of student answers replaced "
         "by the teacher's",
         f"  cost per call:     {_usd(doc['cost_per_call_before'])} before -> "
-        f"{_usd(doc['cost_per_call_after'])} after",
+        f"{_usd(doc['cost_per_call_after'])} after (+ "
+        f"{_usd((doc.get('after') or {}).get('shadow_cost_per_call'))} of shadow comparisons, "
+        "all sampled here, 5% in production)",
         f"  p95 latency:       {_ms(doc['p95_latency_ms_before'])} before -> "
         f"{_ms(doc['p95_latency_ms_after'])} after",
         "  prices: the teacher as a frontier-class API model "

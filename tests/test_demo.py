@@ -1,0 +1,112 @@
+"""`stillhouse demo` end to end through the CLI with tiny models instead of Qwen and SmolLM2
+(too slow for the suite): the teacher is the tiny Llama of tests/models.py with a LoRA trained
+here on the demo's own tickets and merged in (it answers the triage JSON); the student is the
+tiny Llama of tests/models.py already tuned to answer JSON intents on another label set (as an
+instruct model already knows the format), which the demo's LoRA must teach the triage labels.
+The same code path as the real demo: a real gateway and controller, a real LoRA student, users
+on the openai SDK."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from stillhouse.cli import main
+from stillhouse.demo.setup import FAST, prepare
+from stillhouse.demo.tickets import Tickets, label
+
+from .models import fast_settings
+
+STUDENT_TRAIN = {
+    "learning_rate": 3e-3,
+    "max_steps": 100,
+    "eval_every": 100,
+    "dropout": 0.0,
+    "threads": 1,
+    "max_length": 1024,
+}
+KEYS = {
+    "agreement",
+    "student_share",
+    "fallback_rate",
+    "cost_per_call_before",
+    "cost_per_call_after",
+    "p95_latency_ms_before",
+    "p95_latency_ms_after",
+    "states",
+}
+
+
+INTENTS = 4  # the tiny models learn four of the task's intents in seconds
+
+
+def tickets(n: int, seed: int) -> list[dict[str, Any]]:
+    gen = Tickets(seed, INTENTS)
+    out = []
+    for _ in range(n):
+        intent, messages = gen.next()
+        out.append({"messages": [*messages, {"role": "assistant", "content": label(intent)}]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from stillhouse.train.lora import train
+
+    settings = fast_settings(tiny_base, merge=True, max_length=1024, epochs=8)
+    folder = tmp_path_factory.mktemp("teacher")
+    out = train(settings, tickets(176, 11), tickets(22, 12), folder, progress=False)
+    assert out.merged_dir is not None
+    return out.merged_dir
+
+
+def test_demo_runs_the_lifecycle_and_prints_its_figures(
+    tmp_path: Path, teacher: Path, trained: Any
+) -> None:
+    folder = tmp_path / "demo"
+    args = [
+        "demo",
+        "--fast",
+        "--json",
+        "--dir",
+        str(folder),
+        "--teacher",
+        str(teacher),
+        "--intents",
+        str(INTENTS),
+        "--student",
+        str(trained.merged_dir),
+        "--train",
+        json.dumps(STUDENT_TRAIN),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert set(doc) >= KEYS
+    states = doc["states"]
+    assert states[:4] == ["grace", "curating", "training", "validating"], states
+    assert states[-1] == "serving", (states, doc["outcome"])
+    stages = [s for s in states if s.startswith("rollout:")]
+    assert stages == ["rollout:50%", "rollout:100%"]
+    assert doc["student_share"] > 0.5
+    assert 0 <= doc["agreement"] <= 1 and doc["agreement_samples"] > 0
+    # the student is priced per GPU hour, the teacher as an API model: serving is cheaper
+    assert doc["cost_per_call_after"] < doc["cost_per_call_before"]
+    assert (folder / "demo.svg").read_text().startswith("<svg")
+
+    # running it again starts clean: the folder is emptied before the new config is written
+    assert (folder / "stillhouse.db").exists()
+    prepare(folder, FAST)
+    assert sorted(p.name for p in folder.iterdir()) == [".stillhouse-demo", "stillhouse.toml"]
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "mine.txt").write_text("keep me")
+    result = CliRunner().invoke(main, ["demo", "--fast", "--dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "not a stillhouse demo folder" in result.output
+    assert (tmp_path / "mine.txt").exists()
