@@ -11,7 +11,9 @@ from .common import main, print_json
 
 
 @main.command()
-@click.option("--fast", is_flag=True, help="Fewer calls and training steps (about 5 minutes).")
+@click.option(
+    "--fast", is_flag=True, help="Fewer calls and training steps (timings: docs/benchmarks.md)."
+)
 @click.option(
     "--dir",
     "folder",
