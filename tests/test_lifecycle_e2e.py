@@ -275,6 +275,9 @@ def test_a_bad_candidate_is_stopped_at_the_gate(
             state = w.state()
             assert state.share == 0 and "failed the gate" in state.reason
             assert state.detail["eval_run"] is not None
+            # the transition stores the figures it was judged on, not only the eval run's id
+            assert state.detail["validation"]["agreement"] < config.tasks["support"].gate.agreement
+            assert state.detail["validation"]["n"] > 0
             assert not students(w.ask(8))
         finally:
             w.stop()

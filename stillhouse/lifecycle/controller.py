@@ -90,6 +90,7 @@ class DefaultSteps:
             reason=str(result.reason),
             threshold=result.threshold,
             eval_run_id=result.eval_run_id,
+            metrics=dict(result.metrics),
         )
 
 
