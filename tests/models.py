@@ -99,3 +99,26 @@ def trained(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     out = tmp_path_factory.mktemp("run")
     settings = fast_settings(tiny_base, merge=True)
     return train(settings, chat_examples(160, seed=1), HOLDOUT, out, progress=False)
+
+
+def register_tiny_candidate(
+    store: Any, dataset_id: str, base: Path, name: str, adapter: Path | None, run_dir: Path
+) -> str:
+    """Register the tiny base model (with `adapter`, or bare) as a local candidate of task
+    `support`; its id."""
+    from stillhouse.registry import register_candidate
+
+    serving = {"provider": "local", "model": str(base)}
+    if adapter is not None:
+        serving["adapter"] = str(adapter)
+    return register_candidate(
+        store,
+        task="support",
+        dataset_id=dataset_id,
+        backend="local",
+        base_model=str(base),
+        config={"fixture": name},
+        artifacts={"run_dir": str(run_dir)},
+        serving=serving,
+        metrics={},
+    ).id

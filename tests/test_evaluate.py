@@ -20,7 +20,7 @@ from stillhouse.evaluate.gate import Rules, decide
 from stillhouse.evaluate.stats import bootstrap_ci, paired_difference_ci, percentile
 from stillhouse.store import open_store
 
-from .models import chat_examples, seed_intent_calls
+from .models import chat_examples, register_tiny_candidate, seed_intent_calls
 from .test_cli import run
 
 # -- the pure parts ------------------------------------------------------------------------------
@@ -172,7 +172,6 @@ def workspace(tiny_base: Path, trained: Any, tmp_path_factory: pytest.TempPathFa
     """A task whose teacher traces are curated into a dataset (40 holdout examples), the trained
     adapter and the untrained base registered as its candidates."""
     from stillhouse.curate.pipeline import curate
-    from stillhouse.registry import register_candidate
 
     folder = tmp_path_factory.mktemp("eval")
     url = f"sqlite:///{folder / 'store.db'}"
@@ -191,20 +190,9 @@ def workspace(tiny_base: Path, trained: Any, tmp_path_factory: pytest.TempPathFa
         ds = curate(store, config, "support").dataset
 
         def register(name: str, adapter: Path | None) -> str:
-            serving = {"provider": "local", "model": str(tiny_base)}
-            if adapter is not None:
-                serving["adapter"] = str(adapter)
-            return register_candidate(
-                store,
-                task="support",
-                dataset_id=ds.id,
-                backend="local",
-                base_model=str(tiny_base),
-                config={"fixture": name},
-                artifacts={"run_dir": str(folder / "runs" / name)},
-                serving=serving,
-                metrics={},
-            ).id
+            return register_tiny_candidate(
+                store, ds.id, tiny_base, name, adapter, folder / "runs" / name
+            )
 
         good, base = register("good", trained.adapter_dir), register("base", None)
     return SimpleNamespace(folder=folder, url=url, config=config, dataset=ds, good=good, base=base)

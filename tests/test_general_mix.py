@@ -20,7 +20,7 @@ from stillhouse.evaluate.gate import Rules, decide
 from stillhouse.general import corpus_prompts
 from stillhouse.store import open_store
 
-from .models import INTENTS, answer, chat_examples, seed_intent_calls
+from .models import INTENTS, answer, chat_examples, register_tiny_candidate, seed_intent_calls
 from .test_cli import run
 from .upstream import UpstreamBehaviour, message_text, running_upstream
 
@@ -153,7 +153,6 @@ def test_eval_reports_general_agreement_and_the_gate_refuses_forgetting(
     tmp_path: Path, teacher: tuple[str, UpstreamBehaviour], tiny_base: Path, trained: Any
 ) -> None:
     from stillhouse.evaluate.run import evaluate
-    from stillhouse.registry import register_candidate
 
     url, _ = teacher
     _prompt_file(tmp_path, 40, seed=9)  # general prompts the trained student happens to know
@@ -170,20 +169,9 @@ def test_eval_reports_general_agreement_and_the_gate_refuses_forgetting(
         ds = curate(store, w.config, "support").dataset
 
         def register(name: str, adapter: Path | None) -> str:
-            serving = {"provider": "local", "model": str(tiny_base)}
-            if adapter is not None:
-                serving["adapter"] = str(adapter)
-            return register_candidate(
-                store,
-                task="support",
-                dataset_id=ds.id,
-                backend="local",
-                base_model=str(tiny_base),
-                config={"fixture": name},
-                artifacts={"run_dir": str(tmp_path / "runs" / name)},
-                serving=serving,
-                metrics={},
-            ).id
+            return register_tiny_candidate(
+                store, ds.id, tiny_base, name, adapter, tmp_path / "runs" / name
+            )
 
         good, base = register("good", trained.adapter_dir), register("base", None)
         kept = evaluate(store, w.config, "support", good, incumbent=None, progress=False)
