@@ -657,6 +657,30 @@ def parse_wrk(text: str) -> dict[str, Any]:
     return out
 
 
+def head_commit() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def export_commit(commit: str, src: Path) -> Path:
+    """Write `commit`'s stillhouse/ and tests/upstream.py into `src` (`git archive`): what a
+    benchmark runs, untouched by half-done edits in the shared working tree."""
+    src.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", commit, "stillhouse", "tests/upstream.py"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    return src
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -680,24 +704,10 @@ class Bench:
         By default a copy of the committed HEAD (`git archive`): the working tree is shared
         with people editing it, and half-done edits must not be measured. `--source worktree`
         runs the working tree as it is (the editable install)."""
-        self.commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        self.commit = head_commit()
         if self.args.source == "worktree":
             return ROOT, {}
-        src = self.tmp / "src"
-        src.mkdir()
-        archive = subprocess.run(
-            ["git", "archive", self.commit, "stillhouse", "tests/upstream.py"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        src = export_commit(self.commit, self.tmp / "src")
         # PYTHONPATH comes before the editable install's finder on sys.path
         return src, {"PYTHONPATH": str(src)}
 

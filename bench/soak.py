@@ -28,7 +28,6 @@ import datetime as dt
 import json
 import os
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,22 +46,8 @@ WINDOW = 30.0
 
 
 def checkout(tmp: Path) -> tuple[str, dict[str, str]]:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    src = tmp / "src"
-    src.mkdir()
-    archive = subprocess.run(
-        ["git", "archive", commit, "stillhouse", "tests/upstream.py"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    commit = gw.head_commit()
+    src = gw.export_commit(commit, tmp / "src")
     return commit, {"PYTHONPATH": str(src)}
 
 
