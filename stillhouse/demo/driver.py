@@ -136,6 +136,7 @@ def run(
         # a guard, not a target: the rest of the lifecycle gets this long after grace
         deadline = time.time() + profile.budget_s
         outcome = "budget spent"
+        rounds, answered = 1, 0.0
         while time.time() < deadline:
             state = current()
             note(state)
@@ -145,9 +146,18 @@ def run(
                 users.send(profile.serving_calls, done)
                 outcome = "serving"
                 break
-            if state.state in (State.ROLLED_BACK,) or (
-                state.state is State.GRACE and len(states) > 1
-            ):
+            if state.state is State.GRACE and len(states) > 1 and state.created_at != answered:
+                # the gate sent the candidate back: the controller waits for more teacher data
+                if rounds >= profile.rounds:
+                    outcome = f"stopped in grace: {state.reason}"
+                    break
+                rounds += 1
+                answered = state.created_at
+                say(f"round {rounds}: {profile.grace_calls} more tickets to the teacher")
+                users.send(profile.grace_calls, done)
+                gateway.settle()
+                continue
+            if state.state is State.ROLLED_BACK:
                 outcome = f"stopped in {state.state.value}: {state.reason}"
                 break
             if state.state is State.ROLLOUT:
@@ -166,6 +176,7 @@ def run(
         outcome=outcome,
         profile=profile.name,
         calls_sent=users.sent,
+        rounds=rounds,
         wall_s=round(time.time() - started, 1),
         folder=str(folder),
     )

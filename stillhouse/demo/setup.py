@@ -8,6 +8,9 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from .tickets import INTENTS
 
 TEACHER = "qwen2.5-coder-0.5b-instruct"
 STUDENT = "smollm2-135m-instruct"
@@ -25,6 +28,7 @@ class Profile:
     serving_calls: int  # calls sent once the student serves, for the "after" figures
     max_steps: int  # LoRA steps
     budget_s: float  # after grace, give up waiting past this (the run reports where it stopped)
+    rounds: int = 2  # grace rounds: a candidate that fails the gate gets one more round of data
 
 
 FULL = Profile("full", 132, (25, 50, 100), 12, 40, 40, 30 * 60)
@@ -76,7 +80,8 @@ def prepare(
         f'[models.student]\nprovider = "local"\nmodel = "{student}"\ntimeout = 600\n'
         f"price = {_inline(STUDENT_PRICE)}\n\n"
         f'[tasks.{TASK}]\nteacher = "teacher"\nstudent = "student"\n'
-        'description = "Support-ticket triage: one JSON object with the intent and priority"\n\n'
+        'description = "Support-ticket triage: one JSON object with the intent and priority"\n'
+        f"response_schema = {_inline(schema(intents))}\n\n"
         f"[tasks.{TASK}.grace]\nmin_conversations = {profile.grace_calls}\n"
         f"min_unique_intents = {min(20, intents)}\n\n"
         f'[tasks.{TASK}.curate]\nholdout = 0.25\nintents = "metadata"\n'
@@ -94,5 +99,23 @@ def prepare(
     return path
 
 
-def _inline(table: dict[str, float]) -> str:
-    return "{ " + ", ".join(f"{k} = {v}" for k, v in table.items()) + " }"
+def schema(intents: int) -> dict[str, Any]:
+    """The JSON Schema a triage app declares for its answers: curation drops teacher answers
+    that break it (they are not worth imitating) and the gate counts the student's."""
+    return {
+        "type": "object",
+        "required": ["intent", "priority"],
+        "properties": {
+            "intent": {"enum": list(INTENTS)[:intents]},
+            "priority": {"enum": ["high", "medium", "low"]},
+        },
+    }
+
+
+def _inline(value: Any) -> str:
+    """`value` as a TOML inline value (tables, arrays, strings, numbers)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_inline(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_inline(v) for v in value) + "]"
+    return json.dumps(value)

@@ -14,30 +14,31 @@ import json
 import random
 from typing import Any
 
-# intent -> (priority, phrasings)
+# intent -> (priority, phrasings). Ordered so that the first few are far apart (`--intents N`
+# takes the first N): a small demo asks for refund vs password reset, not card lost vs card stolen.
 INTENTS: dict[str, tuple[str, list[str]]] = {
-    "card_lost": ("high", ["I lost my card", "my debit card is missing", "I can't find my card"]),
-    "card_stolen": ("high", ["my card was stolen", "someone stole my wallet with my card"]),
     "refund": ("medium", ["I want a refund", "please give me my money back", "refund my order"]),
-    "delivery_late": ("medium", ["my parcel is late", "where is my package", "order not arrived"]),
-    "wrong_item": ("medium", ["I got the wrong item", "you sent me the wrong product"]),
-    "damaged_item": ("medium", ["the item arrived broken", "my order came damaged"]),
-    "cancel_order": ("medium", ["cancel my order", "I want to cancel the order I placed"]),
-    "cancel_subscription": ("low", ["cancel my subscription", "stop my monthly plan"]),
     "password_reset": ("low", ["I forgot my password", "reset my password please"]),
-    "account_locked": ("high", ["my account is locked", "I am locked out of my account"]),
-    "change_address": ("low", ["change my delivery address", "update my shipping address"]),
+    "card_stolen": ("high", ["my card was stolen", "someone stole my wallet with my card"]),
+    "opening_hours": ("low", ["when are you open", "what are your opening hours"]),
+    "delivery_late": ("medium", ["my parcel is late", "where is my package", "order not arrived"]),
     "invoice": ("low", ["send me the invoice", "I need a copy of my bill"]),
-    "double_charge": ("high", ["I was charged twice", "there is a double charge on my card"]),
     "app_crash": ("medium", ["the app crashes on start", "the app keeps crashing"]),
-    "login_error": ("medium", ["I get an error when I log in", "login fails with an error"]),
+    "speak_to_human": ("medium", ["I want to talk to a person", "let me speak to an agent"]),
+    "change_address": ("low", ["change my delivery address", "update my shipping address"]),
+    "double_charge": ("high", ["I was charged twice", "there is a double charge on my card"]),
     "upgrade_plan": ("low", ["I want to upgrade my plan", "how do I get the premium plan"]),
+    "cancel_order": ("medium", ["cancel my order", "I want to cancel the order I placed"]),
+    "account_locked": ("high", ["my account is locked", "I am locked out of my account"]),
+    "return_label": ("low", ["I need a return label", "how do I print a return label"]),
+    "card_lost": ("high", ["I lost my card", "my debit card is missing", "I can't find my card"]),
+    "wrong_item": ("medium", ["I got the wrong item", "you sent me the wrong product"]),
+    "discount_code": ("low", ["my discount code does not work", "the promo code is rejected"]),
     "close_account": ("medium", ["close my account", "delete my account for good"]),
     "fraud_report": ("high", ["I see payments I did not make", "report fraud on my account"]),
-    "opening_hours": ("low", ["when are you open", "what are your opening hours"]),
-    "speak_to_human": ("medium", ["I want to talk to a person", "let me speak to an agent"]),
-    "discount_code": ("low", ["my discount code does not work", "the promo code is rejected"]),
-    "return_label": ("low", ["I need a return label", "how do I print a return label"]),
+    "damaged_item": ("medium", ["the item arrived broken", "my order came damaged"]),
+    "cancel_subscription": ("low", ["cancel my subscription", "stop my monthly plan"]),
+    "login_error": ("medium", ["I get an error when I log in", "login fails with an error"]),
 }
 GREETINGS = ["Hi", "Hello", "Hey", "Good morning", "Dear support", "Hi there", ""]
 TAILS = ["", "", " Thanks.", " Please help.", " This is urgent.", " Thank you!", " Cheers"]
