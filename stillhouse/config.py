@@ -234,6 +234,14 @@ class CurateConfig(_Table):
     intents: Literal["auto", "metadata", "tfidf", "embeddings"] = "auto"
 
 
+class OptimizeConfig(_Table):
+    """The cheap first candidate: a few-shot prompt on the student's base model
+    (docs/evaluation.md)."""
+
+    prompt: bool = Field(True, description="try a prompt candidate before training a LoRA")
+    shots: int = Field(8, ge=0, le=64, description="few-shot examples, one per intent")
+
+
 class TrainConfig(_Table):
     """How `stillhouse train` trains the task's student (see docs/training.md)."""
 
@@ -300,6 +308,7 @@ class TaskConfig(_Table):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
+    optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)

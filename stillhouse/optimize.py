@@ -113,10 +113,11 @@ def optimize_task(
     task: str,
     *,
     dataset: str | None = None,
-    shots: int = DEFAULT_SHOTS,
+    shots: int | None = None,
 ) -> tuple[Candidate, dict[str, Any]]:
-    """Build the prompt from the dataset's training split and register it as a candidate of
-    backend "prompt" on the task's student model: (candidate, the `optimize --json` document)."""
+    """Build the prompt from the dataset's training split (`shots` examples, default the task's
+    optimize.shots) and register it as a candidate of backend "prompt" on the task's student
+    model: (candidate, the `optimize --json` document)."""
     from .curate import snapshot
     from .registry import register_candidate
 
@@ -125,6 +126,8 @@ def optimize_task(
         raise ConfigError(f"unknown task '{task}'")
     if settings.student is None:
         raise ConfigError(f"tasks.{task}.student: a prompt needs a student model to run on")
+    if shots is None:
+        shots = settings.optimize.shots
     if dataset is None:
         found = store.list_datasets(task)
         if not found:
@@ -139,7 +142,8 @@ def optimize_task(
         "system": distill_system_prompt(examples),
         "examples": choose_examples(examples, [r.intent for r in rows], shots),
     }
-    serving = _serving(config, settings.student)
+    # the gateway applies the prompt to every request it routes to this candidate
+    serving = {**_serving(config, settings.student), "prompt": prompt}
     candidate = register_candidate(
         store,
         task=task,

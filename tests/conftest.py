@@ -133,8 +133,16 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def start_serve(folder: Path, port: int) -> subprocess.Popen[bytes]:
     """`stillhouse serve` as a user runs it, in `folder` (with its config), once healthy."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stillhouse", "serve", "--port", str(port), "--log-level",
-         "warning"],
+        [
+            sys.executable,
+            "-m",
+            "stillhouse",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         cwd=folder,
     )
     deadline = time.monotonic() + 30

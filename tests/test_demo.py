@@ -89,12 +89,13 @@ def test_demo_runs_the_lifecycle_and_prints_its_figures(tmp_path: Path, teacher:
     doc = json.loads(result.stdout)
     assert set(doc) >= KEYS
     states = doc["states"]
-    assert states[:4] == ["grace", "curating", "training", "validating"], states
+    assert states[:5] == ["grace", "curating", "optimizing", "training", "validating"], states
     assert states[-1] == "serving", (states, doc["outcome"])
     stages = [s for s in states if s.startswith("rollout:")]
     assert stages == ["rollout:50%", "rollout:100%"]
     assert doc["student_share"] > 0.5
     assert 0 <= doc["agreement"] <= 1 and doc["agreement_samples"] > 0
+    assert 0 <= doc["prompt_agreement"] < 1  # the prompt candidate was tried, and failed
     # the student is priced per GPU hour, the teacher as an API model: serving is cheaper
     assert doc["cost_per_call_after"] < doc["cost_per_call_before"]
     assert (folder / "demo.svg").read_text().startswith("<svg")

@@ -29,6 +29,7 @@ from stillhouse.lifecycle import events
 from stillhouse.lifecycle.controller import Controller, Verdict
 from stillhouse.lifecycle.monitor import psi
 from stillhouse.lifecycle.states import TRANSITIONS, State, TransitionError
+from stillhouse.optimize import optimize_task
 from stillhouse.registry import register_candidate
 from stillhouse.routing import RoutingTable
 from stillhouse.store import open_store
@@ -82,17 +83,24 @@ class Student:
 
 
 class FakeSteps:
-    """Real curation and registry; training registers a candidate without a model, and
-    validation answers what the test says."""
+    """Real curation, prompt optimisation and registry; training registers a candidate without
+    a model, and validation answers what the test says (the prompt fails unless told)."""
 
     def __init__(self) -> None:
         self.passes = True
+        self.prompt_passes = False
+        self.prompts: list[str] = []
         self.trained: list[str] = []
 
     def curate(self, store: Any, config: Config, task: str) -> str:
         from stillhouse.curate.pipeline import curate
 
         return curate(store, config, task).dataset.id
+
+    def optimize(self, store: Any, config: Config, task: str, dataset: str) -> str:
+        candidate, _ = optimize_task(store, config, task, dataset=dataset, shots=2)
+        self.prompts.append(candidate.id)
+        return candidate.id
 
     def train(self, store: Any, config: Config, task: str, dataset: str, parent: Any) -> str:
         candidate = register_candidate(
@@ -111,6 +119,10 @@ class FakeSteps:
         return candidate.id
 
     def validate(self, store: Any, config: Config, task: str, cand: str, inc: Any) -> Verdict:
+        if cand in self.prompts:
+            if self.prompt_passes:
+                return Verdict(True, "agreement 0.93 >= 0.5", threshold=0.5)
+            return Verdict(False, "agreement 0.12 < 0.5")
         if self.passes:
             return Verdict(True, "agreement 0.97 >= 0.5", threshold=0.5)
         return Verdict(False, "agreement 0.31 < 0.5")
@@ -225,8 +237,9 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 def roll_to_first_stage(w: World) -> None:
     w.ask(8)
-    assert [w.tick() for _ in range(4)] == [
+    assert [w.tick() for _ in range(5)] == [
         State.CURATING,
+        State.OPTIMIZING,
         State.TRAINING,
         State.VALIDATING,
         State.ROLLOUT,
@@ -264,6 +277,7 @@ def test_a_task_goes_through_every_state_and_a_shift_retrains(world: World) -> N
     seen = [e["state"] for e in reversed(history)]
     assert seen == [
         "curating",
+        "optimizing",
         "training",
         "validating",
         "rollout",
@@ -282,11 +296,44 @@ def test_a_bad_candidate_is_stopped_at_the_gate(world: World) -> None:
     w = world
     w.steps.passes = False
     w.ask(8)
-    assert [w.tick() for _ in range(4)][-1] is State.GRACE
+    assert [w.tick() for _ in range(5)][-1] is State.GRACE
     state = w.state()
     assert state.share == 0 and "failed the gate" in state.reason
     assert all(r.headers["x-stillhouse-route"] == "teacher" for r in w.ask(8))
     assert w.tick() is State.CURATING  # 8 fresh teacher calls: try again
+
+
+def test_a_prompt_that_passes_the_gate_alone_rolls_out_without_training(world: World) -> None:
+    w = world
+    w.steps.prompt_passes = True
+    w.ask(8)
+    assert [w.tick() for _ in range(3)] == [State.CURATING, State.OPTIMIZING, State.ROLLOUT]
+    state = w.state()
+    assert state.candidate_id == w.steps.prompts[0] and not w.steps.trained
+    with open_store(w.config.store.url) as store:
+        prompt = store.get_candidate(state.candidate_id).artifacts["prompt"]
+    assert prompt["system"] and len(prompt["examples"]) == 2
+    replies = w.ask(24)
+    served = [r for r in replies if r.headers["x-stillhouse-route"] == "student"]
+    assert served and all(r.headers["x-stillhouse-candidate"] == state.candidate_id for r in served)
+    # the student model got the prompt: the distilled system prompt, the shots, then the user
+    sent = w.student.requests[-1]  # type: ignore[attr-defined]
+    assert sent["messages"][0] == {"role": "system", "content": prompt["system"]}
+    assert sent["messages"][1:-1] == [m for shot in prompt["examples"] for m in shot["messages"]]
+    # ...while the call is stored as the user sent it
+    with open_store(w.config.store.url) as store:
+        call = store.get_call(served[0].headers["x-stillhouse-call-id"])
+    assert call is not None and len(call.request["messages"]) == 1
+
+
+def test_with_prompt_optimisation_off_curation_goes_straight_to_training(world: World) -> None:
+    w = world
+    task = w.config.tasks["support"]
+    off = task.model_copy(update={"optimize": task.optimize.model_copy(update={"prompt": False})})
+    w.controller.config = w.config.model_copy(update={"tasks": {"support": off}})
+    w.ask(8)
+    assert [w.tick() for _ in range(3)] == [State.CURATING, State.TRAINING, State.VALIDATING]
+    assert not w.steps.prompts
 
 
 def test_a_student_that_degrades_mid_rollout_is_rolled_back(world: World) -> None:

@@ -26,6 +26,7 @@ from stillhouse.gateway import create_app
 from stillhouse.lifecycle import events
 from stillhouse.lifecycle.controller import Controller, Verdict
 from stillhouse.lifecycle.states import TRANSITIONS, State
+from stillhouse.optimize import optimize_task
 from stillhouse.registry import register_candidate
 from stillhouse.routing import RoutingTable
 from stillhouse.store import open_store
@@ -56,8 +57,16 @@ class Teacher:
         return answer("other" if self.off else intent)
 
 
-def toml(folder: Path, teacher_url: str, tiny_base: Path, store_url: str, **train: Any) -> Path:
-    """A stillhouse.toml: the loopback teacher, the tiny base as a `local` student, small steps."""
+def toml(
+    folder: Path,
+    teacher_url: str,
+    tiny_base: Path,
+    store_url: str,
+    prompt: bool = True,
+    **train: Any,
+) -> Path:
+    """A stillhouse.toml: the loopback teacher, the tiny base as a `local` student, small steps;
+    `prompt`: try a prompt candidate before training."""
     settings = {"learning_rate": 3e-3, "epochs": 8, "dropout": 0.0, "threads": 1, **train}
     lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
     path = folder / "stillhouse.toml"
@@ -77,6 +86,7 @@ def toml(folder: Path, teacher_url: str, tiny_base: Path, store_url: str, **trai
         "max_latency_ratio = 10000\n"
         "[tasks.support.routing]\nshadow_rate = 1.0\n"
         '[tasks.support.drift]\nmin_samples = 16\nmax_psi = 0.5\nagreement = 0.3\nwindow = "1h"\n'
+        f"[tasks.support.optimize]\nprompt = {json.dumps(prompt)}\n"
         f'[tasks.support.train]\noutput_dir = "{folder / "runs"}"\n{lines}\n'
     )
     return path
@@ -175,8 +185,9 @@ def world(tmp_path: Path, tiny_base: Path) -> Iterator[World]:
 def to_rollout(w: World) -> str:
     """Grace with teacher traffic, then curate, train and validate for real; the candidate."""
     w.ask(160)
-    assert [w.tick() for _ in range(4)] == [
+    assert [w.tick() for _ in range(5)] == [
         State.CURATING,
+        State.OPTIMIZING,  # the few-shot prompt on the untrained tiny base fails the gate
         State.TRAINING,
         State.VALIDATING,
         State.ROLLOUT,
@@ -234,6 +245,7 @@ def test_a_trained_student_rolls_out_serves_and_a_shift_retrains_it(world: World
     seen = [e["state"] for e in w.history()]
     assert seen == [
         "curating",
+        "optimizing",
         "training",
         "validating",
         "rollout",
@@ -271,7 +283,7 @@ def test_a_bad_candidate_is_stopped_at_the_gate(
         w = World(config, teacher)
         try:
             w.ask(160)
-            assert [w.tick() for _ in range(4)][-1] is State.GRACE
+            assert [w.tick() for _ in range(5)][-1] is State.GRACE
             state = w.state()
             assert state.share == 0 and "failed the gate" in state.reason
             assert state.detail["eval_run"] is not None
@@ -308,12 +320,14 @@ def test_a_killed_worker_resumes_and_never_promotes_an_unvalidated_candidate(
 ) -> None:
     url = f"sqlite:///{tmp_path / 'worker.db'}"
     with running_upstream(UpstreamBehaviour(reply=Teacher())) as (teacher_url, _):
-        toml(tmp_path, teacher_url, tiny_base, url)
+        # no prompt candidate: its evaluation would load the model that the candidate's
+        # evaluation, which this test kills half-way, needs the time to load
+        toml(tmp_path, teacher_url, tiny_base, url, prompt=False)
         seed_intent_calls(url, 160)
         worker = start_worker(tmp_path)
         try:
             state = wait_for(url, {"validating"})
-            time.sleep(0.5)  # the next tick starts the evaluation
+            time.sleep(0.25)  # the next tick (0.2 s) starts the evaluation; kill it early on
             worker.send_signal(signal.SIGKILL)
             worker.wait(10)
         finally:
@@ -337,7 +351,7 @@ def test_a_killed_worker_resumes_and_never_promotes_an_unvalidated_candidate(
 
 
 class CountingSteps:
-    """Real curation and registry; a trained candidate without a model, and a passing gate.
+    """Real curation, prompt and registry; a trained candidate without a model, a passing gate.
     (The lock is what this test is about; training for real is the tests above.)"""
 
     def __init__(self, name: str, acted: list[str]) -> None:
@@ -348,6 +362,10 @@ class CountingSteps:
 
         self.acted.append(self.name)
         return curate(store, config, task).dataset.id
+
+    def optimize(self, store: Any, config: Config, task: str, dataset: str) -> str:
+        self.acted.append(self.name)
+        return optimize_task(store, config, task, dataset=dataset)[0].id
 
     def train(self, store: Any, config: Config, task: str, dataset: str, parent: Any) -> str:
         self.acted.append(self.name)
@@ -393,7 +411,7 @@ def test_two_controllers_on_one_postgres_exactly_one_acts(
         stop.set()
         for t in threads:
             t.join(10)
-    assert len(set(acted)) == 1 and len(acted) == 3, acted
+    assert len(set(acted)) == 1 and len(acted) == 3, acted  # curate, optimize, validate
     with open_store(pg_url) as store:
         history = [e["state"] for e in reversed(events.history(store, "support"))]
-    assert history == ["curating", "training", "validating", "rollout"]
+    assert history == ["curating", "optimizing", "rollout"]  # the stand-in gate passes the prompt

@@ -58,7 +58,7 @@ def test_a_failed_gate_restarts_the_clock(world: World) -> None:
     with pytest.raises(StillhouseError, match="not serving in auto mode yet"):
         _set_student(w)
     w.ask(8)
-    assert [w.tick() for _ in range(4)][-1] is State.ROLLOUT  # a new candidate rolls out
+    assert [w.tick() for _ in range(5)][-1] is State.ROLLOUT  # a new candidate rolls out
     with open_store(w.config.store.url) as store:
         again = stable_since(store, "support")
     assert first is not None and again is not None and again > first

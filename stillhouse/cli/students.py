@@ -116,9 +116,15 @@ def eval_(
 @config_option
 @click.option("--task", required=True, help="The task to write a prompt for.")
 @click.option("--dataset", "dataset_id", help="Dataset id (default: the task's newest).")
-@click.option("--shots", default=8, show_default=True, help="Few-shot examples (one per intent).")
+@click.option(
+    "--shots",
+    type=click.IntRange(0, 64),
+    help="Few-shot examples, one per intent (default: tasks.<task>.optimize.shots, 8).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def optimize(config: Config, task: str, dataset_id: str | None, shots: int, as_json: bool) -> None:
+def optimize(
+    config: Config, task: str, dataset_id: str | None, shots: int | None, as_json: bool
+) -> None:
     """Register a prompt candidate: distilled system prompt + few-shot examples on the student."""
     from ..optimize import optimize_task
     from ..store import open_store

@@ -20,7 +20,7 @@ from .setup import TASK, Profile, prepare
 from .tickets import INTENTS
 from .traffic import Reply, Users
 
-WAITING = {State.CURATING, State.TRAINING, State.VALIDATING, State.RETRAINING}
+WAITING = {State.CURATING, State.OPTIMIZING, State.TRAINING, State.VALIDATING, State.RETRAINING}
 Say = Callable[[str], None]
 
 

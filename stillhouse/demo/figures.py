@@ -51,12 +51,21 @@ def figures(store: TraceStore, config: Config, marks: dict[str, float]) -> dict[
     live = [v for _, _, v in read_agreement(store, rollout_start or marks["grace"], TASK)]
     student_rows = [r for r in rows if r.role == "student" and is_request(r)]
     replaced = [r for r in student_rows if r.route_reason == "fallback:replaced"]
+    # the newest evaluation of a trained candidate (else of the prompt), and of the prompt
     validation: dict[str, Any] = {}
-    for (metrics,) in store.query("SELECT metrics FROM eval_runs ORDER BY created_at DESC"):
+    prompt: dict[str, Any] = {}
+    runs = store.query(
+        "SELECT e.metrics, c.backend FROM eval_runs e JOIN candidates c ON c.id = e.candidate_id "
+        "WHERE c.task = ? ORDER BY e.created_at DESC",
+        (TASK,),
+    )
+    for metrics, backend in runs:
         doc = json.loads(metrics)
-        if doc.get("task") == TASK:  # the newest evaluation of the task's candidate
-            validation = doc
-            break
+        if backend == "prompt":
+            prompt = prompt or doc
+        else:
+            validation = validation or doc
+    validation = validation or prompt
     after_requests = after["requests"] if after else 0
     on_student = after["routes"].get("student", 0) if after else 0
     return {
@@ -65,6 +74,7 @@ def figures(store: TraceStore, config: Config, marks: dict[str, float]) -> dict[
         "holdout_agreement": validation.get("agreement"),
         "holdout_examples": validation.get("n"),
         "holdout_format_compliance": validation.get("format_compliance"),
+        "prompt_agreement": prompt.get("agreement"),
         "student_share": round(on_student / after_requests, 4) if after_requests else 0.0,
         "fallback_rate": round(len(replaced) / len(student_rows), 4) if student_rows else None,
         "cost_per_call_before": before["cost_per_call"],

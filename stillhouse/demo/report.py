@@ -31,6 +31,8 @@ def text(doc: dict[str, Any]) -> str:
         "student answers matched the teacher's (shadow comparisons)",
         f"  agreement (held out at validation): {_pct(doc['holdout_agreement'])} "
         f"on {doc['holdout_examples'] or '-'} examples",
+        f"  prompt candidate:  {_pct(doc.get('prompt_agreement'))} held-out agreement "
+        "(the student's base model with few-shot examples, tried before training)",
         f"  student share:     {_pct(doc['student_share'])} of the calls once it serves",
         f"  fallback rate:     {_pct(doc['fallback_rate'])} of student answers replaced "
         "by the teacher's",

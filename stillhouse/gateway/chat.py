@@ -210,6 +210,8 @@ class ChatCompletions:
         if "candidate" in metadata:
             headers["x-stillhouse-candidate"] = metadata["candidate"]
         forward = upstream_body(body, call.upstream_model)
+        if deployed is not None:
+            forward = deployed.body(forward)
         provider = deployed.provider if deployed else self.providers[route.model]
         if checked.stream:
             held = task.routing.stream_fallback == "buffer"

@@ -52,6 +52,8 @@ class Steps(Protocol):
 
     def curate(self, store: TraceStore, config: Config, task: str) -> str: ...
 
+    def optimize(self, store: TraceStore, config: Config, task: str, dataset_id: str) -> str: ...
+
     def train(
         self, store: TraceStore, config: Config, task: str, dataset_id: str, parent: str | None
     ) -> str: ...
@@ -68,6 +70,11 @@ class DefaultSteps:
         from ..curate.pipeline import curate
 
         return curate(store, config, task).dataset.id
+
+    def optimize(self, store: TraceStore, config: Config, task: str, dataset_id: str) -> str:
+        from ..optimize import optimize_task
+
+        return optimize_task(store, config, task, dataset=dataset_id)[0].id
 
     def train(
         self, store: TraceStore, config: Config, task: str, dataset_id: str, parent: str | None
@@ -183,8 +190,27 @@ class Controller:
         self, store: TraceStore, name: str, task: TaskConfig, state: TaskState, now: float
     ) -> TaskState | None:
         dataset = self.steps.curate(store, self.config, name)
+        # the cheap first candidate (a retrain of a serving student goes straight to training)
         return state.moved(
-            State.TRAINING, f"curated {dataset}", detail={**state.detail, "dataset": dataset}
+            State.OPTIMIZING if task.optimize.prompt else State.TRAINING,
+            f"curated {dataset}",
+            detail={**state.detail, "dataset": dataset},
+        )
+
+    def _optimizing(
+        self, store: TraceStore, name: str, task: TaskConfig, state: TaskState, now: float
+    ) -> TaskState | None:
+        """A few-shot prompt on the student's base model, judged by the same gate: it rolls
+        out when it passes alone; else a LoRA is trained on the same dataset."""
+        dataset = state.detail["dataset"]
+        candidate = self.steps.optimize(store, self.config, name, dataset)
+        verdict = self.steps.validate(store, self.config, name, candidate, None)
+        if verdict.passed:
+            return self._promote(task, state, candidate, verdict)
+        return state.moved(
+            State.TRAINING,
+            f"prompt {candidate} failed the gate: {verdict.reason}; training a LoRA",
+            detail={**state.detail, "prompt": candidate, "prompt_eval_run": verdict.eval_run_id},
         )
 
     def _training(
@@ -211,24 +237,9 @@ class Controller:
         candidate = state.detail["trained"]
         incumbent = state.detail.get("incumbent")
         verdict = self.steps.validate(store, self.config, name, candidate, incumbent)
-        checked = {"eval_run": verdict.eval_run_id, "validation": verdict.metrics}
         if verdict.passed:
-            # A retrained candidate rolls out against the serving student: sessions outside
-            # its share stay with that incumbent, and its gates compare with it.
-            keep = {k: state.detail[k] for k in ("incumbent", "incumbent_detail") if incumbent}
-            return state.moved(
-                State.ROLLOUT,
-                f"{candidate} passed the gate: {verdict.reason}",
-                stage=0,
-                share=_share(task, 0),
-                candidate_id=candidate,
-                detail={
-                    "dataset": state.detail["dataset"],
-                    "threshold": verdict.threshold,
-                    **checked,
-                    **keep,
-                },
-            )
+            return self._promote(task, state, candidate, verdict)
+        checked = {"eval_run": verdict.eval_run_id, "validation": verdict.metrics}
         reason = f"{candidate} failed the gate: {verdict.reason}"
         if incumbent is not None:  # a retrain that did not beat production: keep production
             return state.moved(
@@ -238,6 +249,29 @@ class Controller:
             )
         return state.moved(
             State.GRACE, f"{reason}; collecting more data", detail={"collect_since": now, **checked}
+        )
+
+    def _promote(
+        self, task: TaskConfig, state: TaskState, candidate: str, verdict: Verdict
+    ) -> TaskState:
+        """A candidate that passed the gate starts at the first rollout stage. A retrained one
+        rolls out against the serving student: sessions outside its share stay with that
+        incumbent, and its gates compare with it."""
+        retrain = state.detail.get("incumbent") is not None
+        keep = {k: state.detail[k] for k in ("incumbent", "incumbent_detail") if retrain}
+        return state.moved(
+            State.ROLLOUT,
+            f"{candidate} passed the gate: {verdict.reason}",
+            stage=0,
+            share=_share(task, 0),
+            candidate_id=candidate,
+            detail={
+                "dataset": state.detail["dataset"],
+                "threshold": verdict.threshold,
+                "eval_run": verdict.eval_run_id,
+                "validation": verdict.metrics,
+                **keep,
+            },
         )
 
     def _rollout(

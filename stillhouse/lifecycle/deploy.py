@@ -24,6 +24,7 @@ import orjson
 
 from ..config import Config, ModelConfig, TaskConfig
 from ..errors import UpstreamError
+from ..optimize import apply_prompt
 from ..providers import Provider, SharedSession, build_provider
 from ..routing import Route, TaskRoute
 
@@ -38,6 +39,14 @@ class Deployed:
     provider: Provider
     upstream_model: str  # the `model` sent upstream
     candidate: str | None  # None: the task's `student` model as configured
+    prompt: dict[str, Any] | None = None  # a prompt candidate's {system, examples}
+
+    def body(self, forward: dict[str, Any]) -> dict[str, Any]:
+        """The upstream request as this deployment sends it (a prompt candidate's prompt
+        applied to the messages)."""
+        if not self.prompt or not isinstance(forward.get("messages"), list):
+            return forward
+        return {**forward, "messages": apply_prompt(self.prompt, forward["messages"])}
 
 
 async def load_vllm_adapter(
@@ -150,7 +159,7 @@ class Deployments:
         engine = getattr(provider, "completions", None)
         if engine is not None:
             await engine.engine()  # a local model loads in a worker thread, off the loop
-        return Deployed(provider, model.model, candidate)
+        return Deployed(provider, model.model, candidate, serving.get("prompt"))
 
     async def _retire(self, candidate: str) -> None:
         deployed = self._ready.pop(candidate, None)

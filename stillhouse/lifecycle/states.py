@@ -17,6 +17,7 @@ from ..errors import StillhouseError
 class State(enum.StrEnum):
     GRACE = "grace"  # collecting teacher traffic
     CURATING = "curating"
+    OPTIMIZING = "optimizing"  # a few-shot prompt candidate is built and gated before training
     TRAINING = "training"
     VALIDATING = "validating"
     ROLLOUT = "rollout"  # at stage `stage` of tasks.<t>.rollout.stages
@@ -31,7 +32,9 @@ S = State
 # The one transition table: from each state, where it may go next.
 TRANSITIONS: dict[State, frozenset[State]] = {
     S.GRACE: frozenset({S.CURATING, S.PAUSED}),
-    S.CURATING: frozenset({S.TRAINING, S.GRACE, S.PAUSED}),
+    S.CURATING: frozenset({S.OPTIMIZING, S.TRAINING, S.GRACE, S.PAUSED}),
+    # a prompt that passes the gate alone rolls out; else a LoRA is trained
+    S.OPTIMIZING: frozenset({S.ROLLOUT, S.TRAINING, S.GRACE, S.PAUSED}),
     S.TRAINING: frozenset({S.VALIDATING, S.GRACE, S.PAUSED}),
     # a failed gate goes back to collecting data (grace), or keeps the serving student
     S.VALIDATING: frozenset({S.ROLLOUT, S.GRACE, S.SERVING, S.PAUSED}),
