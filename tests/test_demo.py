@@ -112,3 +112,17 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "not a stillhouse demo folder" in result.output
     assert (tmp_path / "mine.txt").exists()
+
+
+def test_demo_refuses_a_model_it_cannot_load_before_it_starts(tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--fast", "--dir", str(folder), "--student", "nope"])
+    assert result.exit_code == 1
+    assert "model 'nope' is not a packaged model" in result.output
+    assert not folder.exists()  # refused before the folder was made or any traffic was sent
+
+
+def test_demo_refuses_train_settings_that_are_not_a_json_object(tmp_path: Path) -> None:
+    for bad, said in (("{steps", "--train is not JSON"), ("[1]", "must be a JSON object")):
+        result = CliRunner().invoke(main, ["demo", "--dir", str(tmp_path / "d"), "--train", bad])
+        assert result.exit_code == 2 and said in result.output

@@ -46,7 +46,7 @@ def demo(
     machine: grace, curation, training, validation, rollout stages, serving with fallback."""
     from ..demo import report
     from ..demo.driver import run
-    from ..demo.setup import FAST, FULL
+    from ..demo.setup import FAST, FULL, STUDENT, TEACHER
 
     try:
         train = json.loads(train_json) if train_json else None
@@ -54,6 +54,7 @@ def demo(
         raise click.UsageError(f"--train is not JSON: {err}") from None
     if train is not None and not isinstance(train, dict):
         raise click.UsageError("--train must be a JSON object")
+    _check_can_run(teacher or TEACHER, student or STUDENT)
 
     def say(line: str) -> None:
         click.echo(line, err=True)
@@ -76,3 +77,20 @@ def demo(
         print_json(doc)
     else:
         click.echo(report.text(doc))
+
+
+def _check_can_run(*models: str) -> None:
+    """Refuse at once, not minutes in: the ML stack missing, or a model that is not there."""
+    from importlib.util import find_spec
+
+    missing = [m for m in ("torch", "transformers", "peft") if find_spec(m) is None]
+    if missing:
+        raise click.ClickException(
+            f"the demo runs and trains models in this process and needs {', '.join(missing)}: "
+            "pip install torch==2.13.0 (the CPU build), then pip install 'stillhouse[train]' "
+            "(or run `make demo`)"
+        )
+    from ..engine.sources import check_available
+
+    for spec in models:
+        check_available(spec)

