@@ -260,6 +260,7 @@ class TrainConfig(_Table):
     warmup: float = Field(0.1, ge=0, lt=1)
     max_steps: int | None = Field(None, ge=1)
     max_length: int = Field(1024, ge=8)
+    turns: Literal["last", "all"] = Field("last", description="assistant turns that get the loss")
     seed: int = 0
     eval_every: int | None = Field(None, ge=1)
     patience: int = Field(2, ge=1)

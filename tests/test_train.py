@@ -70,7 +70,7 @@ def test_the_adapter_is_one_vllm_serves(tiny_base: Path, trained: Any, tmp_path:
         check_vllm_adapter(wide)
 
 
-def test_labels_cover_only_the_assistant_turns(tiny_base: Path) -> None:
+def test_labels_cover_only_the_answer_or_every_assistant_turn(tiny_base: Path) -> None:
     from transformers import AutoTokenizer
 
     from stillhouse.train.lora import IGNORE, encode
@@ -85,10 +85,15 @@ def test_labels_cover_only_the_assistant_turns(tiny_base: Path) -> None:
             {"role": "assistant", "content": '{"intent": "refund"}'},
         ]
     }
-    encoded = encode(tokenizer, example, 1024)
-    assert encoded is not None
-    learnt = tokenizer.decode([t for t in encoded.labels if t != IGNORE])
-    assert learnt == '{"intent": "card_lost"}<|im_end|>\n{"intent": "refund"}<|im_end|>\n'
+
+    def learnt(turns: str) -> str:
+        encoded = encode(tokenizer, example, 1024, turns)
+        assert encoded is not None
+        return str(tokenizer.decode([t for t in encoded.labels if t != IGNORE]))
+
+    # the default: the call's own answer; the earlier turn is the request's context
+    assert learnt("last") == '{"intent": "refund"}<|im_end|>\n'
+    assert learnt("all") == '{"intent": "card_lost"}<|im_end|>\n{"intent": "refund"}<|im_end|>\n'
     assert encode(tokenizer, example, 8) is None  # truncated before any answer
 
 

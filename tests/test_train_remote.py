@@ -180,3 +180,23 @@ def test_train_command_fails_cleanly_on_a_failed_job(
     assert "failed: invalid_training_file" in out.stderr and "Traceback" not in out.stderr
     with open_store(store_url) as store:
         assert store.list_candidates() == []  # nothing registered for a failed job
+
+
+def test_the_uploaded_file_trains_on_the_answer_only() -> None:
+    from stillhouse.curate.snapshot import answer_only
+
+    example = {
+        "messages": [
+            {"role": "user", "content": "lost my card"},
+            {
+                "role": "assistant",
+                "content": "Could you tell me more?",
+            },  # the app's, not the teacher's
+            {"role": "user", "content": "it was stolen"},
+            {"role": "assistant", "content": '{"intent": "card_stolen"}'},
+        ]
+    }
+    weighted = answer_only(example)["messages"]
+    assert [m.get("weight") for m in weighted] == [None, 0, None, None]
+    assert [m["content"] for m in weighted] == [m["content"] for m in example["messages"]]
+    assert "weight" not in example["messages"][1]  # the stored example is left as it was

@@ -95,10 +95,29 @@ def verify(store: TraceStore, dataset: Dataset) -> None:
         raise StillhouseError(f"dataset {dataset.id} does not match its content hash")
 
 
+def answer_only(example: dict[str, Any]) -> dict[str, Any]:
+    """The example with `"weight": 0` on every assistant turn but the last (OpenAI's chat
+    fine-tuning format): the provider trains on the call's answer only, as the local trainer's
+    train.turns = "last" does."""
+    messages = example["messages"]
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
+    weighted = [
+        {**m, "weight": 0} if m.get("role") == "assistant" and i != last else m
+        for i, m in enumerate(messages)
+    ]
+    return {**example, "messages": weighted}
+
+
 def export(
-    store: TraceStore, ref: str, out: str | os.PathLike[str], split: str = "train"
+    store: TraceStore,
+    ref: str,
+    out: str | os.PathLike[str],
+    split: str = "train",
+    *,
+    last_turn_only: bool = False,
 ) -> tuple[Dataset, int]:
-    """Write a split as OpenAI chat fine-tuning JSONL; returns (dataset, lines written)."""
+    """Write a split as OpenAI chat fine-tuning JSONL; returns (dataset, lines written).
+    `last_turn_only`: earlier assistant turns get weight 0 (see answer_only)."""
     if split not in SPLITS:
         raise StillhouseError(f"split must be one of {', '.join(SPLITS)}")
     dataset = load(store, ref)
@@ -109,6 +128,7 @@ def export(
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as f:
         for row in rows:
-            f.write(orjson.dumps(row.example) + b"\n")
+            example = answer_only(row.example) if last_turn_only else row.example
+            f.write(orjson.dumps(example) + b"\n")
     tmp.replace(path)  # a reader never sees half a file
     return dataset, len(rows)

@@ -17,7 +17,6 @@ from ..lifecycle.states import State
 from ..store import open_store
 from .figures import figures
 from .setup import TASK, Profile, prepare
-from .tickets import INTENTS
 from .traffic import Reply, Users
 
 WAITING = {State.CURATING, State.OPTIMIZING, State.TRAINING, State.VALIDATING, State.RETRAINING}
@@ -37,10 +36,12 @@ class Gateway:
         import uvicorn
 
         from ..gateway import create_app
-        from ..lifecycle.controller import Controller
+        from ..lifecycle.controller import Controller, DefaultSteps
 
         self.app = create_app(config)
-        self.controller = Controller(config, routing=self.app.state.routing)
+        self.controller = Controller(
+            config, steps=DefaultSteps(progress=True), routing=self.app.state.routing
+        )
         self.stop_ticks = threading.Event()
         self.port = _free_port()
         self.server = uvicorn.Server(
@@ -93,10 +94,12 @@ def run(
     student: str | None = None,
     train: dict[str, Any] | None = None,
     concurrency: int = 8,
-    intents: int = len(INTENTS),
+    intents: int | None = None,
 ) -> dict[str, Any]:
-    """Run the demo in `folder` (emptied first); the final figures."""
+    """Run the demo in `folder` (emptied first); the final figures. `intents`: how many of the
+    task's intents the tickets use (default the profile's)."""
     started = time.time()
+    intents = intents or profile.intents
     models = {k: v for k, v in (("teacher", teacher), ("student", student)) if v}
     path = prepare(folder, profile, train=train, intents=intents, **models)  # type: ignore[arg-type]
     config = load_config(path)

@@ -28,11 +28,14 @@ class Profile:
     serving_calls: int  # calls sent once the student serves, for the "after" figures
     max_steps: int  # LoRA steps
     budget_s: float  # after grace, give up waiting past this (the run reports where it stopped)
+    intents: int  # how many of the task's intents the tickets use (the first N)
     rounds: int = 2  # grace rounds: a candidate that fails the gate gets one more round of data
+    learning_rate: float = 3e-3  # high for LoRA, and what a few dozen CPU steps need
 
 
-FULL = Profile("full", 132, (25, 50, 100), 12, 40, 40, 30 * 60)
-FAST = Profile("fast", 88, (50, 100), 6, 16, 16, 20 * 60)
+FULL = Profile("full", 176, (25, 50, 100), 12, 40, 64, 30 * 60, intents=22)
+# fewer intents, so that ~90 tickets still give each about ten examples to learn from
+FAST = Profile("fast", 96, (50, 100), 6, 16, 48, 20 * 60, intents=8)
 
 # Prices (dollars per million tokens): the teacher stands for a frontier-class API model; the
 # student is self-hosted, priced per GPU hour at a measured throughput (docs/costs.md).
@@ -47,10 +50,11 @@ def prepare(
     teacher: str = TEACHER,
     student: str = STUDENT,
     train: dict[str, object] | None = None,
-    intents: int = 22,
+    intents: int | None = None,
 ) -> Path:
     """Empty `folder` (a demo folder from an earlier run, never anything else) and write the
-    demo's stillhouse.toml into it; its path."""
+    demo's stillhouse.toml into it; its path. `intents`: default the profile's."""
+    intents = intents or profile.intents
     marker = folder / ".stillhouse-demo"
     if folder.exists() and any(folder.iterdir()):
         if not marker.exists():
@@ -60,7 +64,7 @@ def prepare(
     marker.write_text("made by `stillhouse demo`; each run empties this folder\n")
     settings = {
         "max_steps": profile.max_steps,
-        "learning_rate": 1e-3,
+        "learning_rate": profile.learning_rate,
         "batch_size": 8,
         "max_length": 256,
         "eval_every": profile.max_steps,
@@ -84,7 +88,7 @@ def prepare(
         f"response_schema = {_inline(schema(intents))}\n\n"
         f"[tasks.{TASK}.grace]\nmin_conversations = {profile.grace_calls}\n"
         f"min_unique_intents = {min(20, intents)}\n\n"
-        f'[tasks.{TASK}.curate]\nholdout = 0.25\nintents = "metadata"\n'
+        f'[tasks.{TASK}.curate]\nholdout = 0.3\nintents = "metadata"\n'
         "dedupe_threshold = 1.0\n\n"
         f'[tasks.{TASK}.gate]\nmetric = "json"\nagreement = 0.6\nkept_agreement = 0.8\n\n'
         f"[tasks.{TASK}.rollout]\nstages = {list(profile.stages)}\n"

@@ -64,7 +64,11 @@ class Steps(Protocol):
 
 
 class DefaultSteps:
-    """curate(), train_task() and the evaluation gate of stillhouse.evaluate."""
+    """curate(), optimize_task(), train_task() and the evaluation gate of stillhouse.evaluate;
+    `progress`: a training progress bar on stderr (the demo shows it)."""
+
+    def __init__(self, progress: bool = False) -> None:
+        self.progress = progress
 
     def curate(self, store: TraceStore, config: Config, task: str) -> str:
         from ..curate.pipeline import curate
@@ -82,7 +86,7 @@ class DefaultSteps:
         from ..train.run import train_task
 
         candidate, _ = train_task(
-            store, config, task, dataset=dataset_id, progress=False, parent=parent
+            store, config, task, dataset=dataset_id, progress=self.progress, parent=parent
         )
         return candidate.id
 

@@ -34,6 +34,7 @@ class TrainSettings:
     warmup: float = 0.1  # share of the steps spent warming the learning rate up
     max_steps: int | None = None
     max_length: int = 1024
+    turns: str = "last"  # last | all: the assistant turns that get the loss
     seed: int = 0
     eval_every: int | None = None  # steps between holdout evaluations; None: once per epoch
     patience: int = 2  # evaluations without improvement before stopping early

@@ -82,9 +82,16 @@ def _render(tokenizer: Any, messages: Sequence[dict[str, Any]], tools: Any, prom
     )
 
 
-def encode(tokenizer: Any, example: dict[str, Any], max_length: int) -> Encoded | None:
-    """One chat example -> token ids with labels on the assistant turns only (their end-of-turn
-    token included, so the student learns to stop). None when nothing trainable is left.
+def encode(
+    tokenizer: Any, example: dict[str, Any], max_length: int, turns: str = "last"
+) -> Encoded | None:
+    """One chat example -> token ids with labels on its last assistant turn (`turns="all"`: on
+    every assistant turn), the end-of-turn token included, so the student learns to stop. None
+    when nothing trainable is left.
+
+    "last" is distillation's default: a captured call's earlier assistant turns are the
+    request's context (the app's canned replies, an agent, an earlier model), and only the
+    last one is the teacher's answer; each earlier answer of the teacher is its own call.
 
     The conversation is rendered once and each assistant turn located by rendering its prefix:
     a chat template renders a prefix of a conversation as a prefix of its text.
@@ -101,6 +108,8 @@ def encode(tokenizer: Any, example: dict[str, Any], max_length: int) -> Encoded 
         if not full.startswith(before) or not full.startswith(through):
             raise TrainingError("the chat template does not render conversations prefix-wise")
         spans.append((len(before), len(through)))
+    if turns == "last":
+        spans = spans[-1:]
     encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoding["input_ids"])[:max_length]
     offsets = encoding["offset_mapping"][: len(ids)]
@@ -114,9 +123,10 @@ def encode(tokenizer: Any, example: dict[str, Any], max_length: int) -> Encoded 
 
 
 def encode_all(
-    tokenizer: Any, examples: Sequence[dict[str, Any]], max_length: int
+    tokenizer: Any, examples: Sequence[dict[str, Any]], max_length: int, turns: str = "last"
 ) -> list[Encoded]:
-    return [e for e in (encode(tokenizer, x, max_length) for x in examples) if e is not None]
+    encoded = (encode(tokenizer, x, max_length, turns) for x in examples)
+    return [e for e in encoded if e is not None]
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -292,8 +302,8 @@ def train(
     device = pick_device(settings.device)
     model, tokenizer, base_dir = load_base(settings.base_model, device)
     pad_id = int(tokenizer.pad_token_id)
-    train_items = encode_all(tokenizer, train_examples, settings.max_length)
-    held_items = encode_all(tokenizer, holdout_examples, settings.max_length)
+    train_items = encode_all(tokenizer, train_examples, settings.max_length, settings.turns)
+    held_items = encode_all(tokenizer, holdout_examples, settings.max_length, settings.turns)
     if not train_items:
         raise TrainingError("no training example has an assistant answer to learn")
     model = add_adapter(model, settings, device)

@@ -118,7 +118,8 @@ def train_task(
 
         assert settings.account is not None
         account: ModelConfig = config.models[settings.account]
-        snapshot.export(store, ds.id, out / "train.jsonl", "train")
+        last = settings.turns == "last"
+        snapshot.export(store, ds.id, out / "train.jsonl", "train", last_turn_only=last)
         holdout = out / "holdout.jsonl" if ds.holdout_count else None
         if holdout is not None:
             snapshot.export(store, ds.id, holdout, "holdout")
