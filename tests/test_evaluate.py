@@ -222,6 +222,11 @@ def test_a_student_that_agrees_passes_and_the_untrained_base_fails(workspace: An
     ET.fromstring(chart.read_text())  # a well-formed SVG
     assert "agreement" in Path(doc["report"]["table"]).read_text()
     assert json.loads(Path(doc["report"]["json"]).read_text())["eval"] == doc["eval"]
+    # every held-out example with both answers, to read a gate's verdict from
+    rows = [json.loads(x) for x in Path(doc["report"]["answers"]).read_text().splitlines()]
+    assert len(rows) == 40 and {r["intent"] for r in rows} == set(doc["per_intent"])
+    assert sum(r["agreement"] for r in rows) / 40 == pytest.approx(doc["agreement"])
+    assert all(r["teacher"] and r["call"].startswith("call_") for r in rows)
 
     with open_store(w.url) as store:
         stored = store.get_eval_run(doc["eval"])

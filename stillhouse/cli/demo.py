@@ -12,7 +12,10 @@ from .common import main, print_json
 
 @main.command()
 @click.option(
-    "--fast", is_flag=True, help="Fewer calls and training steps (timings: docs/benchmarks.md)."
+    "--fast",
+    is_flag=True,
+    help="8 intents, fewer calls and training steps (about 12 min on 2 CPU cores; "
+    "docs/benchmarks.md).",
 )
 @click.option(
     "--dir",
@@ -41,7 +44,8 @@ def demo(
     as_json: bool,
 ) -> None:
     """Watch a teacher's traffic become a LoRA student that takes most of it over, on this
-    machine: grace, curation, training, validation, rollout stages, serving with fallback."""
+    machine: grace, curation, a prompt candidate, training, validation, rollout stages, serving
+    with fallback. Progress goes to stderr; the report (or --json) to stdout."""
     from ..demo import report
     from ..demo.driver import run
     from ..demo.setup import FAST, FULL, STUDENT, TEACHER

@@ -159,6 +159,32 @@ def _scores(
     return asyncio.run(grade()), "judge"
 
 
+def _write_answers(
+    path: Path,
+    items: Sequence[Item],
+    answers: Sequence[Answer],
+    agree: Sequence[float],
+    compliant: Sequence[bool],
+) -> Path:
+    """One line per holdout example (the call, its intent, the teacher's and the candidate's
+    answers, the score, format compliance, confidence): what a failed gate is read from."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for item, answer, a, ok in zip(items, answers, agree, compliant, strict=True):
+            row = {
+                "call": item.call_id,
+                "intent": item.intent,
+                "teacher": item.teacher,
+                "candidate": answer.text,
+                "agreement": a,
+                "format_ok": ok,
+                "confidence": (answer.confidence or {}).get(SIGNAL),
+                "error": answer.error,
+            }
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
 def _serve_candidate(
     candidate: Candidate, items: Sequence[Item], concurrency: int
 ) -> tuple[ModelConfig, list[Answer]]:
@@ -341,6 +367,9 @@ def evaluate(
     folder = report_dir(candidate, eval_id)
     doc["report"] = {k: str(v) for k, v in write(doc, folder).items()}
     doc["report"]["json"] = str(folder / "eval.json")
+    doc["report"]["answers"] = str(
+        _write_answers(folder / "answers.jsonl", items, answers, agree, compliant)
+    )
     doc["seconds"] = round(time.perf_counter() - started, 3)
     from ..registry import record_eval_run
 
