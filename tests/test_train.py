@@ -73,7 +73,7 @@ def test_the_adapter_is_one_vllm_serves(tiny_base: Path, trained: Any, tmp_path:
 def test_labels_cover_only_the_answer_or_every_assistant_turn(tiny_base: Path) -> None:
     from transformers import AutoTokenizer
 
-    from stillhouse.train.lora import IGNORE, encode
+    from stillhouse.train.lora import IGNORE, TrainingError, encode
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     example = {
@@ -95,6 +95,8 @@ def test_labels_cover_only_the_answer_or_every_assistant_turn(tiny_base: Path) -
     assert learnt("last") == '{"intent": "refund"}<|im_end|>\n'
     assert learnt("all") == '{"intent": "card_lost"}<|im_end|>\n{"intent": "refund"}<|im_end|>\n'
     assert encode(tokenizer, example, 8) is None  # truncated before any answer
+    with pytest.raises(TrainingError, match=r"train\.turns must be"):
+        encode(tokenizer, example, 1024, "first")
 
 
 def test_data_order_is_seeded() -> None:

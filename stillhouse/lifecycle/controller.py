@@ -105,6 +105,11 @@ class DefaultSteps:
         )
 
 
+def _judged(verdict: Verdict) -> dict[str, Any]:
+    """What a transition after validation stores: the eval run and the figures it was judged on."""
+    return {"eval_run": verdict.eval_run_id, "validation": verdict.metrics}
+
+
 def _share(task: TaskConfig, stage: int) -> float:
     return min(task.rollout.stages[stage], task.rollout.final_share) / 100
 
@@ -243,7 +248,7 @@ class Controller:
         verdict = self.steps.validate(store, self.config, name, candidate, incumbent)
         if verdict.passed:
             return self._promote(task, state, candidate, verdict)
-        checked = {"eval_run": verdict.eval_run_id, "validation": verdict.metrics}
+        checked = _judged(verdict)
         reason = f"{candidate} failed the gate: {verdict.reason}"
         if incumbent is not None:  # a retrain that did not beat production: keep production
             return state.moved(
@@ -272,8 +277,7 @@ class Controller:
             detail={
                 "dataset": state.detail["dataset"],
                 "threshold": verdict.threshold,
-                "eval_run": verdict.eval_run_id,
-                "validation": verdict.metrics,
+                **_judged(verdict),
                 **keep,
             },
         )

@@ -96,6 +96,8 @@ def encode(
     The conversation is rendered once and each assistant turn located by rendering its prefix:
     a chat template renders a prefix of a conversation as a prefix of its text.
     """
+    if turns not in ("last", "all"):
+        raise TrainingError(f"train.turns must be 'last' or 'all', not {turns!r}")
     messages = example["messages"]
     tools = example.get("tools")
     full = _render(tokenizer, messages, tools, prompt=False)
