@@ -134,6 +134,12 @@ class ModelConfig(_Table):
     max_retries: int = Field(2, ge=0, le=10)
     headers: dict[str, str] = Field(default_factory=dict)
     adapter: str | None = Field(None, description="local: a LoRA adapter directory (peft)")
+    dtype: Literal["float32", "bfloat16", "auto"] = Field(
+        "float32",
+        description="local: the weights' precision; auto is bfloat16 where the CPU computes it "
+        "natively (AVX512-BF16 or AMX) or on a GPU, else float32",
+    )
+    max_batch: int = Field(8, ge=1, le=256, description="local: requests decoded together")
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -146,6 +152,10 @@ class ModelConfig(_Table):
             raise ValueError(f"provider '{self.provider}' needs base_url")
         if self.adapter is not None and self.provider != "local":
             raise ValueError("adapter is only for provider 'local' (vLLM names its own)")
+        if self.provider != "local":
+            for key in ("dtype", "max_batch"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"{key} is only for provider 'local'")
         return self
 
 

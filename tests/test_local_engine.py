@@ -176,6 +176,35 @@ async def test_concurrent_requests_are_batched(server: ServerThread, engine: Eng
         assert reply.choices[0].message.content == alone.text
 
 
+def test_a_shared_opening_runs_once_and_changes_no_answer(tiny_dir: Path) -> None:
+    """The prefix cache: requests that open alike (a task's system prompt) run the opening once
+    and get the answers, and the logprobs, they get without the cache."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    system = {"role": "system", "content": "You sort support requests into one of ten queues. " * 3}
+    asks = [[system, {"role": "user", "content": f"my order {n} did not come"}] for n in range(6)]
+    asks.append([system, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "?"}])
+    asks[-1].append({"role": "user", "content": "a refund please"})
+    params = SamplingParams(max_tokens=10, top_logprobs=2)
+
+    def answers(engine: Engine) -> list[Any]:
+        try:
+            with ThreadPoolExecutor(len(asks)) as pool:
+                first = list(pool.map(lambda m: engine.generate(m, params), asks))
+            return [*first, engine.generate(asks[0], params)]  # alone, after the batch
+        finally:
+            engine.close()
+
+    cached = Engine.load(str(tiny_dir), name="cached", max_batch=8, gather_ms=50)
+    got = answers(cached)
+    want = answers(Engine.load(str(tiny_dir), name="uncached", prefix_cache=False))
+    assert cached.prefixes is not None and cached.prefixes.hits >= 6 * 40, cached.prefixes.hits
+    assert [a.text for a in got] == [a.text for a in want]
+    for a, b in zip(got, want, strict=True):
+        for x, y in zip(a.tokens, b.tokens, strict=True):
+            assert x.token == y.token and abs(x.logprob - y.logprob) < 1e-4
+
+
 @pytest.mark.parametrize(
     ("body", "status", "param"),
     [
@@ -352,6 +381,29 @@ def test_adapter_config_is_for_local_models_and_relative_to_the_file(tmp_path: P
     assert config.models["m"].adapter == str(tmp_path.resolve() / "adapters" / "v1")
     with pytest.raises(ConfigError, match=r"models.m: adapter is only for provider 'local'"):
         parse_config(models(provider="openai", adapter="a"), tmp_path)
+
+
+def test_a_local_models_precision_and_batch_come_from_its_table(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from stillhouse.engine.runtime import pick_dtype
+    from stillhouse.errors import ConfigError
+    from stillhouse.providers import SharedSession
+    from stillhouse.providers.local import Local
+
+    table = {"provider": "local", "model": str(tiny_dir), "dtype": "bfloat16", "max_batch": 3}
+    config = parse_config({"models": {"m": table}}, tmp_path)
+    engine = Local("m", config.models["m"], SharedSession())._load()
+    try:
+        assert next(engine.model.parameters()).dtype == torch.bfloat16 and engine.max_batch == 3
+        assert engine.generate(HELLO, SamplingParams(max_tokens=4)).completion_tokens == 4
+    finally:
+        engine.close()
+    assert pick_dtype("auto") in ("bfloat16", "float32") and pick_dtype("float32") == "float32"
+    with pytest.raises(ConfigError, match=r"models.m: dtype is only for provider 'local'"):
+        parse_config({"models": {"m": {"provider": "openai", "model": "x", "dtype": "auto"}}})
 
 
 @pytest.mark.slow

@@ -99,6 +99,45 @@ def test_labels_cover_only_the_answer_or_every_assistant_turn(tiny_base: Path) -
         encode(tokenizer, example, 1024, "first")
 
 
+def test_the_loss_runs_the_shared_opening_once_and_equals_the_models_own(tiny_base: Path) -> None:
+    """batch_loss: the system prompt every row shares runs once and the vocabulary projection
+    only where a label is predicted; loss and gradients are the model's own."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stillhouse.train.lora import IGNORE, collate, encode_all
+    from stillhouse.train.loss import _shared_prefix, batch_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), lora)
+    system = {"role": "system", "content": "Label each support request with its intent as JSON."}
+    examples = [{"messages": [system, *x["messages"]]} for x in chat_examples(6, seed=5)]
+    first = examples[0]["messages"]
+    # a conversation whose earlier answer is trained too (turns = all) still shares the opening
+    examples.append({"messages": [system, *first[1:], *chat_examples(1, seed=9)[0]["messages"]]})
+    batch = collate(encode_all(tokenizer, examples, 256, "all"), int(tokenizer.pad_token_id), "cpu")
+
+    def loss_and_grads(compute: Any) -> tuple[float, list[Any]]:
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        return float(loss.detach()), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    want, want_grads = loss_and_grads(lambda: model(**batch).loss)
+    target = torch.full_like(batch["labels"], IGNORE)
+    target[:, :-1] = batch["labels"][:, 1:]
+    shared, _ = _shared_prefix(model, batch["input_ids"], batch["attention_mask"], target)
+    assert shared >= 10  # the system prompt and the template around it
+    for share in (True, False):
+        got, grads = loss_and_grads(lambda s=share: batch_loss(model, batch, share_prefix=s))
+        assert abs(got - want) < 1e-5, (share, got, want)
+        for a, b in zip(grads, want_grads, strict=True):
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_data_order_is_seeded() -> None:
     from stillhouse.train.lora import epoch_order
 

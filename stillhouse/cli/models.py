@@ -37,6 +37,13 @@ def models(as_json: bool) -> None:
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 256))
 @click.option("--threads", type=click.IntRange(1, 256), help="torch threads (default: torch's).")
 @click.option(
+    "--dtype",
+    default="float32",
+    show_default=True,
+    type=click.Choice(["float32", "bfloat16", "auto"]),
+    help="Weights' precision; auto: bfloat16 where the CPU computes it natively.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -49,6 +56,7 @@ def serve_model(
     port: int,
     max_batch: int,
     threads: int | None,
+    dtype: str,
     log_level: str,
 ) -> None:
     """Serve one local model (a name from `stillhouse models` or a path) over the OpenAI API."""
@@ -58,7 +66,7 @@ def serve_model(
     from ..engine.server import create_model_app
 
     click.echo(f"loading {model}{f' + {adapter}' if adapter else ''} ...", err=True)
-    engine = Engine.load(model, adapter=adapter, threads=threads, max_batch=max_batch)
+    engine = Engine.load(model, adapter=adapter, threads=threads, max_batch=max_batch, dtype=dtype)
     app = create_model_app(engine, model, owns_engine=True)
     click.echo(f"stillhouse model server on http://{host}:{port}/v1  (model: {model})", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

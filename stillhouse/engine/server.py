@@ -68,7 +68,9 @@ def create_model_app(
         return _json({"object": "list", "data": data})
 
     async def healthz(request: Request) -> Response:
-        return _json({"status": "ok", "model": name, "engine": engine.stats.as_dict()})
+        stats = engine.stats.as_dict()
+        stats["prefix_tokens_reused"] = engine.prefixes.hits if engine.prefixes else 0
+        return _json({"status": "ok", "model": name, "engine": stats})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -46,7 +46,13 @@ class Local:
     def _load(self) -> Any:
         from ..engine.runtime import Engine
 
-        return Engine.load(self.config.model, adapter=self.config.adapter, name=self.config.model)
+        return Engine.load(
+            self.config.model,
+            adapter=self.config.adapter,
+            dtype=self.config.dtype,
+            name=self.config.model,
+            max_batch=self.config.max_batch,
+        )
 
     def _request(self, body: dict[str, Any]) -> Any:
         from ..gateway.protocol import ChatCompletionRequest

@@ -20,10 +20,9 @@ from typing import Any
 
 from ..errors import StillhouseError
 from .config import TrainSettings
+from .loss import IGNORE, batch_loss
 
 log = logging.getLogger("stillhouse.train")
-
-IGNORE = -100  # label of a token the loss skips
 
 
 class TrainingError(StillhouseError):
@@ -216,7 +215,9 @@ def add_adapter(model: Any, settings: TrainSettings, device: str) -> Any:
     return peft_model
 
 
-def holdout_loss(model: Any, items: Sequence[Encoded], batch_size: int, pad_id: int) -> float:
+def holdout_loss(
+    model: Any, items: Sequence[Encoded], batch_size: int, pad_id: int, share_prefix: bool = True
+) -> float:
     """Mean loss per assistant token over the holdout (dropout off)."""
     import torch
 
@@ -227,7 +228,7 @@ def holdout_loss(model: Any, items: Sequence[Encoded], batch_size: int, pad_id: 
         for chunk in batches(items, batch_size):
             batch = collate(chunk, pad_id, device)
             n = int((batch["labels"][:, 1:] != IGNORE).sum())  # the model shifts labels by one
-            total += float(model(**batch).loss) * n
+            total += float(batch_loss(model, batch, share_prefix=share_prefix)) * n
             count += n
     model.train()
     return total / max(count, 1)
@@ -310,6 +311,7 @@ def train(
         raise TrainingError("no training example has an assistant answer to learn")
     model = add_adapter(model, settings, device)
     model.train()
+    share = device != "cuda"  # gradient checkpointing (GPU) returns no cache to share
 
     per_epoch = math.ceil(len(train_items) / settings.batch_size)
     total = settings.max_steps or per_epoch * settings.epochs
@@ -343,7 +345,7 @@ def train(
         history, initial = saved["history"], saved["initial"]
     resumed_at = step
     if initial is None and held_items:
-        initial = holdout_loss(model, held_items, settings.batch_size, pad_id)
+        initial = holdout_loss(model, held_items, settings.batch_size, pad_id, share)
         history.append({"step": 0, "holdout_loss": initial})
 
     started = time.perf_counter()
@@ -365,7 +367,7 @@ def train(
             start = position * settings.batch_size
             chunk = [train_items[i] for i in order[start : start + settings.batch_size]]
             batch = collate(chunk, pad_id, device)
-            loss = model(**batch).loss
+            loss = batch_loss(model, batch, share_prefix=share)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
@@ -381,7 +383,7 @@ def train(
             bar.update(1)
 
             if held_items and (step % eval_every == 0 or step == total):
-                current = holdout_loss(model, held_items, settings.batch_size, pad_id)
+                current = holdout_loss(model, held_items, settings.batch_size, pad_id, share)
                 history.append({"step": step, "holdout_loss": current})
                 if best_loss is None or current < best_loss:
                     best_loss, bad_evals = current, 0
