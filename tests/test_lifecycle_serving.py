@@ -171,9 +171,15 @@ def local_student(tmp_path: Path, tiny_base: Path, trained: Any) -> Iterator[Any
             "adapter": str(trained.adapter_dir),
         }
 
-        def start(threshold: float | None, **routing: Any) -> tuple[Any, Any, Config]:
+        def start(
+            threshold: float | None, task: dict[str, Any] | None = None, **routing: Any
+        ) -> tuple[Any, Any, Config]:
             config = config_for(
-                tmp_path, teacher_url, student, routing={"shadow_rate": 1.0, **routing}
+                tmp_path,
+                teacher_url,
+                student,
+                routing={"shadow_rate": 1.0, **routing},
+                **(task or {}),
             )
             entry = TaskRoute(state="rollout", share=1.0, threshold=threshold)
             app, server, client = serve(config, entry)
@@ -220,21 +226,43 @@ def test_an_unsure_streamed_student_answer_is_replaced_by_the_teachers_stream(
     assert teacher.stream and teacher.metadata["fallback_of"] == student.id
 
 
-def test_a_sure_streamed_answer_is_sent_then_shadow_sampled(local_student: Any) -> None:
-    app, client, config = local_student(threshold=-100.0)  # under any confidence: always sure
-    headers, text = stream(client)
-    assert headers["x-stillhouse-route"] == "student" and json.loads(text) == {"intent": "refund"}
+def shadow_scores(app: Any, config: Config) -> tuple[Call, list[Any]]:
+    """The student's call and the scores its shadow comparison left (waiting for them)."""
     deadline = time.monotonic() + 10
-    while True:  # the teacher's shadow answer comes in the background, after the stream
+    while True:  # the teacher's shadow answer comes in the background, after the answer
         calls = stored(app, config)
         student = next(c for c in calls if c.role == "student")
         with open_store(config.store.url) as store:
             scores = store.scores_for(student.id)
         if scores or time.monotonic() > deadline:
-            break
+            return student, scores
         time.sleep(0.05)
+
+
+def test_a_sure_streamed_answer_is_sent_then_shadow_sampled(local_student: Any) -> None:
+    app, client, config = local_student(threshold=-100.0)  # under any confidence: always sure
+    headers, text = stream(client)
+    assert headers["x-stillhouse-route"] == "student" and json.loads(text) == {"intent": "refund"}
+    student, scores = shadow_scores(app, config)
     assert [(s.name, s.value) for s in scores] == [("shadow_agreement", 0.0)]
     assert student.stream and student.route_reason == "rollout:100%"
+
+
+def test_a_teacher_answer_off_the_tasks_schema_is_no_reference(local_student: Any) -> None:
+    """The teacher answers {"intent": "teacher"}, outside the task's declared intents: that
+    shadow comparison is stored unscored (curation would not train on such an answer either),
+    so it counts neither for nor against the student."""
+    schema = {"type": "object", "properties": {"intent": {"enum": ["refund", "card_lost"]}}}
+    app, client, config = local_student(threshold=-100.0, task={"response_schema": schema})
+    headers, _ = stream(client)
+    assert headers["x-stillhouse-route"] == "student"
+    _, scores = shadow_scores(app, config)
+    assert [(s.name, s.value, s.label) for s in scores] == [
+        ("shadow_agreement", None, "teacher_off_schema")
+    ]
+    with open_store(config.store.url) as store:
+        teacher = store.get_call(scores[0].comment)
+    assert teacher is not None and teacher.route_reason == "shadow"  # its answer is kept
 
 
 def test_without_buffering_a_stream_is_never_replaced(local_student: Any) -> None:

@@ -95,17 +95,9 @@ def _flagged(call: Call, ctx: FilterContext) -> bool:
 
 
 def _invalid_schema(call: Call, ctx: FilterContext) -> bool:
-    schema = ctx.task.response_schema
-    answer = answer_message(call)
-    if schema is None or answer is None or answer.get("tool_calls"):
-        return False  # a tool-calling turn is not the final answer the schema describes
-    import jsonschema
+    from ..evaluate.metrics import breaks_schema
 
-    try:
-        jsonschema.validate(orjson.loads(content_text(answer.get("content"))), schema)
-    except (orjson.JSONDecodeError, jsonschema.ValidationError):
-        return True
-    return False
+    return breaks_schema(answer_message(call), ctx.task.response_schema)
 
 
 def estimate_tokens(call: Call) -> int:

@@ -16,7 +16,7 @@ from ..lifecycle import events
 from ..lifecycle.states import State
 from ..store import open_store
 from .figures import figures
-from .setup import TASK, Profile, prepare
+from .setup import BATCH, TASK, Profile, prepare
 from .traffic import Reply, Users
 
 WAITING = {State.CURATING, State.OPTIMIZING, State.TRAINING, State.VALIDATING, State.RETRAINING}
@@ -93,7 +93,7 @@ def run(
     teacher: str | None = None,
     student: str | None = None,
     train: dict[str, Any] | None = None,
-    concurrency: int = 8,
+    concurrency: int = BATCH,
     intents: int | None = None,
 ) -> dict[str, Any]:
     """Run the demo in `folder` (emptied first); the final figures. `intents`: how many of the

@@ -1,7 +1,8 @@
 """The demo's final figures, read back from the store: what users got before the student (the
 grace phase, all teacher) and after it (the calls sent once it serves), costs at the prices the
 demo's config sets (stillhouse.pricing), agreement with the teacher (held out at validation, and
-live: the shadow comparisons of the student's answers), share on the student, fallbacks."""
+live: the shadow comparisons of the student's answers, but for those whose teacher answer broke
+the task's schema, counted apart), share on the student, fallbacks."""
 
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ def figures(store: TraceStore, config: Config, marks: dict[str, float]) -> dict[
     before = _summary(_phase(rows, marks["grace"], rollout_start or after_start))
     after = _summary(_phase(rows, after_start, None)) if after_start else None
     live = [v for _, _, v in read_agreement(store, rollout_start or marks["grace"], TASK)]
+    # shadow comparisons whose teacher answer broke the task's schema: no reference, unscored
+    unscored = store.query(
+        "SELECT COUNT(*) FROM scores s JOIN calls c ON c.id = s.call_id WHERE c.task = ? "
+        "AND s.name = 'shadow_agreement' AND s.label = 'teacher_off_schema' AND c.created_at >= ?",
+        (TASK, rollout_start or marks["grace"]),
+    )[0][0]
     student_rows = [r for r in rows if r.role == "student" and is_request(r)]
     replaced = [r for r in student_rows if r.route_reason == "fallback:replaced"]
     # the newest evaluation of a trained candidate (else of the prompt), and of the prompt
@@ -71,6 +78,7 @@ def figures(store: TraceStore, config: Config, marks: dict[str, float]) -> dict[
     return {
         "agreement": round(sum(live) / len(live), 4) if live else None,
         "agreement_samples": len(live),
+        "teacher_off_schema": int(unscored),
         "holdout_agreement": validation.get("agreement"),
         "holdout_examples": validation.get("n"),
         "holdout_format_compliance": validation.get("format_compliance"),

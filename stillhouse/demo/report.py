@@ -28,7 +28,9 @@ def text(doc: dict[str, Any]) -> str:
         f"{doc['calls_sent']} tickets sent",
         f"  states:            {' -> '.join(doc['states'])}",
         f"  agreement (live):  {_pct(doc['agreement'])} of {doc['agreement_samples']} "
-        "student answers matched the teacher's (shadow comparisons)",
+        "student answers matched the teacher's (shadow comparisons; "
+        f"{doc.get('teacher_off_schema', 0)} more where the teacher's own answer broke the "
+        "task's schema, not counted)",
         f"  agreement (held out at validation): {_pct(doc['holdout_agreement'])} "
         f"on {doc['holdout_examples'] or '-'} examples",
         f"  prompt candidate:  {_pct(doc.get('prompt_agreement'))} held-out agreement "

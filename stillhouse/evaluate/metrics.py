@@ -100,6 +100,16 @@ def schema_errors(text: str, schema: dict[str, Any] | None) -> str | None:
     return None if error is None else error.message
 
 
+def breaks_schema(message: dict[str, Any] | None, schema: dict[str, Any] | None) -> bool:
+    """Whether an answer message's text breaks the task's response_schema. A tool-calling turn
+    is not the final answer the schema describes, so it never does."""
+    if schema is None or not message or message.get("tool_calls"):
+        return False
+    from ..curate.normalize import content_text
+
+    return schema_errors(content_text(message.get("content")), schema) is not None
+
+
 def format_ok(
     text: str, finish_reason: str | None, metric: Metric, schema: dict[str, Any] | None
 ) -> bool:

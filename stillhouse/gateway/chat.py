@@ -22,8 +22,9 @@ from starlette.responses import Response, StreamingResponse
 
 from ..config import Config
 from ..errors import HTTPError, NotFound, PayloadTooLarge, UpstreamError
+from ..evaluate.metrics import breaks_schema
 from ..lifecycle.deploy import Deployed, Deployments
-from ..lifecycle.shadow import agreement, answer_text
+from ..lifecycle.shadow import agreement, answer_text, first_message
 from ..pricing import call_cost, price_for
 from ..providers import Chunk, Provider, SharedSession
 from ..routing import (
@@ -307,14 +308,22 @@ class ChatCompletions:
             log.exception("shadow call for %s failed", student.id)
             return
         self._capture(call, answer, started, ttft_ms=None)
-        metric = self.config.tasks[student.task].gate.metric
-        value = agreement(metric, answer_text(student.response), answer_text(answer))
+        task = self.config.tasks[student.task]
+        value: float | None = None
+        label = None
+        if breaks_schema(first_message(answer), task.response_schema):
+            # Not a reference to agree with: curation drops such teacher answers from training
+            # and so from the offline gate's holdout. Stored unscored, counted by the report.
+            label = "teacher_off_schema"
+        else:
+            value = agreement(task.gate.metric, answer_text(student.response), answer_text(answer))
         self.writer.submit(
             Score(
                 id=new_id("score"),
                 call_id=student.id,
                 name="shadow_agreement",
                 value=value,
+                label=label,
                 source="shadow",
                 comment=call.id,
             )

@@ -13,12 +13,15 @@ from typing import Any
 import orjson
 
 
+def first_message(response: dict[str, Any] | None) -> dict[str, Any]:
+    """The first choice's message ({} when there is none)."""
+    choices = (response or {}).get("choices") or []
+    return (choices[0].get("message") or {}) if choices else {}
+
+
 def answer_text(response: dict[str, Any] | None) -> str:
     """The first choice's text (tool calls as their JSON), '' when there is none."""
-    choices = (response or {}).get("choices") or []
-    if not choices:
-        return ""
-    message = choices[0].get("message") or {}
+    message = first_message(response)
     content = message.get("content")
     if message.get("tool_calls"):
         calls = [
