@@ -278,6 +278,11 @@ class TrainConfig(_Table):
     merge: bool = False
     threads: int | None = Field(None, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="auto: bfloat16 on a GPU, float32 on a CPU; bfloat16 on a CPU computes in "
+        "bfloat16 autocast (weights and optimizer stay float32)",
+    )
     output_dir: str | None = None
     suffix: str | None = Field(None, max_length=64)
     learning_rate_multiplier: float | None = Field(None, gt=0)

@@ -42,6 +42,7 @@ class TrainSettings:
     merge: bool = False
     threads: int | None = None
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (GPU bfloat16, CPU float32) | float32 | bfloat16
     output_dir: str | None = None
     suffix: str | None = None  # remote
     learning_rate_multiplier: float | None = None  # remote

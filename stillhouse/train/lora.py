@@ -175,8 +175,9 @@ def pick_device(wanted: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_base(spec: str, device: str) -> tuple[Any, Any, str]:
-    """(model, tokenizer, base directory): fp32 on the CPU, bf16 on a GPU."""
+def load_base(spec: str, device: str, precision: str = "auto") -> tuple[Any, Any, str]:
+    """(model, tokenizer, base directory): bf16 weights on a GPU (unless precision is float32),
+    fp32 on the CPU (where precision bfloat16 is an autocast, see `batch_loss`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -186,7 +187,8 @@ def load_base(spec: str, device: str) -> tuple[Any, Any, str]:
     tokenizer = AutoTokenizer.from_pretrained(directory)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    bf16 = device == "cuda" and precision != "float32"
+    dtype = torch.bfloat16 if bf16 else torch.float32
     model: Any = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
     model = model.to(device)
     return model, tokenizer, str(directory)
@@ -216,9 +218,10 @@ def add_adapter(model: Any, settings: TrainSettings, device: str) -> Any:
 
 
 def holdout_loss(
-    model: Any, items: Sequence[Encoded], batch_size: int, pad_id: int, share_prefix: bool = True
+    model: Any, items: Sequence[Encoded], batch_size: int, pad_id: int, **options: Any
 ) -> float:
-    """Mean loss per assistant token over the holdout (dropout off)."""
+    """Mean loss per assistant token over the holdout (dropout off); `options` as for
+    `batch_loss`."""
     import torch
 
     device = next(model.parameters()).device
@@ -228,7 +231,7 @@ def holdout_loss(
         for chunk in batches(items, batch_size):
             batch = collate(chunk, pad_id, device)
             n = int((batch["labels"][:, 1:] != IGNORE).sum())  # the model shifts labels by one
-            total += float(batch_loss(model, batch, share_prefix=share_prefix)) * n
+            total += float(batch_loss(model, batch, **options)) * n
             count += n
     model.train()
     return total / max(count, 1)
@@ -303,7 +306,7 @@ def train(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(settings.device)
-    model, tokenizer, base_dir = load_base(settings.base_model, device)
+    model, tokenizer, base_dir = load_base(settings.base_model, device, settings.precision)
     pad_id = int(tokenizer.pad_token_id)
     train_items = encode_all(tokenizer, train_examples, settings.max_length, settings.turns)
     held_items = encode_all(tokenizer, holdout_examples, settings.max_length, settings.turns)
@@ -311,7 +314,10 @@ def train(
         raise TrainingError("no training example has an assistant answer to learn")
     model = add_adapter(model, settings, device)
     model.train()
-    share = device != "cuda"  # gradient checkpointing (GPU) returns no cache to share
+    options = {
+        "share_prefix": device != "cuda",  # gradient checkpointing (GPU) returns no cache
+        "cpu_bf16": device == "cpu" and settings.precision == "bfloat16",
+    }
 
     per_epoch = math.ceil(len(train_items) / settings.batch_size)
     total = settings.max_steps or per_epoch * settings.epochs
@@ -345,7 +351,7 @@ def train(
         history, initial = saved["history"], saved["initial"]
     resumed_at = step
     if initial is None and held_items:
-        initial = holdout_loss(model, held_items, settings.batch_size, pad_id, share)
+        initial = holdout_loss(model, held_items, settings.batch_size, pad_id, **options)
         history.append({"step": 0, "holdout_loss": initial})
 
     started = time.perf_counter()
@@ -367,7 +373,7 @@ def train(
             start = position * settings.batch_size
             chunk = [train_items[i] for i in order[start : start + settings.batch_size]]
             batch = collate(chunk, pad_id, device)
-            loss = batch_loss(model, batch, share_prefix=share)
+            loss = batch_loss(model, batch, **options)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
@@ -383,7 +389,7 @@ def train(
             bar.update(1)
 
             if held_items and (step % eval_every == 0 or step == total):
-                current = holdout_loss(model, held_items, settings.batch_size, pad_id, share)
+                current = holdout_loss(model, held_items, settings.batch_size, pad_id, **options)
                 history.append({"step": step, "holdout_loss": current})
                 if best_loss is None or current < best_loss:
                     best_loss, bad_evals = current, 0

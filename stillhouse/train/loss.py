@@ -4,8 +4,8 @@ A task's examples share a long opening (the app's system prompt, often most of e
 and the loss only falls on the answers. So the batch's common prefix runs through the model
 once, for one row, and its keys and values are shared by every row (gradients flow back through
 them: the result is exact, not an approximation); and the vocabulary projection, the largest
-matrix of a small model, runs only at positions that predict a labelled token. It must never
-change the loss's value: tests/test_train.py compares it with the model's own.
+matrix of a small model, runs only at positions that predict a labelled token. In float32 it
+must never change the loss's value: tests/test_train.py compares it with the model's own.
 """
 
 from __future__ import annotations
@@ -17,17 +17,28 @@ IGNORE = -100  # label of a token the loss skips
 MIN_PREFIX = 8  # shorter shared openings are not worth a second forward call
 
 
-def batch_loss(model: Any, batch: dict[str, Any], *, share_prefix: bool = True) -> Any:
+def batch_loss(
+    model: Any, batch: dict[str, Any], *, share_prefix: bool = True, cpu_bf16: bool = False
+) -> Any:
     """Mean cross-entropy over the labelled tokens of a right-padded batch (`input_ids`,
     `attention_mask`, `labels` as from `lora.collate`), as the model's own loss computes it.
-    `share_prefix=False` when the model cannot return a cache (gradient checkpointing)."""
+    `share_prefix=False` when the model cannot return a cache (gradient checkpointing);
+    `cpu_bf16`: compute in bfloat16 autocast on the CPU (train.precision = "bfloat16": ~17%
+    faster a step where the CPU has native bfloat16, and no longer exactly the float32 loss)."""
+    import torch
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16):
+        if not _keeps_logits(model):
+            return model(**batch).loss
+        return _loss(model, batch, share_prefix)
+
+
+def _loss(model: Any, batch: dict[str, Any], share_prefix: bool) -> Any:
     import torch
     import torch.nn.functional as F
 
     from ..engine.kvcache import cache_kwarg
 
-    if not _keeps_logits(model):
-        return model(**batch).loss
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     rows, width = ids.shape
     # target[:, t] is the token position t predicts
