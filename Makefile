@@ -30,6 +30,7 @@ test: lint
 # The whole lifecycle on local models (teacher Qwen2.5-Coder-0.5B, student SmolLM2-135M + LoRA):
 # docs/quickstart.md. `make demo DEMO_ARGS=--fast` for the short run.
 demo: install
+	$(VENV)/bin/stillhouse models --prepare qwen2.5-coder-0.5b-instruct --prepare smollm2-135m-instruct
 	$(VENV)/bin/stillhouse demo $(DEMO_ARGS)
 
 bench: install

