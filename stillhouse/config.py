@@ -153,8 +153,9 @@ class ModelConfig(_Table):
         if self.adapter is not None and self.provider != "local":
             raise ValueError("adapter is only for provider 'local' (vLLM names its own)")
         if self.provider != "local":
+            # a table dumped with its defaults (a candidate's serving table) is fine
             for key in ("dtype", "max_batch"):
-                if key in self.model_fields_set:
+                if getattr(self, key) != type(self).model_fields[key].default:
                     raise ValueError(f"{key} is only for provider 'local'")
         return self
 

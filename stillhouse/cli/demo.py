@@ -14,8 +14,8 @@ from .common import main, print_json
 @click.option(
     "--fast",
     is_flag=True,
-    help="8 intents, fewer calls and training steps (about 12 min on 2 CPU cores; "
-    "docs/benchmarks.md).",
+    help="8 intents, fewer calls and training steps (under 5 min on 2 CPU cores, the full "
+    "run under 10; docs/benchmarks.md).",
 )
 @click.option(
     "--dir",
