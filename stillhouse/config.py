@@ -146,6 +146,14 @@ class ModelConfig(_Table):
     def _secret(cls, value: Any) -> Secret | None:
         return None if value is None else _to_secret(value)
 
+    def serving_table(self) -> dict[str, Any]:
+        """This table as a candidate's `serving` table (no price, the key as its env reference,
+        never its value): a candidate built on this model is served like it."""
+        table = self.model_dump(exclude_none=True, exclude={"api_key", "price"})
+        if self.api_key is not None and self.api_key.env_name:
+            table["api_key"] = f"env::{self.api_key.env_name}"
+        return table
+
     @model_validator(mode="after")
     def _needs(self) -> ModelConfig:
         if self.provider in ("openai-compatible", "azure") and not self.base_url:

@@ -99,14 +99,6 @@ def apply_prompt(
     return out
 
 
-def _serving(config: Config, student: str) -> dict[str, Any]:
-    model = config.models[student]
-    table = model.model_dump(exclude_none=True, exclude={"api_key", "price"})
-    if model.api_key is not None and model.api_key.env_name:
-        table["api_key"] = f"env::{model.api_key.env_name}"
-    return table
-
-
 def optimize_task(
     store: TraceStore,
     config: Config,
@@ -143,7 +135,7 @@ def optimize_task(
         "examples": choose_examples(examples, [r.intent for r in rows], shots),
     }
     # the gateway applies the prompt to every request it routes to this candidate
-    serving = {**_serving(config, settings.student), "prompt": prompt}
+    serving = {**config.models[settings.student].serving_table(), "prompt": prompt}
     candidate = register_candidate(
         store,
         task=task,

@@ -197,6 +197,9 @@ def to_rollout(w: World) -> str:
     with open_store(w.config.store.url) as store:
         candidate = store.get_candidate(state.candidate_id)
     assert candidate is not None and Path(candidate.serving["adapter"]).is_dir()
+    # served like the task's local student: its table, on the trained adapter
+    student = w.config.models[w.config.tasks["support"].student or ""].serving_table()
+    assert candidate.serving == {**student, "adapter": candidate.serving["adapter"]}
     return candidate.id
 
 

@@ -17,11 +17,16 @@ from typing import Any
 Rows = list[tuple[Any, Any]]  # per layer: (keys, values), shape [rows, heads, tokens, dim]
 
 
+def forward_takes(model: Any, name: str) -> bool:
+    """Whether the model's forward (the base model's, under a peft wrapper) takes `name`."""
+    forward = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward
+    return name in inspect.signature(forward).parameters
+
+
 def cache_kwarg(model: Any) -> str:
     """The name the model's forward takes its cache by: `cache` in transformers 5.2x, which
     deprecates `past_key_values` (the name older releases know)."""
-    forward = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward
-    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+    return "cache" if forward_takes(model, "cache") else "past_key_values"
 
 
 def cache_of(out: Any) -> Any:
@@ -120,19 +125,17 @@ class PrefixCache:
             head = head[: common_length(head, other)]
         if len(head) < self.min_length:
             return 0, None
-        known, found = 0, None
-        for key in self.entries:
-            n = common_length(key, head)
-            if n > known:
-                known, found = n, key
-        if found is not None and known >= self.min_length:
-            self.entries.move_to_end(found)
-            if len(head) - known < self.min_length:  # the rest is not worth keeping apart
-                self.hits += known * len(prompts)
-                return known, _cut(self.entries[found], known)
-        else:
-            known, found = 0, None
-        rows = self._run(head, _cut(self.entries[found], known) if found is not None else None)
+        best: tuple[int, ...] = max(
+            self.entries, key=lambda key: common_length(key, head), default=()
+        )
+        known = common_length(best, head)  # () when nothing is kept: 0
+        if known < self.min_length:
+            known = 0
+        elif len(head) - known < self.min_length:  # the rest is not worth keeping apart
+            self.entries.move_to_end(best)
+            self.hits += known * len(prompts)
+            return known, _cut(self.entries[best], known)
+        rows = self._run(head, _cut(self.entries[best], known) if known else None)
         if rows is None:
             return 0, None
         self._keep(tuple(head), rows)

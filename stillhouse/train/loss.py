@@ -10,7 +10,6 @@ must never change the loss's value: tests/test_train.py compares it with the mod
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 IGNORE = -100  # label of a token the loss skips
@@ -27,8 +26,10 @@ def batch_loss(
     faster a step where the CPU has native bfloat16, and no longer exactly the float32 loss)."""
     import torch
 
+    from ..engine.kvcache import forward_takes
+
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16):
-        if not _keeps_logits(model):
+        if not forward_takes(model, "logits_to_keep"):  # transformers' causal LMs all do
             return model(**batch).loss
         return _loss(model, batch, share_prefix)
 
@@ -87,9 +88,3 @@ def _shared_prefix(model: Any, ids: Any, mask: Any, target: Any) -> tuple[int, A
     if past is None or not plain(past):
         return 0, None
     return length, repeat_rows(past, ids.shape[0])
-
-
-def _keeps_logits(model: Any) -> bool:
-    """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs do)."""
-    forward = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward
-    return "logits_to_keep" in inspect.signature(forward).parameters

@@ -53,15 +53,6 @@ def settings_for(config: Config, task_name: str, backend: str | None = None) -> 
     return settings.replace(backend=backend, base_model=base, account=account)
 
 
-def _served_like_the_student(config: Config, task: str) -> dict[str, Any]:
-    """A local candidate runs in the precision and batch of the task's local student."""
-    name = config.tasks[task].student
-    student = config.models.get(name) if name else None
-    if student is None or student.provider != "local":
-        return {}
-    return {"dtype": student.dtype, "max_batch": student.max_batch}
-
-
 def run_dir(settings: TrainSettings, task: str, dataset_id: str) -> Path:
     """Where a run writes: the same settings on the same data resume in the same folder."""
     from ..engine.sources import home
@@ -117,11 +108,15 @@ def train_task(
             "merged_dir": str(result.merged_dir) if result.merged_dir else None,
             "base_dir": result.base_dir,
         }
+        name = config.tasks[task].student
+        student = config.models.get(name) if name else None
+        # served like the task's local student (its dtype, batch, timeout), on the trained base
+        like = student.serving_table() if student and student.provider == "local" else {}
         serving: dict[str, Any] = {
+            **like,
             "provider": "local",
             "model": settings.base_model,
             "adapter": str(result.adapter_dir),
-            **_served_like_the_student(config, task),
         }
     else:
         from .remote import fine_tune, make_client, serving_model
