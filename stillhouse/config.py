@@ -184,6 +184,16 @@ class GateConfig(_Table):
     max_p95_latency_ms: float | None = Field(None, gt=0)
     general_max_drop: float | None = Field(None, ge=0, le=1)
 
+    @field_validator("agreement", "kept_agreement", "format_compliance")
+    @classmethod
+    def _above_a_coin_flip(cls, value: float) -> float:
+        if value <= 0.5:
+            raise ValueError(
+                "must be above 0.5: a gate at or below a coin flip lets a student through that "
+                "disagrees with the teacher as often as it agrees (docs/evaluation.md)"
+            )
+        return value
+
 
 class RolloutConfig(_Table):
     stages: list[int] = Field(default_factory=lambda: [10, 25, 50, 75, 90])
@@ -356,6 +366,16 @@ class TaskConfig(_Table):
     @classmethod
     def _safe_after(cls, value: Any) -> float:
         return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _shadows_for_auto(self) -> TaskConfig:
+        if self.mode == "auto" and self.routing.shadow_rate == 0:
+            raise ValueError(
+                "routing.shadow_rate = 0 with mode = 'auto': with no shadow comparisons the "
+                "rollout gates never see live agreement and drift can never be detected; set "
+                "a rate above 0 (default 0.05) or mode = 'teacher' / 'student'"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tier_defaults(self) -> TaskConfig:

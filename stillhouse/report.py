@@ -6,7 +6,6 @@ give the same numbers); `what_if` is pure arithmetic. The CLI and the dashboard 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from .config import Config, Price
 from .errors import ConfigError
 from .pricing import call_cost, price_for, price_source
 from .pricing_catalog import CATALOG_DATE, CATALOG_SOURCE, catalog_key, catalog_price
+from .stats import percentile
 from .store.base import TraceStore
 
 DAYS_PER_MONTH = 30
@@ -86,22 +86,12 @@ def read_agreement(
     return [(t, float(at), float(v)) for t, at, v in store.query(sql, params)]
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear interpolation between the closest ranks (numpy's default); None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    low, high = math.floor(pos), math.ceil(pos)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
 def _r(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
 def _quantiles(values: Sequence[float]) -> dict[str, float | None]:
-    return {"p50": _r(percentile(values, 0.5), 1), "p95": _r(percentile(values, 0.95), 1)}
+    return {"p50": _r(percentile(values, 50), 1), "p95": _r(percentile(values, 95), 1)}
 
 
 @dataclass

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import orjson
 
+from .answers import agree, answer_text
 from .config import Config, TaskConfig
 from .errors import StillhouseError
-from .lifecycle.shadow import agreement, answer_text
 from .store.base import TraceStore
 from .store.records import Call, Score, new_id
 
@@ -96,7 +96,7 @@ def _to_review(store: TraceStore, name: str, task: TaskConfig, since: float) -> 
             if not task.review.fallbacks or call_id not in replacement:
                 continue  # its teacher answer is not stored yet: the next scan looks again
             mine = answer_text(_json(response))
-            if agreement(task.gate.metric, mine, replacement[call_id]) >= 1.0:
+            if agree(task.gate.metric, replacement[call_id], mine):
                 continue
             out.append((call_id, "fallback", float(created_at)))
         elif sampled(task.review.rate, call_id):

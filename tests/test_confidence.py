@@ -7,13 +7,8 @@ import math
 
 import pytest
 
-from stillhouse.engine.confidence import (
-    confidence,
-    json_field_confidence,
-    quantile,
-    token_confidence,
-    value_spans,
-)
+from stillhouse.answers import quantile, token_confidence
+from stillhouse.engine.confidence import confidence, json_field_confidence, value_spans
 
 
 def test_quantile_matches_numpy_linear_interpolation() -> None:

@@ -13,7 +13,8 @@ from stillhouse.config import Price, parse_config
 from stillhouse.errors import ConfigError
 from stillhouse.pricing import call_cost, price_for, price_source, rates
 from stillhouse.pricing_catalog import CATALOG_DATE, catalog_key, catalog_price
-from stillhouse.report import percentile, report, what_if
+from stillhouse.report import report, what_if
+from stillhouse.stats import percentile
 from stillhouse.store import Call, Score, open_store
 
 from .conftest import Gateway, make_config
@@ -238,7 +239,7 @@ def test_report_counts_spend_savings_latency_and_quality(tmp_path: Path, store_u
     }
     student_model = task["models"]["student"]
     assert student_model["calls"] == 8
-    assert student_model["latency_ms"]["p50"] == pytest.approx(percentile(list(range(3, 11)), 0.5))
+    assert student_model["latency_ms"]["p50"] == pytest.approx(percentile(list(range(3, 11)), 50))
     assert student_model["price_source"] == "catalog:ft:gpt-4o-mini"
     assert task["models"]["teacher"]["errors"] == 1
 

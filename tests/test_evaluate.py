@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
+from stillhouse import answers
 from stillhouse.config import load_config
 from stillhouse.evaluate import metrics
-from stillhouse.evaluate.calibrate import apply, calibrate, curve, wilson_low
+from stillhouse.evaluate.calibrate import apply, calibrate, coverage, curve, kept_low
 from stillhouse.evaluate.gate import Rules, decide
-from stillhouse.evaluate.stats import bootstrap_ci, paired_difference_ci, percentile
+from stillhouse.stats import bootstrap_ci, paired_difference_ci, percentile
 from stillhouse.store import open_store
 
 from .models import chat_examples, register_tiny_candidate, seed_intent_calls
@@ -43,28 +44,47 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_mean() -> None:
 
 
 def test_calibration_picks_the_least_teacher_traffic_that_reaches_the_target() -> None:
-    # 60 confident right answers, 6 unsure wrong ones, 4 unsure right ones
-    conf = [-0.1] * 60 + [-3.0] * 6 + [-2.5] * 4
-    agree = [1.0] * 60 + [0.0] * 6 + [1.0] * 4
+    # 300 confident right answers, 30 unsure wrong ones, 20 unsure right ones
+    conf = [-0.1] * 300 + [-3.0] * 30 + [-2.5] * 20
+    agree = [1.0] * 300 + [0.0] * 30 + [1.0] * 20
     points = curve(conf, agree)
     assert [p.threshold for p in points] == [-3.0, -2.5, -0.1]
-    assert points[0].teacher_share == 0 and points[0].kept_agreement == pytest.approx(64 / 70)
+    assert points[0].teacher_share == 0 and points[0].kept_agreement == pytest.approx(320 / 350)
     chosen = calibrate(conf, agree, 0.95)
     assert (
         chosen.reached
         and chosen.threshold == -2.5
-        and chosen.teacher_share == pytest.approx(6 / 70)
+        and chosen.teacher_share == pytest.approx(30 / 350)
     )
-    assert wilson_low(64, 64) >= 0.95
+    # judged out of sample: each half by the threshold chosen on the other half
+    assert chosen.held_out is not None and chosen.held_out.kept == 320
+    assert chosen.held_out.kept_low == pytest.approx(kept_low(320, 320))
     strict = calibrate(conf, agree, 0.999)  # out of reach: the best lower bound, flagged
-    assert not strict.reached and strict.threshold == -2.5  # 64 of 64 beats 60 of 60
+    assert not strict.reached and strict.threshold == -2.5  # 320 of 320 beats 300 of 300
     assert calibrate([None, None], [1.0, 0.0], 0.9).threshold is None
     assert apply(-2.5, conf, agree).kept_agreement == 1.0
+    curve_doc = coverage(conf, agree)
+    assert [round(p["student_share"], 3) for p in curve_doc] == [1.0, round(320 / 350, 3), 0.857]
+
+
+def test_calibration_cannot_reach_a_target_on_too_little_evidence() -> None:
+    # 20 of 20 right, all kept: the lower bound is 0.84, so a 0.92 target is not reached
+    small = calibrate([-0.1] * 20, [1.0] * 20, 0.92)
+    assert small.kept_agreement == 1.0 and not small.reached
+    # a confidence that says nothing about correctness does not reach by luck out of sample
+    import random
+
+    rng = random.Random(5)
+    agree = [float(rng.random() < 0.9) for _ in range(400)]
+    noise = calibrate([rng.random() for _ in agree], agree, 0.95)
+    assert not noise.reached and noise.held_out is not None and noise.held_out.kept_low < 0.95
 
 
 def test_metrics() -> None:
-    assert metrics.exact(" Paris.", "paris").agree == 1.0
-    assert metrics.exact("Paris", "Lyon").agree == 0.0
+    assert [s.agree for s in metrics.score("exact", [" Paris.", "Paris"], ["paris", "Lyon"])] == [
+        1.0,
+        0.0,
+    ]
     same = metrics.json_fields(
         '```json\n{"intent": "Refund", "n": 2}\n```', '{"n":2,"intent":"refund"}'
     )
@@ -77,18 +97,18 @@ def test_metrics() -> None:
         "required": ["intent"],
         "properties": {"intent": {"enum": ["refund"]}},
     }
-    assert metrics.schema_errors('{"intent": "refund"}', schema) is None
-    assert "is not one of" in (metrics.schema_errors('{"intent": "x"}', schema) or "")
-    assert metrics.format_ok('{"intent": "refund"}', "stop", "exact", schema)
-    assert not metrics.format_ok('{"intent": "refund"', "stop", "json", None)
-    assert not metrics.format_ok("fine", "length", "exact", None)
+    assert answers.schema_errors('{"intent": "refund"}', schema) is None
+    assert "is not one of" in (answers.schema_errors('{"intent": "x"}', schema) or "")
+    assert answers.format_ok('{"intent": "refund"}', "stop", "exact", schema)
+    assert not answers.format_ok('{"intent": "refund"', "stop", "json", None)
+    assert not answers.format_ok("fine", "length", "exact", None)
     assert metrics.hallucinated("json", '{"intent": "refund", "amount": 5}', {"intent": "refund"})
     assert not metrics.hallucinated("json", '{"intent": "refund"}', '{"intent": "refund"}')
     scores, method = metrics.similarity(
         ["your parcel is running late", "reset your password"],
         ["your parcel is late", "the parcel is late"],
     )
-    assert method in ("tfidf", "embeddings") and [s.agree for s in scores] == [1.0, 0.0]
+    assert method in ("ngrams", "embeddings") and [s.agree for s in scores] == [1.0, 0.0]
     assert metrics.parse_verdict('{"verdict": "agree"}').agree == 1.0
     assert (
         metrics.parse_verdict('{"verdict": "disagree", "why": "wrong city"}').detail == "wrong city"
@@ -264,10 +284,10 @@ def test_the_calibrated_threshold_holds_on_a_second_split(tiny_base: Path, train
     ]
     conf = [(a.confidence or {})["p10"] for a in answers]
     assert 0.9 < sum(agree) / len(agree) < 1.0  # some wrong answers for the threshold to catch
-    chosen = calibrate(conf[:160], agree[:160], 0.97)
+    chosen = calibrate(conf[:160], agree[:160], 0.95)
     assert chosen.reached and chosen.teacher_share is not None and chosen.teacher_share < 0.5
     second = apply(chosen.threshold, conf[160:], agree[160:])
-    assert second.kept_agreement is not None and second.kept_agreement >= 0.97, second
+    assert second.kept_agreement is not None and second.kept_agreement >= 0.95, second
     assert second.teacher_share < 0.5
 
 

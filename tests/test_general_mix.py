@@ -160,7 +160,7 @@ def test_eval_reports_general_agreement_and_the_gate_refuses_forgetting(
         tmp_path,
         url,
         '[tasks.support.general]\nprompts = "general.jsonl"\nshare = 0.1\nholdout = 0.5\n'
-        '[tasks.support.gate]\nmetric = "json"\nagreement = 0.5\ngeneral_max_drop = 0.05\n',
+        '[tasks.support.gate]\nmetric = "json"\nagreement = 0.6\ngeneral_max_drop = 0.05\n',
         student=str(tiny_base),
     )
     seed_intent_calls(w.url, 80, seed=11)

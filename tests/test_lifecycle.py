@@ -154,7 +154,7 @@ class World:
                         "teacher": "teacher",
                         "student": "student",
                         "grace": {"min_conversations": 8, "min_unique_intents": 2},
-                        "gate": {"agreement": 0.5},
+                        "gate": {"agreement": 0.6},
                         "rollout": {
                             "stages": [25, 50],
                             "min_samples": 4,

@@ -277,7 +277,7 @@ def test_hallucinations_on_referenced_calls_fail_a_stage(tmp_path: Path, store_u
         tmp_path,
         "http://127.0.0.1:9/v1",
         {"provider": "openai", "model": "x"},
-        gate={"metric": "json", "agreement": 0.5},
+        gate={"metric": "json", "agreement": 0.6},
         rollout={"min_samples": 4, "min_dwell": 0, "max_hallucination_rate": 0.1},
     )
     task = config.tasks["support"]
@@ -308,11 +308,21 @@ def test_hallucinations_on_referenced_calls_fail_a_stage(tmp_path: Path, store_u
     agreed = [1.0] * 10  # the teacher agreed every time: only the reference shows the lie
     verdict = judge(
         task,
-        Evidence(student_latency=[5.0] * 10, shadow=agreed, hallucinations=bad.hallucinations),
+        Evidence(
+            student_latency=[5.0] * 10,
+            teacher_latency=[9.0] * 10,
+            shadow=agreed,
+            hallucinations=bad.hallucinations,
+        ),
         60,
     )
     assert verdict.outcome == "fail" and "hallucination rate 1.000" in verdict.reason
-    fine = Evidence(student_latency=[5.0] * 10, shadow=agreed, hallucinations=good.hallucinations)
+    fine = Evidence(
+        student_latency=[5.0] * 10,
+        teacher_latency=[9.0] * 10,
+        shadow=agreed,
+        hallucinations=good.hallucinations,
+    )
     assert judge(task, fine, 60).outcome == "pass"
 
 
@@ -323,17 +333,20 @@ def test_a_retrained_candidate_must_match_the_serving_students_live_agreement(
         tmp_path,
         "http://127.0.0.1:9/v1",
         {"provider": "openai", "model": "x"},
-        gate={"agreement": 0.3},
+        gate={"agreement": 0.6},
         rollout={"min_samples": 4, "min_dwell": 0},
     )
     task = config.tasks["support"]
-    latency = [5.0] * 40
-    half = Evidence(student_latency=latency, shadow=[1.0, 0.0] * 20)  # over the 0.3 threshold
-    assert judge(task, half, 60).outcome == "pass"  # a first rollout: good enough
-    production = Evidence(student_latency=latency, shadow=[1.0] * 40)
-    verdict = judge(task, half, 60, incumbent=production)
-    assert verdict.outcome == "fail" and "serving student's 0.912" in verdict.reason
-    close = Evidence(student_latency=latency, shadow=[1.0] * 39 + [0.0])
+    latency = [5.0] * 80
+    # 75% agreement on 80: lower bound 0.645, over the 0.6 threshold
+    some = Evidence(
+        student_latency=latency, teacher_latency=latency, shadow=[1.0, 1.0, 1.0, 0.0] * 20
+    )
+    assert judge(task, some, 60).outcome == "pass"  # a first rollout: good enough
+    production = Evidence(student_latency=latency, teacher_latency=latency, shadow=[1.0] * 80)
+    verdict = judge(task, some, 60, incumbent=production)
+    assert verdict.outcome == "fail" and "serving student's 0.954" in verdict.reason
+    close = Evidence(student_latency=latency, teacher_latency=latency, shadow=[1.0] * 79 + [0.0])
     assert judge(task, close, 60, incumbent=production).outcome == "pass"
 
 

@@ -102,7 +102,7 @@ def test_a_rollout_under_a_tier_ends_at_its_final_share(world: World) -> None:
     with open_store(w.config.store.url) as store:
         ctl.advance(store, w.config, "support")
     assert w.state().share == 0.9  # the 95% stage is capped at the tier's final share
-    w.ask(16)
+    w.ask(32)  # enough shadow comparisons for the interval to clear the 0.6 gate
     assert w.tick() is State.SERVING
     assert w.state().share == 0.9  # serving keeps 10% of sessions on the teacher
 

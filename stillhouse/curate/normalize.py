@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..answers import content_text
 from ..store.records import Call
 
 _TEXT_PARTS = ("text", "input_text", "output_text")
@@ -43,19 +44,6 @@ class Example:
 
     def user_text(self) -> str:
         return "\n".join(message_text(m) for m in self.messages if m["role"] == "user")
-
-
-def content_text(content: Any) -> str:
-    """A message's content as plain text (content parts joined)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            str(p.get("text", "")) for p in content if isinstance(p, dict) and "text" in p
-        )
-    return str(content)
 
 
 def message_text(message: dict[str, Any]) -> str:

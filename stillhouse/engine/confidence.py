@@ -1,40 +1,17 @@
-"""How sure a model was of what it wrote, from the logprobs of the tokens it generated.
+"""The local engine's `stillhouse.confidence` object: the answers kernel's token confidence plus
+each JSON field value's lowest token logprob (which needs the tokens' offsets in the text).
 
-Pure functions over floats and strings (no torch), so the router and the tests can use them
-anywhere. A low quantile, not the mean, is the number to route on: the mean is length-biased and
-one guessed token in a long answer hardly moves it.
+Pure functions over floats and strings (no torch). A low quantile, not the mean, is the number to
+route on (answers.token_confidence): the mean is length-biased.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from typing import Any
 
-LOW_QUANTILE = 0.10
-
-
-def quantile(values: Sequence[float], q: float) -> float:
-    """The q-quantile with linear interpolation (numpy's default method)."""
-    if not values:
-        raise ValueError("quantile of no values")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def token_confidence(logprobs: Sequence[float]) -> dict[str, float | None]:
-    """min, mean and the 10th percentile of the generated tokens' logprobs (None when empty)."""
-    if not logprobs:
-        return {"min": None, "mean": None, "p10": None}
-    return {
-        "min": min(logprobs),
-        "mean": sum(logprobs) / len(logprobs),
-        "p10": quantile(logprobs, LOW_QUANTILE),
-    }
+from ..answers import token_confidence
 
 
 def _skip_ws(text: str, i: int) -> int:

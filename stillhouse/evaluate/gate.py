@@ -1,9 +1,13 @@
 """The validation gate: may a candidate go near users? A pure decision over an eval run's numbers,
 and `validate`, the lifecycle controller's entry point (evaluate, store the run, decide).
 
-Rules (docs/evaluation.md): the agreement interval's lower bound >= the task's threshold, format
-compliance >= 0.99, p95 latency within its bound when set, enough examples, and, when a student
-already serves, non-inferiority to it: the paired difference's lower bound >= -margin.
+Rules (docs/evaluation.md): enough examples; the agreement interval's lower bound (one binomial
+interval, stats.binomial_interval) >= the task's threshold; better than always giving the
+teacher's most common answer; no intent with enough examples clearly under the threshold (its
+upper bound below it); the kept answers' agreement reached out of sample when the task falls back
+on confidence; format compliance; p95 latency within its bound when set; and, when a student
+already serves, non-inferiority to it: the paired difference's lower bound >= -margin. Missing
+evidence fails a rule, never passes it.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ MIN_FORMAT_COMPLIANCE = 0.99
 # lower bound of the paired difference: small enough that retraining cannot slide, large enough
 # that noise on a few hundred examples does not block every retrain.
 NON_INFERIORITY_MARGIN = 0.02
-# Below this many holdout examples a bootstrap interval is too narrow to mean anything (all 12
-# right gives [1, 1]): the gate refuses to judge.
+# Below this many holdout examples the gate refuses to judge at all (the binomial interval would
+# already keep 20 of 20 under 0.92: this is a floor for the other rules' sake).
 MIN_EXAMPLES = 20
+# An intent is judged on its own when it has at least this many held-out examples.
+MIN_INTENT_EXAMPLES = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,19 +38,24 @@ class Rules:
     margin: float = NON_INFERIORITY_MARGIN
     min_examples: int = MIN_EXAMPLES
     general_max_drop: float | None = None
+    kept_agreement: float | None = None  # None: the task does not fall back on confidence
+    min_intent_examples: int = MIN_INTENT_EXAMPLES
 
     @classmethod
-    def of(cls, gate: GateConfig) -> Rules:
+    def of(cls, gate: GateConfig, fallback: str = "confidence") -> Rules:
         return cls(
             agreement=gate.agreement,
             format_compliance=gate.format_compliance,
             max_p95_latency_ms=gate.max_p95_latency_ms,
             general_max_drop=gate.general_max_drop,
+            kept_agreement=gate.kept_agreement if fallback == "confidence" else None,
         )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "agreement": self.agreement,
+            "kept_agreement": self.kept_agreement,
+            "min_intent_examples": self.min_intent_examples,
             "format_compliance": self.format_compliance,
             "max_p95_latency_ms": self.max_p95_latency_ms,
             "non_inferiority_margin": self.margin,
@@ -70,6 +81,18 @@ class Decision:
     checks: tuple[Check, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the rules beyond overall agreement read: the majority-answer baseline's agreement,
+    each intent's (n, agreement upper bound), and the kept answers' out-of-sample lower bound
+    (None when no kept answer was judged)."""
+
+    agreement: float | None = None
+    majority_baseline: float | None = None
+    intents: dict[str, tuple[int, float]] = field(default_factory=dict)
+    kept_low: float | None = None
+
+
 def decide(
     rules: Rules,
     *,
@@ -79,6 +102,7 @@ def decide(
     p95_ms: float | None,
     versus_ci: tuple[float, float] | None = None,
     general: tuple[float | None, float | None] | None = None,
+    evidence: Evidence | None = None,
 ) -> Decision:
     """Every rule checked (not only the first failure), so a report shows all that is wrong."""
     low = agreement_ci[0]
@@ -89,6 +113,10 @@ def decide(
             low >= rules.agreement,
             f"lower bound {low:.3f} {'>=' if low >= rules.agreement else '<'} {rules.agreement}",
         ),
+    ]
+    if evidence is not None:
+        checks.extend(_evidence_checks(rules, evidence))
+    checks += [
         Check(
             "format",
             format_compliance >= rules.format_compliance,
@@ -124,6 +152,51 @@ def decide(
     return Decision(not failed, reason, tuple(checks))
 
 
+def _evidence_checks(rules: Rules, e: Evidence) -> list[Check]:
+    """The rules with teeth: beat the constant answer, no intent left behind, kept answers
+    proven."""
+    checks = []
+    if e.majority_baseline is not None:
+        mine, base = e.agreement, e.majority_baseline
+        # a student may equal a baseline of 1.0: the teacher always gives one answer
+        ok = mine is not None and (mine > base or mine == 1.0)
+        shown = "unknown" if mine is None else f"{mine:.3f}"
+        checks.append(
+            Check(
+                "majority_baseline",
+                ok,
+                f"agreement {shown} {'>' if ok else '<='} {base:.3f}, the teacher's most common "
+                "answer given to every example",
+            )
+        )
+    judged = {k: v for k, v in e.intents.items() if v[0] >= rules.min_intent_examples}
+    under = sorted(k for k, (_, high) in judged.items() if high < rules.agreement)
+    if under:
+        worst = ", ".join(f"{k} (upper bound {judged[k][1]:.3f}, n={judged[k][0]})" for k in under)
+        detail = f"intents clearly under {rules.agreement}: {worst}"
+    else:
+        detail = (
+            f"{len(judged)} intents with >= {rules.min_intent_examples} examples, none clearly "
+            f"under {rules.agreement}"
+        )
+    checks.append(Check("per_intent", not under, detail))
+    if rules.kept_agreement is not None:
+        target = rules.kept_agreement
+        if e.kept_low is None:
+            checks.append(Check("kept_agreement", False, "no kept answers judged out of sample"))
+        else:
+            ok = e.kept_low >= target
+            checks.append(
+                Check(
+                    "kept_agreement",
+                    ok,
+                    f"kept answers' lower bound out of sample {e.kept_low:.3f} "
+                    f"{'>=' if ok else '<'} {target}",
+                )
+            )
+    return checks
+
+
 @dataclass(frozen=True, slots=True)
 class Validation:
     """What the lifecycle controller reads: the verdict, why, the calibrated threshold."""
@@ -153,5 +226,8 @@ def validate(
         reason=str(doc["reason"]),
         threshold=doc["confidence_threshold"],
         eval_run_id=str(doc["eval"]),
-        metrics={k: doc[k] for k in ("agreement", "agreement_ci", "format_compliance", "n")},
+        metrics={
+            k: doc[k]
+            for k in ("agreement", "agreement_ci", "kept_agreement", "format_compliance", "n")
+        },
     )

@@ -17,15 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..answers import agreements, canonical, format_ok
 from ..config import Config, ModelConfig, TaskConfig
 from ..errors import ConfigError, StillhouseError
+from ..stats import binomial_interval, mean, paired_difference_ci, percentile, rate_interval
 from ..store.base import TraceStore
 from ..store.records import Candidate, new_id
 from . import metrics
-from .calibrate import SIGNAL, calibrate
-from .gate import Rules, decide
+from .calibrate import SIGNAL, calibrate, coverage
+from .gate import Evidence, Rules, decide
 from .serve import Answer, model_config, serve
-from .stats import bootstrap_ci, mean, paired_difference_ci, percentile
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +233,47 @@ def _general(
     }
 
 
+def majority_baseline(metric: metrics.Metric, teachers: Sequence[str]) -> dict[str, Any] | None:
+    """The agreement a student would get by giving the teacher's most common answer to every
+    example (answers counted by `answers.canonical`): the bar a candidate must beat, so that a
+    constant answer cannot pass a skewed task."""
+    if not teachers:
+        return None
+    keys = [canonical(metric, t) for t in teachers]
+    counts: dict[str, int] = defaultdict(int)
+    for key in keys:
+        counts[key] += 1
+    top = max(counts, key=lambda k: (counts[k], k))
+    answer = teachers[keys.index(top)]
+    verdicts, _ = agreements(metric, teachers, [answer] * len(teachers))
+    return {"answer": answer, "agreement": sum(verdicts) / len(verdicts)}
+
+
+def _per_intent(
+    items: Sequence[Item], agree: Sequence[float], confidences: Sequence[float | None]
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Each intent's n, agreement and interval, and its coverage curve."""
+    rows: dict[str, list[int]] = defaultdict(list)
+    for i, item in enumerate(items):
+        rows[item.intent].append(i)
+    per_intent, curves = {}, {}
+    for intent, idx in sorted(rows.items()):
+        mine = [agree[i] for i in idx]
+        low, high = rate_interval(mine)
+        per_intent[intent] = {
+            "n": len(mine),
+            "agreement": sum(mine) / len(mine),
+            "agreement_ci": [low, high],
+        }
+        curves[intent] = coverage([confidences[i] for i in idx], mine)
+    return per_intent, curves
+
+
+def _kept_right(calibration: Any) -> int:
+    held = calibration.held_out
+    return round((held.kept_agreement or 0.0) * held.kept)
+
+
 def report_dir(candidate: Candidate, eval_id: str) -> Path:
     """Beside the candidate's training run when it has one, else under Stillhouse's home."""
     from ..engine.sources import home
@@ -270,18 +312,12 @@ def evaluate(
     model, answers = _serve_candidate(candidate, items, concurrency)
     scored, method = _scores(config, settings, items, answers)
     agree = [s.agree for s in scored]
-    low, high = bootstrap_ci(agree, seed=seed)
-
-    by_intent: dict[str, list[float]] = defaultdict(list)
-    for item, a in zip(items, agree, strict=True):
-        by_intent[item.intent].append(a)
-    per_intent = {
-        k: {"n": len(v), "agreement": sum(v) / len(v)} for k, v in sorted(by_intent.items())
-    }
+    low, high = rate_interval(agree)
+    confidences = [(a.confidence or {}).get(SIGNAL) for a in answers]
+    per_intent, intent_curves = _per_intent(items, agree, confidences)
+    baseline = majority_baseline(settings.gate.metric, [i.teacher for i in items])
     schema = settings.response_schema
-    compliant = [
-        metrics.format_ok(a.text, a.finish_reason, settings.gate.metric, schema) for a in answers
-    ]
+    compliant = [format_ok(a.text, a.finish_reason, settings.gate.metric, schema) for a in answers]
     referenced = [(i, a) for i, a in zip(items, answers, strict=True) if i.reference is not None]
     hallucinations = [
         metrics.hallucinated(settings.gate.metric, a.text, i.reference) for i, a in referenced
@@ -296,8 +332,7 @@ def evaluate(
         for a in ok
         if (c := call_cost(price_for(price), a.input_tokens, a.output_tokens)) is not None
     ]
-    confidences = [(a.confidence or {}).get(SIGNAL) for a in answers]
-    calibration = calibrate(confidences, agree, settings.gate.kept_agreement)
+    calibration = calibrate(confidences, agree, settings.gate.kept_agreement, seed=seed)
 
     if incumbent == "auto":
         incumbent = serving_student(store, task, exclude=candidate.id)
@@ -318,7 +353,7 @@ def evaluate(
         say(f"general holdout: agreement {general['agreement']}, baseline {general['baseline']}")
 
     p95 = percentile(latencies, 95)
-    rules = Rules.of(settings.gate)
+    rules = Rules.of(settings.gate, settings.routing.fallback)
     decision = decide(
         rules,
         n=len(items),
@@ -327,7 +362,14 @@ def evaluate(
         p95_ms=p95,
         versus_ci=tuple(versus["difference_ci"]) if versus else None,  # type: ignore[arg-type]
         general=(general["agreement"], general["baseline"]) if general else None,
+        evidence=Evidence(
+            agreement=mean(agree),
+            majority_baseline=baseline["agreement"] if baseline else None,
+            intents={k: (v["n"], v["agreement_ci"][1]) for k, v in per_intent.items()},
+            kept_low=calibration.held_out.kept_low if calibration.held_out else None,
+        ),
     )
+    n_ok = sum(compliant)
     eval_id = new_id("eval")
     doc: dict[str, Any] = {
         "eval": eval_id,
@@ -341,19 +383,30 @@ def evaluate(
         "agreement_ci": [low, high],
         "field_agreement": mean([s.fields for s in scored if s.fields is not None]),
         "per_intent": per_intent,
+        "majority_baseline": baseline,
         "general_agreement": general["agreement"] if general else None,
         "general": general,
-        "format_compliance": sum(compliant) / len(compliant),
+        "format_compliance": n_ok / len(compliant),
+        "format_compliance_ci": list(binomial_interval(n_ok, len(compliant))),
         "hallucination": {
             "n": len(referenced),
             "rate": mean([float(h) for h in hallucinations]),
+            "rate_ci": list(rate_interval([float(h) for h in hallucinations])),
         },
         "latency_ms": {"p50": percentile(latencies, 50), "p95": p95},
         "concurrency": concurrency,
         "errors": len(answers) - len(ok),
+        "error_rate_ci": list(binomial_interval(len(answers) - len(ok), len(answers))),
         "cost_per_call": mean(costs),
         "confidence_threshold": calibration.threshold,
         "calibration": calibration.to_json(),
+        "kept_agreement": (calibration.held_out.kept_agreement if calibration.held_out else None),
+        "kept_agreement_ci": (
+            list(binomial_interval(_kept_right(calibration), calibration.held_out.kept))
+            if calibration.held_out and calibration.held_out.kept
+            else None
+        ),
+        "coverage": {"overall": coverage(confidences, agree), "per_intent": intent_curves},
         "versus": versus,
         "gate": {
             "rules": rules.to_json(),

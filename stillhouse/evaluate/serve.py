@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..answers import confidence_of
 from ..config import ModelConfig
-from ..engine.confidence import token_confidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +39,7 @@ def model_config(serving: dict[str, Any]) -> ModelConfig:
 def _answer(reply: dict[str, Any], latency_ms: float) -> Answer:
     choice = (reply.get("choices") or [{}])[0]
     text = (choice.get("message") or {}).get("content") or ""
-    confidence = (reply.get("stillhouse") or {}).get("confidence")
-    if confidence is None:
-        # A remote model: the logprobs it returned, reduced the way the engine reduces its own.
-        content = (choice.get("logprobs") or {}).get("content") or []
-        logprobs = [float(t["logprob"]) for t in content if "logprob" in t]
-        confidence = token_confidence(logprobs) if logprobs else None
+    confidence = confidence_of(reply)  # the engine's own, or a remote model's logprobs reduced
     usage = reply.get("usage") or {}
     return Answer(
         text=text,

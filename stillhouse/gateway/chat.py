@@ -20,11 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from ..answers import agree, answer_text, breaks_schema, first_message, routing_confidence
 from ..config import Config
 from ..errors import HTTPError, NotFound, PayloadTooLarge, UpstreamError
-from ..evaluate.metrics import breaks_schema
 from ..lifecycle.deploy import Deployed, Deployments
-from ..lifecycle.shadow import agreement, answer_text, first_message
 from ..pricing import call_cost, price_for
 from ..providers import Chunk, Provider, SharedSession
 from ..routing import (
@@ -108,10 +107,29 @@ def _usage(response: dict[str, Any] | None) -> tuple[int | None, int | None, int
 
 
 def _confidence(response: dict[str, Any] | None) -> float | None:
-    """The low-quantile token confidence a local model reports in its `stillhouse` field."""
-    own = (response or {}).get("stillhouse")
-    value = (own.get("confidence") or {}).get("p10") if isinstance(own, dict) else None
-    return float(value) if isinstance(value, int | float) else None
+    """The number the router compares: the local engine's own, or the logprobs any
+    OpenAI-compatible student returned, reduced the same way (answers.routing_confidence)."""
+    return routing_confidence(response)
+
+
+def ask_for_logprobs(forward: dict[str, Any]) -> bool:
+    """Ask a student for its token logprobs when the route falls back on confidence; True when
+    the client had not asked, so they are taken out of what it gets back."""
+    if forward.get("logprobs"):
+        return False
+    forward["logprobs"] = True
+    return True
+
+
+def without_logprobs(payload: dict[str, Any]) -> dict[str, Any]:
+    """A response or stream chunk without the logprobs the gateway asked for on its own."""
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not any(
+        isinstance(c, dict) and c.get("logprobs") is not None for c in choices
+    ):
+        return payload
+    cleaned = [{**c, "logprobs": None} if isinstance(c, dict) else c for c in choices]
+    return {**payload, "choices": cleaned}
 
 
 def _estimate_input_tokens(body: dict[str, Any]) -> int:
@@ -214,24 +232,29 @@ class ChatCompletions:
         if deployed is not None:
             forward = deployed.body(forward)
         provider = deployed.provider if deployed else self.providers[route.model]
+        threshold = fallback_threshold(task, entry, route)
+        hide_logprobs = threshold is not None and ask_for_logprobs(forward)
         if checked.stream:
             held = task.routing.stream_fallback == "buffer"
-            if held and fallback_threshold(task, entry, route) is not None:
+            if held and threshold is not None:
                 # hold the student's stream until its confidence is known (see
                 # docs/lifecycle.md for the time to first token this costs)
                 return await self._buffered(
-                    call, route, provider, forward, checked, started, headers, entry
+                    call, route, provider, forward, checked, started, headers, entry, hide_logprobs
                 )
-            return await self._stream(call, route, provider, forward, checked, started, headers)
+            return await self._stream(
+                call, route, provider, forward, checked, started, headers, hide_logprobs
+            )
         try:
             response = await provider.complete(forward)
         except UpstreamError as err:
             self._capture_error(call, err, started)
             return error_response(err, headers)
         if needs_fallback(task, entry, route, _confidence(response)):
-            return await self._fallback(call, response, body, started, headers)
+            return await self._fallback(call, response, body, started, headers, hide_logprobs)
         self._capture(call, response, started, ttft_ms=None)
-        return Response(orjson.dumps(response), 200, headers, "application/json")
+        shown = without_logprobs(response) if hide_logprobs else response
+        return Response(orjson.dumps(shown), 200, headers, "application/json")
 
     # -- confidence fallback and shadow sampling ---------------------------------------------
     def _teacher_call(self, of: Call, reason: str, link: str) -> tuple[Call, dict[str, Any]]:
@@ -261,9 +284,11 @@ class ChatCompletions:
         body: dict[str, Any],
         started: float,
         headers: dict[str, str],
+        hide_logprobs: bool = False,
     ) -> Response:
         """The student was unsure: the teacher answers. Both calls are captured; the teacher's
-        answer is a teacher call like any other, so curation learns from it."""
+        answer is a teacher call like any other, so curation learns from it. The teacher's call
+        is stamped with what the user waited (student, then teacher): it is the call they got."""
         call, forward = self._teacher_call(student, "fallback", "fallback_of")
         self._capture(
             dataclasses.replace(student, route_reason="fallback:replaced"),
@@ -271,14 +296,14 @@ class ChatCompletions:
             started,
             ttft_ms=None,
         )
-        teacher_started = time.perf_counter()
         try:
             answer = await self.providers[call.model].complete(forward)
         except UpstreamError as err:
             # The teacher failed: the student's answer is better than an error.
-            self._capture_error(call, err, teacher_started)
-            return Response(orjson.dumps(response), 200, headers, "application/json")
-        self._capture(call, answer, teacher_started, ttft_ms=None)
+            self._capture_error(call, err, started)
+            shown = without_logprobs(response) if hide_logprobs else response
+            return Response(orjson.dumps(shown), 200, headers, "application/json")
+        self._capture(call, answer, started, ttft_ms=None)
         headers = {**headers, "x-stillhouse-route": "fallback"}
         return Response(orjson.dumps(answer), 200, headers, "application/json")
 
@@ -316,7 +341,11 @@ class ChatCompletions:
             # and so from the offline gate's holdout. Stored unscored, counted by the report.
             label = "teacher_off_schema"
         else:
-            value = agreement(task.gate.metric, answer_text(student.response), answer_text(answer))
+            value = float(
+                await asyncio.to_thread(  # a cosine may embed: off the event loop
+                    agree, task.gate.metric, answer_text(answer), answer_text(student.response)
+                )
+            )
         self.writer.submit(
             Score(
                 id=new_id("score"),
@@ -340,9 +369,11 @@ class ChatCompletions:
         started: float,
         headers: dict[str, str],
         entry: TaskRoute | None,
+        hide_logprobs: bool = False,
     ) -> Response:
         """A student stream held whole until its confidence is known: then its events are
-        sent, or, under the threshold, the teacher's stream is (route fallback)."""
+        sent, or, under the threshold, the teacher's stream is (route fallback), stamped with
+        the time since the user asked."""
         forward["stream_options"] = {**(checked.stream_options or {}), "include_usage": True}
         acc = StreamAccumulator(started)
         held: list[Chunk] = []
@@ -363,7 +394,14 @@ class ChatCompletions:
         task = self.config.tasks[call.task]
         if not needs_fallback(task, entry, route, _confidence(acc.response())):
             return await self._stream(
-                call, route, _Replay(held, provider), forward, checked, started, headers
+                call,
+                route,
+                _Replay(held, provider),
+                forward,
+                checked,
+                started,
+                headers,
+                hide_logprobs,
             )
         self._capture_stream(
             dataclasses.replace(call, route_reason="fallback:replaced"), acc, started, None, 200
@@ -379,7 +417,7 @@ class ChatCompletions:
             self.providers[teacher.model],
             body,
             checked,
-            time.perf_counter(),
+            started,
             headers,
         )
 
@@ -392,6 +430,7 @@ class ChatCompletions:
         checked: ChatCompletionRequest,
         started: float,
         headers: dict[str, str],
+        hide_logprobs: bool = False,
     ) -> Response:
         wants_usage = bool((checked.stream_options or {}).get("include_usage"))
         forward["stream_options"] = {**(checked.stream_options or {}), "include_usage": True}
@@ -429,7 +468,7 @@ class ChatCompletions:
                             break
                     acc.add(chunk)
                     if wants_usage or chunk.get("choices"):
-                        yield sse(chunk)
+                        yield sse(without_logprobs(chunk) if hide_logprobs else chunk)
                 capture()
                 yield DONE
             except UpstreamError as err:

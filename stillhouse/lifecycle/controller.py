@@ -294,6 +294,7 @@ class Controller:
             collect(store, name, since, incumbent, metric) if incumbent else None,
         )
         if result.outcome == "wait":
+            log.debug("%s: stage %.0f%% waits: %s", name, state.share * 100, result.reason)
             return None
         reason = f"stage {state.share:.0%} gate failed: {result.reason}"
         if result.outcome == "fail" and incumbent:

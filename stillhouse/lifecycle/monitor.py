@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 
 from ..config import TaskConfig
+from ..stats import rate_interval
 from ..store.base import TraceStore
-from .rollout import collect, wilson
+from .rollout import collect
 
 _EPS = 1e-4
 
@@ -80,9 +81,13 @@ def intent_shift(store: TraceStore, task: str, dataset_id: str, since: float) ->
 
 @dataclass(frozen=True, slots=True)
 class Drift:
+    """`drifted`: retrain. `insufficient`: too few shadow comparisons in the window to tell
+    either way (said in `status`, never read as "no drift")."""
+
     drifted: bool
     reason: str
     detail: dict[str, Any]
+    insufficient: bool = False
 
 
 def check_drift(
@@ -96,9 +101,10 @@ def check_drift(
     since = now - task.drift.window
     evidence = collect(store, task_name, since)
     threshold = task.drift.agreement if task.drift.agreement is not None else task.gate.agreement
-    _, high = wilson(evidence.shadow)
-    detail: dict[str, Any] = {"shadow_samples": len(evidence.shadow), "agreement_upper": high}
-    if len(evidence.shadow) >= task.drift.min_samples and high < threshold:
+    _, high = rate_interval(evidence.shadow)
+    samples = len(evidence.shadow)
+    detail: dict[str, Any] = {"shadow_samples": samples, "agreement_upper": high}
+    if samples >= task.drift.min_samples and high < threshold:
         return Drift(True, f"shadow agreement {high:.3f} (upper bound) < {threshold}", detail)
     shift = intent_shift(store, task_name, dataset_id, since) if dataset_id else None
     detail["psi"] = shift
@@ -106,5 +112,13 @@ def check_drift(
     if shift is not None and len(known) >= task.drift.min_samples and shift > task.drift.max_psi:
         return Drift(
             True, f"intent distribution shifted: PSI {shift:.3f} > {task.drift.max_psi}", detail
+        )
+    if samples < task.drift.min_samples:
+        return Drift(
+            False,
+            f"insufficient evidence: {samples}/{task.drift.min_samples} shadow comparisons "
+            f"in the last {task.drift.window:.0f} s",
+            detail,
+            insufficient=True,
         )
     return Drift(False, "no drift", detail)

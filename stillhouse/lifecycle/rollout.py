@@ -10,35 +10,21 @@ the serving student; wait: not enough evidence either way yet.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
+from ..answers import answer_text
 from ..config import TaskConfig
+from ..stats import percentile, rate_interval
 from ..store.base import TraceStore
-from .shadow import answer_text
-
-Z95 = 1.96
 
 
-def wilson(values: list[float], z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of the mean of values in [0, 1] ((0, 1) with no values)."""
-    n = len(values)
-    if n == 0:
-        return 0.0, 1.0
-    p = sum(values) / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def quantile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def outcome(value: float) -> float:
+    """A stored agreement score as a 0/1 outcome. Scores are stored 0/1 (answers.agree); one
+    stored before that (a difflib ratio) counts as agreement only when perfect."""
+    return 1.0 if value >= 1.0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +48,7 @@ class Evidence:
         return len(self.teacher_latency) + self.teacher_errors
 
     def to_json(self) -> dict[str, Any]:
-        low, high = wilson(self.shadow)
+        low, high = rate_interval(self.shadow)
         return {
             "student_calls": self.student_calls,
             "teacher_calls": self.teacher_calls,
@@ -71,15 +57,23 @@ class Evidence:
             "shadow_samples": len(self.shadow),
             "agreement": sum(self.shadow) / len(self.shadow) if self.shadow else None,
             "agreement_ci": [round(low, 4), round(high, 4)],
+            "student_error_rate_ci": _rounded(
+                rate_interval([1.0] * self.student_errors + [0.0] * len(self.student_latency))
+            ),
             "referenced": len(self.hallucinations),
             "hallucination_rate": (
                 sum(self.hallucinations) / len(self.hallucinations) if self.hallucinations else None
             ),
-            "student_p50_ms": quantile(self.student_latency, 0.5),
-            "student_p95_ms": quantile(self.student_latency, 0.95),
-            "teacher_p50_ms": quantile(self.teacher_latency, 0.5),
-            "teacher_p95_ms": quantile(self.teacher_latency, 0.95),
+            "hallucination_rate_ci": _rounded(rate_interval(self.hallucinations)),
+            "student_p50_ms": percentile(self.student_latency, 50),
+            "student_p95_ms": percentile(self.student_latency, 95),
+            "teacher_p50_ms": percentile(self.teacher_latency, 50),
+            "teacher_p95_ms": percentile(self.teacher_latency, 95),
         }
+
+
+def _rounded(interval: tuple[float, float]) -> list[float]:
+    return [round(interval[0], 4), round(interval[1], 4)]
 
 
 def _json(value: Any) -> Any:
@@ -106,8 +100,10 @@ def collect(
     mine: set[str] = set()
     referenced: dict[str, Any] = {}  # call id -> its metadata.reference
     for call_id, role, reason, status, latency, metadata in rows:
-        if role == "teacher" and reason in ("shadow", "fallback"):
-            continue  # not a served teacher answer: it would skew the teacher's baseline
+        if role == "teacher" and reason == "fallback":
+            continue  # the teacher on the student's hardest requests: it would skew its baseline
+        # A shadow is the teacher answering a request the student served: at a stage where few
+        # users reach the teacher, it is where the teacher's latency is sampled from.
         meta = _json(metadata) or {}
         if role == "student":
             if candidate is not None and meta.get("candidate") != candidate:
@@ -130,7 +126,7 @@ def collect(
         teacher_latency=teacher,
         student_errors=errors["student"],
         teacher_errors=errors["teacher"],
-        shadow=[float(v) for call_id, v in scores if candidate is None or call_id in mine],
+        shadow=[outcome(float(v)) for call_id, v in scores if candidate is None or call_id in mine],
         hallucinations=_hallucinations(store, referenced, metric),
     )
 
@@ -176,7 +172,7 @@ def judge(
     if incumbent is not None:
         doc["incumbent"] = incumbent.to_json()
     threshold = task.gate.agreement
-    low, high = wilson(evidence.shadow)
+    low, high = rate_interval(evidence.shadow)
     n = evidence.student_calls
     if n and evidence.student_errors / n > task.rollout.max_error_rate:
         teacher_rate = evidence.teacher_errors / max(1, evidence.teacher_calls)
@@ -186,13 +182,15 @@ def judge(
         return GateResult("fail", f"shadow agreement {high:.3f} (upper bound) < {threshold}", doc)
     wrong = evidence.hallucinations
     most = task.rollout.max_hallucination_rate
-    if wrong and wilson(wrong)[0] > most:
+    if wrong and rate_interval(wrong)[0] > most:
         rate = sum(wrong) / len(wrong)
         return GateResult(
             "fail", f"hallucination rate {rate:.3f} (n={len(wrong)}) > {most} (lower bound)", doc
         )
     # the serving student's lower bound: a candidate clearly under it is worse than production
-    floor = wilson(incumbent.shadow)[0] if incumbent is not None and incumbent.shadow else None
+    floor = (
+        rate_interval(incumbent.shadow)[0] if incumbent is not None and incumbent.shadow else None
+    )
     if floor is not None and evidence.shadow and high < floor:
         return GateResult(
             "fail",
@@ -206,6 +204,9 @@ def judge(
         return GateResult("fail", f"student p95 {s95:.0f} ms > {ratio} x teacher {t95:.0f} ms", doc)
     if n < task.rollout.min_samples:
         return GateResult("wait", f"{n}/{task.rollout.min_samples} student calls", doc)
+    if t95 is None:
+        # missing evidence never passes: shadows sample the teacher's latency, so wait for them
+        return GateResult("wait", "no teacher latency yet to compare the student's p95 with", doc)
     if dwelt < task.rollout.min_dwell:
         return GateResult("wait", f"dwell {dwelt:.0f}/{task.rollout.min_dwell:.0f} s", doc)
     if low < threshold:

@@ -1,15 +1,40 @@
-"""Seeded bootstrap confidence intervals: of a mean, and of a paired difference of means.
+"""The figures every verdict is stated in: one binomial interval for every rate that gates or is
+reported, the bootstrap for paired differences only, one percentile, one mean.
 
-Pure functions over plain lists (numpy inside). Seeded, so the same scores always give the same
-interval and an eval run is reproducible.
+Ground floor: pure functions over plain numbers, importing nothing of the project. The binomial
+interval is Wilson's score interval at 95% (two-sided): 20 right of 20 is [0.839, 1], so a
+perfect score on a small holdout cannot pass a 0.92 bar (docs/evaluation.md).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_LEVEL = 0.95
+Z95 = 1.959964  # the two-sided 95% normal quantile of `binomial_interval`
+
+
+def binomial_interval(successes: float, n: int, *, z: float = Z95) -> tuple[float, float]:
+    """Wilson's 95% score interval of a rate successes/n; (0, 1) with no trials: no evidence
+    is never read as good evidence. Every gated or reported rate uses this one function."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValueError("successes must be between 0 and n")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate_interval(outcomes: Sequence[float | bool]) -> tuple[float, float]:
+    """`binomial_interval` of 0/1 outcomes (each must be 0 or 1: a mean of continuous scores
+    is not a binomial rate)."""
+    if any(o not in (0, 1) for o in outcomes):
+        raise ValueError("rate_interval takes 0/1 outcomes")
+    return binomial_interval(float(sum(outcomes)), len(outcomes))
 
 
 def bootstrap_ci(
@@ -19,7 +44,8 @@ def bootstrap_ci(
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """The percentile bootstrap interval of the mean of `values` ((0.0, 0.0) with no values)."""
+    """The percentile bootstrap interval of the mean of `values` ((0.0, 0.0) with no values).
+    For paired differences (`paired_difference_ci`); a rate's interval is `binomial_interval`."""
     import numpy as np
 
     if not 0 < level < 1:
