@@ -260,6 +260,9 @@ class CurateConfig(_Table):
     holdout: float = Field(0.15, ge=0, lt=1)
     seed: int = 0
     dedupe_threshold: float = Field(0.8, gt=0, le=1)
+    group_similarity: float = Field(
+        0.5, gt=0, le=1, description="user turns this alike share a split (leak-free holdout)"
+    )
     pii: list[PIIKind] = Field(default_factory=lambda: list(PII_KINDS))
     max_per_intent: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="the student's context, in tokens")

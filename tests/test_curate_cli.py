@@ -64,7 +64,7 @@ def test_curate_datasets_export_end_to_end(store_url: str, tmp_path: Path) -> No
     doc = json.loads(result.stdout)  # exactly one JSON document: json.loads rejects any extra
     assert result.stdout.strip().startswith("{") and result.stdout.strip().endswith("}")
     assert doc["dataset"].startswith("ds_")
-    assert (doc["train"], doc["holdout"], doc["intents"]) == (34, 6, 2)
+    assert (doc["train"], doc["holdout"], doc["intents"], doc["groups"]) == (34, 6, 2, 40)
     assert doc["removed"]["error"] == 0 and set(doc["removed"]) >= {"near_duplicate", "flagged"}
     again = json.loads(run("curate", "--task", "support", "--json", cwd=tmp_path).stdout)
     assert again["dataset"] == doc["dataset"] and again["created"] is False

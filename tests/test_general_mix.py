@@ -49,7 +49,10 @@ def _workspace(folder: Path, teacher_url: str, extra: str = "", student: str = "
         + (f'[models.s]\nprovider = "local"\nmodel = "{student}"\n' if student else "")
         + '[tasks.support]\nteacher = "t"\n'
         + ('student = "s"\n' if student else "")
-        + "[tasks.support.curate]\ndedupe_threshold = 1.0\nholdout = 0.25\n"
+        # The requests come from one small template (greeting, phrase, number), so at the default
+        # settings they are near-duplicates and retellings of each other, and the general prompts
+        # (from the same template, so the tiny student knows them) retell task rows.
+        + "[tasks.support.curate]\ndedupe_threshold = 1.0\ngroup_similarity = 1.0\nholdout = 0.25\n"
         + extra
     )
     return SimpleNamespace(folder=folder, url=url, config=load_config(folder / "stillhouse.toml"))

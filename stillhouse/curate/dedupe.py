@@ -139,20 +139,99 @@ def candidate_pairs(sig: Any, bands: int, rows: int) -> Any:
     return np.stack([code // n, code % n], axis=1)
 
 
-class _Components:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
+def _ranges(starts: Any, lengths: Any) -> Any:
+    """Concatenated aranges: starts[i] .. starts[i] + lengths[i] for every i."""
+    import numpy as np
 
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - (ends - lengths), lengths) + np.arange(ends[-1] if len(ends) else 0)
 
-    def union(self, i: int, j: int) -> None:
-        ri, rj = self.find(i), self.find(j)
-        if ri != rj:
-            self.parent[max(ri, rj)] = min(ri, rj)
+
+def shingle_sets(shingles: Any, offsets: Any) -> tuple[Any, Any]:
+    """Each doc's sorted distinct shingles (values, offsets[n + 1]), in one sort."""
+    import numpy as np
+
+    n = len(offsets) - 1
+    doc = np.repeat(np.arange(n, dtype=np.uint64), np.diff(offsets))
+    key = np.unique((doc << np.uint64(32)) | shingles.astype(np.uint64))
+    values = (key & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    return values, np.searchsorted(key >> np.uint64(32), np.arange(n + 1, dtype=np.uint64))
+
+
+def jaccard(pairs: Any, values: Any, offsets: Any, budget: int = 1 << 22) -> Any:
+    """Exact Jaccard similarity of the shingle sets of each pair (i, j), vectorised: both sets
+    of a pair are tagged with the pair's index and sorted together, and a value seen twice is in
+    both. Pairs go in chunks of about `budget` shingles."""
+    import numpy as np
+
+    out = np.empty(len(pairs))
+    sizes = np.diff(offsets)
+    cost = np.cumsum(sizes[pairs[:, 0]] + sizes[pairs[:, 1]]) if len(pairs) else np.empty(0)
+    start = 0
+    while start < len(pairs):
+        done = cost[start - 1] if start else 0
+        end = max(int(np.searchsorted(cost, done + budget, side="right")), start + 1)
+        i, j = pairs[start:end, 0], pairs[start:end, 1]
+        tag = np.arange(len(i), dtype=np.uint64) << np.uint64(32)
+        keys = []
+        for side in (i, j):
+            idx = _ranges(offsets[side], sizes[side])
+            keys.append(np.repeat(tag, sizes[side]) | values[idx].astype(np.uint64))
+        key = np.sort(np.concatenate(keys))
+        both = key[1:][key[1:] == key[:-1]] >> np.uint64(32)
+        inter = np.bincount(both.astype(np.int64), minlength=len(i))
+        out[start:end] = inter / (sizes[i] + sizes[j] - inter)
+        start = end
+    return out
+
+
+def similar_pairs(
+    docs: Sequence[Sequence[str]],
+    threshold: float,
+    *,
+    num_perm: int = 128,
+    shingle: int = 3,
+    seed: int = 1,
+    floor: float | None = None,
+) -> tuple[Any, Any]:
+    """Pairs (i < j) of docs whose k-word shingle sets have Jaccard >= threshold, and that
+    similarity. MinHash LSH tuned to the threshold proposes candidates, the sketch's estimate
+    drops clear non-matches, the exact Jaccard decides: a pair is never only the sketch's guess,
+    and a pair above the threshold is missed only with the LSH's small false-negative rate.
+    A doc without words is similar to nothing. `floor` (default: the threshold) keeps the
+    candidates measured at or above it instead: below the threshold, some pairs only."""
+    import numpy as np
+
+    empty = np.empty((0, 2), dtype=np.int64), np.empty(0)
+    if len(docs) < 2:
+        return empty
+    shingles, offsets = shingle_hashes(docs, shingle)
+    sig = minhash_signatures(shingles, offsets, num_perm, seed)
+    pairs = candidate_pairs(sig, *lsh_params(threshold, num_perm))
+    wordless = np.fromiter((not d for d in docs), dtype=bool, count=len(docs))
+    pairs = pairs[~(wordless[pairs[:, 0]] | wordless[pairs[:, 1]])]
+    if not len(pairs):
+        return empty
+    estimate = np.empty(len(pairs))
+    for s in range(0, len(pairs), 100_000):
+        p = pairs[s : s + 100_000]
+        estimate[s : s + 100_000] = (sig[p[:, 0]] == sig[p[:, 1]]).mean(axis=1)
+    floor = threshold if floor is None else floor
+    pairs = pairs[estimate >= floor - 0.15]
+    sim = jaccard(pairs, *shingle_sets(shingles, offsets))
+    keep = sim >= floor
+    return pairs[keep], sim[keep]
+
+
+def components(n: int, pairs: Any) -> Any:
+    """Connected-component label (0..k-1) of each of n nodes joined by `pairs`."""
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    ones = np.ones(len(pairs), dtype=np.int8)
+    graph = coo_matrix((ones, (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
 
 
 def dedupe(
@@ -168,8 +247,6 @@ def dedupe(
     """Remove exact then near duplicates (Jaccard >= threshold), keeping the newest of each group.
 
     `keys` (call ids) break ties between equally new examples, so the result is deterministic."""
-    import numpy as np
-
     n = len(texts)
     newest = sorted(range(n), key=lambda i: (created_at[i], keys[i]), reverse=True)
     rank = {i: r for r, i in enumerate(newest)}  # 0 = newest
@@ -189,36 +266,14 @@ def dedupe(
     exact = n - len(survivors)
 
     near = 0
-    if len(survivors) > 1:
-        survivors.sort()
-        sub_docs = [docs[i] for i in survivors]
-        shingles, offsets = shingle_hashes(sub_docs, shingle)
-        sig = minhash_signatures(shingles, offsets, num_perm, seed)
-        bands, rows = lsh_params(threshold, num_perm)
-        pairs = candidate_pairs(sig, bands, rows)
-        if len(pairs):
-            # The sketch's estimate discards clear non-matches cheaply; exact Jaccard decides.
-            estimate = np.empty(len(pairs))
-            for s in range(0, len(pairs), 100_000):
-                p = pairs[s : s + 100_000]
-                estimate[s : s + 100_000] = (sig[p[:, 0]] == sig[p[:, 1]]).mean(axis=1)
-            pairs = pairs[estimate >= threshold - 0.15]
-        sets: dict[int, Any] = {}
-
-        def shingle_set(i: int) -> Any:
-            if i not in sets:
-                sets[i] = np.unique(shingles[offsets[i] : offsets[i + 1]])
-            return sets[i]
-
-        groups = _Components(len(survivors))
-        for i, j in pairs.tolist():
-            a, b = shingle_set(i), shingle_set(j)
-            inter = len(np.intersect1d(a, b, assume_unique=True))
-            if inter / (len(a) + len(b) - inter) >= threshold:
-                groups.union(i, j)
+    survivors.sort()
+    pairs, _ = similar_pairs(
+        [docs[i] for i in survivors], threshold, num_perm=num_perm, shingle=shingle, seed=seed
+    )
+    if len(pairs):
         members: dict[int, list[int]] = {}
-        for local, original in enumerate(survivors):
-            members.setdefault(groups.find(local), []).append(original)
+        for local, label in enumerate(components(len(survivors), pairs).tolist()):
+            members.setdefault(label, []).append(survivors[local])
         for group in members.values():
             if len(group) < 2:
                 continue

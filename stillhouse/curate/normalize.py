@@ -7,6 +7,7 @@ cannot be normalised is rejected by the `incomplete` filter before it gets here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ class Example:
     messages: tuple[dict[str, Any], ...]
     tools: tuple[dict[str, Any], ...] = ()
     intent: str | None = None  # metadata.intent when the caller sent one
+    group: str | None = None  # metadata.group: rows of one group share a split
 
     def to_json(self) -> dict[str, Any]:
         """The JSONL line OpenAI's chat fine-tuning expects."""
@@ -43,7 +45,12 @@ class Example:
         return "\n".join(message_text(m) for m in self.messages if m["role"] != "system")
 
     def user_text(self) -> str:
-        return "\n".join(message_text(m) for m in self.messages if m["role"] == "user")
+        return user_text(self.messages)
+
+
+def user_text(messages: Sequence[dict[str, Any]]) -> str:
+    """The user turns' text: what a retold case repeats, whatever the answer."""
+    return "\n".join(message_text(m) for m in messages if m["role"] == "user")
 
 
 def message_text(message: dict[str, Any]) -> str:
@@ -120,11 +127,13 @@ def to_example(call: Call) -> Example:
     answer = answer_message(call)
     if answer is not None:
         messages.append(normalize_message({**answer, "role": "assistant"}))
-    intent = call.metadata.get("intent") if isinstance(call.metadata, dict) else None
+    meta = call.metadata if isinstance(call.metadata, dict) else {}
+    intent, group = meta.get("intent"), meta.get("group")
     return Example(
         call_id=call.id,
         created_at=call.created_at,
         messages=tuple(messages),
         tools=_tools(call.request),
         intent=str(intent) if intent not in (None, "") else None,
+        group=str(group) if group not in (None, "") else None,
     )

@@ -1,4 +1,5 @@
-"""The curation pipeline: filters -> normalise -> PII -> dedupe -> intents -> caps -> split.
+"""The curation pipeline: filters -> normalise -> PII -> dedupe -> intents -> caps -> groups ->
+split.
 
 `curate_calls` is pure (calls in, snapshot out) and times each stage; `curate` reads a task's
 calls from the store and saves the snapshot. A call is never in a dataset unless it passed every
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,14 +23,14 @@ from ..errors import ConfigError
 from ..store.base import TraceStore
 from ..store.records import Call, Dataset, DatasetExample, Score
 from . import intent_model, snapshot
-from .dedupe import dedupe
+from .dedupe import dedupe, similar_pairs, words
 from .filters import apply_filters, describe
 from .intents import assign_intents
-from .normalize import to_example
+from .normalize import to_example, user_text
 from .pii import Scrubber
-from .split import cap_per_intent, stratified_split
+from .split import cap_per_intent, group_rows, group_split, holdout_similarity
 
-STAGES = ("filters", "normalize", "pii", "dedupe", "intents", "split")
+STAGES = ("filters", "normalize", "pii", "dedupe", "intents", "groups", "split")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +54,28 @@ class CurateReport:
             "intents": d.intents_count,
             "intent_method": self.intent_method,
             "removed": d.removed,
+            **_grouping(d.config),
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
         }
+
+
+def _grouping(config: Mapping[str, Any]) -> dict[str, Any]:
+    g = config.get("grouping") or {}
+    return {
+        "groups": g.get("groups"),
+        "largest_group": g.get("largest"),
+        "holdout_max_similarity_to_train": g.get("holdout_max_similarity_to_train"),
+    }
+
+
+def _leak(texts: Sequence[str], splits: Sequence[str], similarity: float) -> dict[str, Any]:
+    leak = holdout_similarity(texts, splits, similarity=similarity)
+    return {"holdout_max_similarity_to_train": leak.max_similarity, "exact": leak.exact}
+
+
+def _corrected_intent(call: Call) -> str:
+    meta = call.metadata if isinstance(call.metadata, dict) else {}
+    return str(meta.get("intent") or meta.get("routed_intent") or "reviewed")
 
 
 def _example_key(line: dict[str, Any]) -> str:
@@ -69,8 +91,7 @@ def _corrected(
         answer = {"role": "assistant", "content": text}
         fixed = dataclasses.replace(call, response={"choices": [{"message": answer}]})
         example = scrubber.example(to_example(fixed))
-        meta = call.metadata if isinstance(call.metadata, dict) else {}
-        intent = str(meta.get("intent") or meta.get("routed_intent") or "reviewed")
+        intent = _corrected_intent(call)
         for _ in range(weight):
             out.append(
                 DatasetExample(
@@ -148,9 +169,25 @@ def curate_calls(
     examples = [examples[i] for i in kept]
     intents = [intents[i] for i in kept]
     lines = [e.to_json() for e in examples]
-    splits = stratified_split(
-        [_example_key(line) for line in lines], intents, holdout=cfg.holdout, seed=cfg.seed
+    # Corrections join the grouping as training rows, so their retellings stay out of the holdout.
+    fixes = [scrubber.example(to_example(call)) for call, _ in corrections]
+    texts = [e.user_text() for e in examples + fixes]
+    groups = group_rows(texts, [e.group for e in examples + fixes], similarity=cfg.group_similarity)
+    lap("groups")
+    splits = group_split(
+        [_example_key(line) for line in lines] + [f"correction:{e.call_id}" for e in fixes],
+        intents + [_corrected_intent(call) for call, _ in corrections],
+        groups,
+        holdout=cfg.holdout,
+        seed=cfg.seed,
+        pinned=[False] * len(examples) + [True] * len(fixes),
     )
+    sizes = Counter(groups[: len(examples)])
+    grouping = {
+        "groups": len(sizes),
+        "largest": max(sizes.values(), default=0),
+        **_leak(texts, splits, cfg.group_similarity),
+    }
     order = sorted(
         range(len(examples)), key=lambda i: (examples[i].created_at, examples[i].call_id)
     )
@@ -169,6 +206,7 @@ def curate_calls(
     model = intent_model.fit([e.user_text() or e.text() for e in examples], intents)
     lap("split")
     config = {**cfg.model_dump(), **describe(task), "intent_method": method}
+    config["grouping"] = grouping
     if corrections:
         config["corrections"] = sorted(corrected)
     if model is not None:
@@ -185,37 +223,70 @@ def curate_calls(
 
 
 def mix_general(
-    report: CurateReport, general: CurateReport, share: float, created_at: float | None = None
+    report: CurateReport,
+    general: CurateReport,
+    share: float,
+    created_at: float | None = None,
+    *,
+    similarity: float = 0.5,
 ) -> CurateReport:
     """The forgetting guard: add general examples as `share` of the training split (a seeded
-    choice among the general set's train part) and the general holdout as split `general`."""
+    choice among the general set's train part) and the general holdout as split `general`.
+    A general row whose user turns are `similarity` alike to a task row of another split is
+    left out (`general.dropped`): no group straddles train, holdout and general."""
     task_train = sum(e.split == "train" for e in report.examples)
     wanted = round(share / (1 - share) * task_train) if share > 0 else 0
     pool = sorted(
         (e for e in general.examples if e.split == "train"), key=lambda e: _example_key(e.example)
     )
-    chosen = sorted(pool[:wanted], key=lambda e: e.position)
     held = [e for e in general.examples if e.split == "holdout"]
+    rows = list(report.examples) + pool + held
+    pairs, _ = similar_pairs([words(user_text(e.example["messages"])) for e in rows], similarity)
+    task, first_held = len(report.examples), len(report.examples) + len(pool)
+    near: dict[int, set[str]] = {}  # general row -> splits of the rows it retells
+    for i, j in pairs.tolist():
+        if i < task <= j:
+            near.setdefault(j, set()).add(rows[i].split)
+    usable = [e for k, e in enumerate(pool, task) if near.get(k, {"train"}) == {"train"}]
+    chosen = usable[:wanted]
+    taken = {id(e) for e in chosen}
+    for i, j in pairs.tolist():  # the pool's own split kept these apart; a choice may not
+        if i < first_held <= j and id(rows[i]) in taken:
+            near.setdefault(j, set()).add("train")
+    kept = [e for k, e in enumerate(held, first_held) if k not in near]
+    chosen = sorted(chosen, key=lambda e: e.position)
     extra = [dataclasses.replace(e, split="train") for e in chosen]
-    extra += [dataclasses.replace(e, split="general") for e in held]
+    extra += [dataclasses.replace(e, split="general") for e in kept]
     start = len(report.examples)
-    rows = report.examples + tuple(
+    rows = list(report.examples) + [
         dataclasses.replace(e, position=start + i) for i, e in enumerate(extra)
-    )
+    ]
     d = report.dataset
+    dropped = len(pool) - len(usable) + len(held) - len(kept)
+    texts = [user_text(e.example["messages"]) for e in rows]
     config = {
         **d.config,
-        "general": {"share": share, "train": len(chosen), "holdout": len(held), "pool": len(pool)},
+        "general": {
+            "share": share,
+            "train": len(chosen),
+            "holdout": len(kept),
+            "pool": len(pool),
+            "dropped": dropped,
+        },
+        "grouping": {
+            **d.config.get("grouping", {}),
+            **_leak(texts, [e.split for e in rows], similarity),
+        },
     }
     dataset = snapshot.build(
         d.task,
-        rows,
+        tuple(rows),
         source_count=d.source_count,
         removed=d.removed,
         config=config,
         created_at=d.created_at if created_at is None else created_at,
     )
-    return dataclasses.replace(report, dataset=dataset, examples=rows)
+    return dataclasses.replace(report, dataset=dataset, examples=tuple(rows))
 
 
 def _general(store: TraceStore, task_name: str, task: TaskConfig) -> CurateReport | None:
@@ -256,7 +327,9 @@ def curate(store: TraceStore, config: Config, task_name: str) -> CurateReport:
     report = curate_calls(task_name, task, calls, scores, corrections=fixed)
     general = _general(store, task_name, task)
     if general is not None:
-        report = mix_general(report, general, task.general.share)
+        report = mix_general(
+            report, general, task.general.share, similarity=task.curate.group_similarity
+        )
     started = time.perf_counter()
     stored, created = snapshot.save(store, report.dataset, report.examples)
     seconds = {"load": load_seconds, **report.seconds, "save": time.perf_counter() - started}
