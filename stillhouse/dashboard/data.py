@@ -199,6 +199,7 @@ def task_page(
         cost_chart = charts.lines("cumulative spend ($)", b.labels, cumulative)
     models = per_model(rows, config)
     spec = config.tasks.get(task)
+    found = registry(store, task)
     return {
         "name": task,
         "spec": spec,
@@ -213,8 +214,31 @@ def task_page(
         "cost_chart": cost_chart,
         "models": models,
         "latency": latency_chart(models),
-        **registry(store, task),
+        "coverage_chart": coverage_chart(found["eval_runs"]),
+        **found,
     }
+
+
+def coverage_chart(runs: dict[str, list[EvalRun]]) -> str | None:
+    """The newest eval run's coverage curve: the kept answers' agreement and its lower bound at
+    each share the student keeps (evaluate/calibrate.coverage); None before any eval run."""
+    newest = max(
+        (r for found in runs.values() for r in found if (r.metrics or {}).get("coverage")),
+        key=lambda r: r.created_at,
+        default=None,
+    )
+    if newest is None:
+        return None
+    points = newest.metrics["coverage"]["overall"]
+    return charts.lines(
+        f"coverage of {newest.candidate_id} ({newest.id})",
+        [f"{p['student_share']:.0%}" for p in points],
+        {
+            "kept agreement": [p["kept_agreement"] for p in points],
+            "lower bound": [p["kept_low"] for p in points],
+        },
+        y_max=1.0,
+    )
 
 
 def registry(store: TraceStore, task: str | None = None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""An eval run for people: a terminal table and a hand-written SVG chart (the calibration curve
-and agreement per intent), written beside the run. No plotting library: the chart is a few
+"""An eval run for people: a terminal table and a hand-written SVG chart (the coverage curve:
+student share against the kept answers' agreement and its lower bound; and agreement per intent),
+written beside the run. No plotting library: the chart is a few
 dozen SVG elements, and `stillhouse serve` must stay light.
 """
 
@@ -28,6 +29,21 @@ def table(doc: dict[str, Any]) -> str:
         ("candidate", f"{doc['candidate']} on {doc['dataset']} ({doc['n']} holdout examples)"),
         ("metric", f"{doc['metric']} ({doc['method']})"),
         ("agreement", f"{_pct(doc['agreement'])}  95% CI [{_pct(low)}, {_pct(high)}]"),
+        (
+            "kept agreement",
+            "-"
+            if doc.get("kept_agreement") is None
+            else f"{_pct(doc['kept_agreement'])}  95% CI "
+            f"[{_pct(doc['kept_agreement_ci'][0])}, {_pct(doc['kept_agreement_ci'][1])}] "
+            "(out of sample)",
+        ),
+        (
+            "majority answer",
+            "-"
+            if not doc.get("majority_baseline")
+            else f"{_pct(doc['majority_baseline']['agreement'])} (the teacher's most common "
+            "answer, given to every example)",
+        ),
         ("format compliance", _pct(doc["format_compliance"])),
         ("hallucination", f"{_pct(doc['hallucination']['rate'])} of {doc['hallucination']['n']}"),
         (
@@ -69,33 +85,48 @@ def table(doc: dict[str, Any]) -> str:
     if doc["per_intent"]:
         lines.append("")
         name_w = max(6, *(len(k) for k in doc["per_intent"]))
-        lines.append(f"  {'intent'.ljust(name_w)}  {'n':>5}  agreement")
+        lines.append(f"  {'intent'.ljust(name_w)}  {'n':>5}  agreement  95% CI")
         for name, row in doc["per_intent"].items():
-            lines.append(f"  {name.ljust(name_w)}  {row['n']:>5}  {_pct(row['agreement'])}")
+            ci = row.get("agreement_ci") or [None, None]
+            lines.append(
+                f"  {name.ljust(name_w)}  {row['n']:>5}  {_pct(row['agreement']):>9}  "
+                f"[{_pct(ci[0])}, {_pct(ci[1])}]"
+            )
+    curve = (doc.get("coverage") or {}).get("overall") or []
+    if curve:
+        lines.append("")
+        lines.append("  coverage: student share  kept agreement  lower bound  threshold")
+        for p in curve:
+            threshold = "-" if p["threshold"] is None else f"{p['threshold']:.3f}"
+            lines.append(
+                f"  {_pct(p['student_share']):>23}  {_pct(p['kept_agreement']):>14}  "
+                f"{_pct(p['kept_low']):>11}  {threshold}"
+            )
     return "\n".join(lines) + "\n"
 
 
 W, H, PAD = 420, 260, 40  # one panel
 
 
-def _calibration_panel(doc: dict[str, Any]) -> list[str]:
-    """Kept agreement (y) against teacher share (x), the target as a dashed line, the chosen
-    threshold as a dot."""
+def _coverage_panel(doc: dict[str, Any]) -> list[str]:
+    """The coverage curve: kept agreement (y, solid) and its lower bound (dashed) against the
+    share the student keeps (x, all of it at the right); the target as a red dashed line, the
+    chosen threshold as a dot."""
     cal = doc["calibration"]
     inner_w, inner_h = W - 2 * PAD, H - 2 * PAD
 
-    def x(share: float) -> float:
-        return PAD + share * inner_w
+    def x(student_share: float) -> float:
+        return PAD + student_share * inner_w
 
     def y(agreement: float) -> float:
         return PAD + (1 - agreement) * inner_h
 
     out = [
-        f'<text x="{W / 2}" y="20" text-anchor="middle">calibration: teacher share vs kept '
+        f'<text x="{W / 2}" y="20" text-anchor="middle">coverage: student share vs kept '
         "agreement</text>",
         f'<rect x="{PAD}" y="{PAD}" width="{inner_w}" height="{inner_h}" fill="none" '
         'stroke="#999"/>',
-        f'<text x="{W / 2}" y="{H - 8}" text-anchor="middle">share sent to the teacher</text>',
+        f'<text x="{W / 2}" y="{H - 8}" text-anchor="middle">share the student keeps</text>',
         f'<text x="{PAD - 4}" y="{PAD + 4}" text-anchor="end">100%</text>',
         f'<text x="{PAD - 4}" y="{H - PAD}" text-anchor="end">0%</text>',
     ]
@@ -104,12 +135,15 @@ def _calibration_panel(doc: dict[str, Any]) -> list[str]:
         f'<line x1="{PAD}" x2="{W - PAD}" y1="{y(target):.1f}" y2="{y(target):.1f}" '
         'stroke="#c33" stroke-dasharray="4 3"/>'
     )
-    points = [p for p in cal["curve"] if p["kept_agreement"] is not None]
+    curve = (doc.get("coverage") or {}).get("overall") or []
+    points = [p for p in curve if p["kept_agreement"] is not None]
     if points:
-        path = " ".join(f"{x(p['teacher_share']):.1f},{y(p['kept_agreement']):.1f}" for p in points)
+        path = " ".join(f"{x(p['student_share']):.1f},{y(p['kept_agreement']):.1f}" for p in points)
+        low = " ".join(f"{x(p['student_share']):.1f},{y(p['kept_low']):.1f}" for p in points)
         out.append(f'<polyline points="{path}" fill="none" stroke="#36c" stroke-width="2"/>')
+        out.append(f'<polyline points="{low}" fill="none" stroke="#36c" stroke-dasharray="3 2"/>')
     if cal["threshold"] is not None and cal["kept_agreement"] is not None:
-        cx, cy = x(cal["teacher_share"]), y(cal["kept_agreement"])
+        cx, cy = x(1 - cal["teacher_share"]), y(cal["kept_agreement"])
         out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="#c33"/>')
         out.append(
             f'<text x="{cx + 8:.1f}" y="{cy + 14:.1f}">threshold {cal["threshold"]:.3f}</text>'
@@ -162,7 +196,7 @@ def svg(doc: dict[str, Any]) -> str:
         f"<title>{escape(title)}</title>",
         f'<text x="{W}" y="16" text-anchor="middle" font-size="13">{escape(title)}</text>',
         '<g transform="translate(0,24)">',
-        *_calibration_panel(doc),
+        *_coverage_panel(doc),
         "</g>",
         f'<g transform="translate({W},24)">',
         *_intent_panel(doc),
