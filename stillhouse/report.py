@@ -164,12 +164,16 @@ def task_costs(
 
 
 def per_model(rows: Iterable[CallRow], config: Config) -> dict[str, dict[str, Any]]:
-    """Calls, cost and p50/p95 latency and time to first token of each model."""
+    """Calls, cost and p50/p95 latency and time to first token of each model. A fallback's
+    teacher call is stamped with what the user waited (the student's time too), so it is left
+    out of the teacher's own latency."""
     accs: dict[str, _Acc] = {}
     latency: dict[str, list[float]] = {}
     ttft: dict[str, list[float]] = {}
     for row in rows:
         accs.setdefault(row.model, _Acc()).add(row)
+        if row.route_reason == "fallback":
+            continue
         if row.status == "ok" and row.latency_ms is not None:
             latency.setdefault(row.model, []).append(row.latency_ms)
         if row.status == "ok" and row.ttft_ms is not None:

@@ -1,0 +1,96 @@
+"""Run `stillhouse demo` and keep its figures: the raw `demo --json` document, the wall time, peak
+RSS, the machine and the commit, in bench/results/demo_<profile>.json.
+
+    .venv/bin/python bench/demo.py            # --fast (8 intents)
+    .venv/bin/python bench/demo.py --full     # the full run (22 intents)
+
+The gate the demo ran under is in the document (`gate`: each threshold and its source), as are
+the prices (`prices`); docs/benchmarks.md and docs/quickstart.md quote these files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="the full run, not --fast")
+    parser.add_argument("--out", type=Path, help="default: bench/results/demo_<profile>.json")
+    args = parser.parse_args()
+    profile = "full" if args.full else "fast"
+    stillhouse = Path(sys.executable).with_name("stillhouse")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = bool(
+        subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
+    with tempfile.TemporaryDirectory(prefix="stillhouse-demo-") as tmp:
+        command = [str(stillhouse), "demo", "--json", "--dir", str(Path(tmp) / "demo")]
+        if not args.full:
+            command.insert(2, "--fast")
+        started = time.time()
+        done = subprocess.run(command, capture_output=True, text=True)
+        wall = time.time() - started
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr[-4000:])
+        raise SystemExit(f"the demo failed (exit {done.returncode})")
+    doc = json.loads(done.stdout)
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    out = {
+        "profile": profile,
+        "command": " ".join(command[:1] + command[1:-2]),
+        "commit": commit + ("+dirty" if dirty else ""),
+        "date": time.strftime("%Y-%m-%d", time.gmtime(started)),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(peak_kb / 1024),
+        "demo": doc,
+    }
+    path = args.out or RESULTS / f"demo_{profile}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    keys = (
+        "outcome",
+        "holdout_agreement",
+        "holdout_agreement_ci",
+        "kept_agreement",
+        "agreement",
+        "agreement_ci",
+        "student_share",
+        "fallback_rate",
+        "errors",
+        "cost_per_call_before",
+        "cost_per_call_after",
+        "p95_latency_ms_before",
+        "p95_latency_ms_after",
+    )
+    print(json.dumps({"wall_s": out["wall_s"], **{k: doc.get(k) for k in keys}}, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
