@@ -105,9 +105,44 @@ def _everything_stored(gw) -> bytes:
     return b"\n".join(out)
 
 
+def _everything_seen(gw, log_file: Path, answers: list[bytes], n_calls: int) -> bytes:
+    """Every byte Stillhouse keeps or shows about the calls: the answers the client got, the
+    journal, the store, every page (the dashboard's included), the log, `calls --json`."""
+    seen = list(answers)
+    gw.flush()
+    journal = Path(gw.config.store.journal_dir)
+    seen += [p.read_bytes() for p in journal.glob("*")]
+    seen.append(_everything_stored(gw))
+    auth = {"authorization": "Bearer sh-gateway-key"}
+    with gw.store() as store:
+        ids = [call.id for call in store.list_calls()]
+    assert len(ids) == n_calls
+    pages = ["/", "/tasks/support", "/calls", "/registry", "/metrics", "/healthz", "/review"]
+    pages += ["/openapi.json", "/v1/models", *(f"/calls/{i}" for i in ids)]
+    for path in pages:
+        r = httpx.get(gw.url + path, headers=auth)
+        assert r.status_code == 200, path
+        seen.append(r.content)
+    seen.append(log_file.read_bytes())
+    folder = log_file.parent / "cli"
+    folder.mkdir(exist_ok=True)
+    (folder / "stillhouse.toml").write_text(
+        f'[store]\nurl = "{gw.config.store.url}"\n'
+        '[models.t]\nprovider = "openai"\nmodel = "gpt-4.1"\n[tasks.support]\nteacher = "t"\n'
+    )
+    from .test_cli import run
+
+    listed = run("calls", "--json", "--limit", "100", cwd=folder)
+    assert listed.stdout.count('"id": "call_') + listed.stdout.count('"id":"call_') == n_calls
+    seen.append(listed.stdout.encode())
+    return b"\n".join(seen)
+
+
 def test_the_upstream_key_is_in_no_store_log_metric_page_or_answer(keyed_on, upstream) -> None:
     """Even an upstream that quotes the key it was sent in its error message (some do, masked
-    or not) does not get it into anything Stillhouse keeps or shows."""
+    or not) does not get it into anything Stillhouse keeps or shows. Its 401 is about the
+    gateway's upstream key, so the caller gets a 502 naming the model, not an
+    AuthenticationError that says their own key is wrong."""
     gw, log_file = keyed_on
     behaviour = upstream[1]
     c = openai.OpenAI(base_url=gw.base_url, api_key="sh-gateway-key", max_retries=0)
@@ -118,27 +153,43 @@ def test_the_upstream_key_is_in_no_store_log_metric_page_or_answer(keyed_on, ups
         )
     )
     behaviour.fail(401, message=f"Incorrect API key provided: {UPSTREAM_KEY}.")
-    with pytest.raises(openai.AuthenticationError) as info:
+    with pytest.raises(openai.InternalServerError) as info:
         c.chat.completions.create(model="support", messages=[{"role": "user", "content": "y"}])
+    assert info.value.status_code == 502
+    assert info.value.body["code"] == "upstream_auth_failed"
+    assert "models.teacher.api_key" in info.value.message
     assert behaviour.headers[-1]["authorization"] == f"Bearer {UPSTREAM_KEY}"  # it was sent
-    seen = [info.value.response.content]
-    gw.flush()
-    journal = Path(gw.config.store.journal_dir)
-    seen += [p.read_bytes() for p in journal.glob("*")]
-    seen.append(_everything_stored(gw))
-    auth = {"authorization": "Bearer sh-gateway-key"}
-    with gw.store() as store:
-        ids = [call.id for call in store.list_calls()]
-    assert len(ids) == 3
-    pages = ["/", "/tasks/support", "/calls", "/registry", "/metrics", "/healthz"]
-    pages += ["/openapi.json", "/v1/models", *(f"/calls/{i}" for i in ids)]
-    for path in pages:
-        r = httpx.get(gw.url + path, headers=auth)
-        assert r.status_code == 200, path
-        seen.append(r.content)
-    seen.append(log_file.read_bytes())
-    everything = b"\n".join(seen)
+    everything = _everything_seen(gw, log_file, [info.value.response.content], 3)
     assert b"Incorrect API key provided: ***" in everything  # the error itself is kept
+    assert UPSTREAM_KEY.encode() not in everything
+    assert b"sh-gateway-key" not in everything
+
+
+def test_an_upstream_that_quotes_its_key_mid_stream_leaks_it_nowhere(keyed_on, upstream) -> None:
+    """The probe's case: one SSE chunk, then `data: {"error": {"message": "quota exceeded for
+    key Bearer sk-..."}}`. Redaction ran only on non-2xx replies, so the message reached the
+    client, calls.error, /calls/<id> and `stillhouse calls --json` whole."""
+    gw, log_file = keyed_on
+    behaviour = upstream[1]
+    behaviour.error_stream_after = 2  # the role chunk and one word, then the error event
+    behaviour.stream_error_message = f"quota exceeded for key Bearer {UPSTREAM_KEY}"
+    c = openai.OpenAI(base_url=gw.base_url, api_key="sh-gateway-key", max_retries=0)
+    raw = httpx.post(
+        gw.base_url + "/chat/completions",
+        json={"model": "support", "stream": True, "messages": [{"role": "user", "content": "a b"}]},
+        headers={"authorization": "Bearer sh-gateway-key"},
+    )
+    assert b'"content":"echo:"' in raw.content and b"quota exceeded for key" in raw.content
+    stream = c.chat.completions.create(
+        model="support", stream=True, messages=[{"role": "user", "content": "c d"}]
+    )
+    with pytest.raises(openai.APIError) as info:
+        list(stream)
+    assert "quota exceeded for key" in info.value.message
+    everything = _everything_seen(gw, log_file, [raw.content, info.value.message.encode()], 2)
+    assert b"quota exceeded for key ***" in everything  # kept, as the error it is
+    with gw.store() as store:
+        assert {call.status for call in store.list_calls()} == {"error"}
     assert UPSTREAM_KEY.encode() not in everything
     assert b"sh-gateway-key" not in everything
 
