@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import quote
 
@@ -278,3 +283,94 @@ def test_task_names_that_could_leave_their_folder_are_refused(tmp_path, name) ->
     }
     with pytest.raises(ConfigError, match="tasks"):
         parse_config(data, tmp_path)
+
+
+def _a_dataset(tmp_path: Path, review: str = "") -> tuple[Path, str]:
+    from .test_cli import run
+    from .test_curate_cli import seed_calls, write_config
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    write_config(tmp_path, url, review)
+    seed_calls(url)
+    return tmp_path, json.loads(run("curate", "--task", "support", "--json", cwd=tmp_path).stdout)[
+        "dataset"
+    ]
+
+
+def test_export_replaces_only_regular_files(tmp_path: Path) -> None:
+    """`export --out` renamed a new file over its target: as root, `--out /dev/null` left
+    /dev/null a regular file (symbolic links and /dev/stdout the same), and `--out ""` was a
+    traceback. A FIFO stands in for the device here, so no run can harm the machine's."""
+    from .test_cli import run
+
+    folder, dataset = _a_dataset(tmp_path)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "dir").mkdir()
+    real = tmp_path / "real.jsonl"
+    real.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    to_device = tmp_path / "null"
+    to_device.symlink_to("/dev/null")
+
+    def export(out: str, *flags: str):
+        return run("export", "--dataset", dataset, "--out", out, *flags, cwd=folder, check=False)
+
+    for out, flags in (
+        (str(fifo), ()),
+        (str(tmp_path / "dir"), ()),
+        ("", ()),
+        (str(link), ()),
+        (str(to_device), ("--force",)),
+        ("/dev/stdout", ()),
+    ):
+        result = export(out, *flags)
+        assert result.returncode != 0, out
+        assert "Traceback" not in result.stderr and "rror" in result.stderr, result.stderr
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and link.is_symlink()
+    assert to_device.is_symlink() and stat.S_ISCHR(Path("/dev/null").stat().st_mode)
+    assert real.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+    assert export(str(link), "--force").returncode == 0  # the link's target, the link kept
+    assert link.is_symlink() and len(real.read_text().splitlines()) == 34
+    assert export(str(real)).returncode == 0  # a regular file is replaced, as before
+
+
+def test_captured_control_characters_never_reach_the_terminal(tmp_path: Path) -> None:
+    """A caller's message can hold escape sequences (retitle the window, clear the screen, fake
+    output); `calls` and `review` printed them raw to the operator's terminal."""
+    from stillhouse.store import open_store
+    from stillhouse.store.records import Call, new_id
+
+    from .test_cli import run
+    from .test_curate_cli import write_config
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    write_config(tmp_path, url, "[tasks.support.review]\nrate = 1.0\n")
+    hostile = "hi \x1b]0;pwned\x07\x1b[2J\x9b31m \u202eevil"
+    with open_store(url) as store:
+        store.insert_calls(
+            [
+                Call(
+                    id=new_id("call"),
+                    task="support",
+                    role="student",
+                    request={"messages": [{"role": "user", "content": hostile}]},
+                    response={"choices": [{"message": {"content": "ok " + hostile}}]},
+                )
+            ]
+        )
+    listed = run("calls", cwd=tmp_path).stdout
+    reviewed = subprocess.run(
+        [sys.executable, "-m", "stillhouse", "review"],
+        cwd=tmp_path,
+        input="q\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    for out in (listed, reviewed):
+        assert "hi \\x1b]0;pwned\\x07" in out
+        for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
+            assert raw not in out
