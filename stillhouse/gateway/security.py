@@ -25,7 +25,7 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # "no-referrer" makes Chromium send `Origin: null`
     (
         b"content-security-policy",
         b"default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
