@@ -231,7 +231,8 @@ def redact(text: str, headers: Mapping[str, str]) -> str:
     for name, value in headers.items():
         if name.lower() not in SECRET_HEADERS:
             continue
-        for secret in {value, value.partition(" ")[2]}:
+        # the whole value first ("Bearer sk-..."), then the bare key: the same text every time
+        for secret in sorted({value, value.partition(" ")[2]}, key=len, reverse=True):
             if len(secret) >= 8 and secret in text:
                 text = text.replace(secret, "***")
     return text
