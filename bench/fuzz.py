@@ -5,7 +5,8 @@ hundred, with hypothesis's own count of the examples each test ran.
     .venv/bin/python bench/fuzz.py --examples 500
 
 It runs tests/test_bad_input.py's generated tests (the parser properties, raw bytes at the
-gateway, and schemathesis against the gateway's /openapi.json) with STILLHOUSE_FUZZ_EXAMPLES set,
+gateway, metadata the gateway acts on and bodies nested up to 1,100 deep, and schemathesis
+against the gateway's /openapi.json) with STILLHOUSE_FUZZ_EXAMPLES set,
 and writes bench/results/fuzz-<time>.json: per test, passing/failing/invalid examples and the
 outcome. Any failure is a defect: the test prints the failing request.
 """
@@ -24,7 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-GENERATED = "any_bytes or any_json or well_formed or bad_bytes or generated_requests"
+GENERATED = (
+    "any_bytes or any_json or well_formed or bad_bytes or generated_requests"
+    " or metadata_and_nesting"
+)
 
 
 def main() -> int:

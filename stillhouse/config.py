@@ -424,6 +424,12 @@ class GatewayConfig(_Table):
     port: int = Field(8400, ge=1, le=65535)
     api_keys: list[SecretStr] = Field(default_factory=list)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Host headers served; None: any when api_keys are set, else only loopback names, so that a
+    # web page the operator opens cannot reach an open gateway by DNS rebinding.
+    allowed_hosts: list[str] | None = None
+    read_timeout: float = Field(30.0, gt=0)  # seconds for a request's whole body
+    max_connections: int = Field(1000, ge=1)  # beyond it `serve` answers 503
+    session_max_age: float = Field(12 * 3600, ge=60)  # seconds a dashboard sign-in lasts
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -8,7 +8,9 @@
         ├── BadRequest               400  malformed body, missing or ill-typed field
         ├── Unauthorized             401  gateway API key missing or wrong
         ├── NotFound                 404  unknown task or route
+        ├── RequestTimeout           408  the body did not arrive within gateway.read_timeout
         ├── PayloadTooLarge          413  body over the configured limit
+        ├── UnsupportedMediaType     415  a chat request that is not sent as JSON
         └── UpstreamError            the teacher/student upstream failed (its status, or 502/504)
 
 The CLI turns any StillhouseError into a one-line message and a non-zero exit; the gateway turns
@@ -85,8 +87,18 @@ class NotFound(HTTPError):
     type = "invalid_request_error"
 
 
+class RequestTimeout(HTTPError):
+    status = 408
+    type = "invalid_request_error"
+
+
 class PayloadTooLarge(HTTPError):
     status = 413
+    type = "invalid_request_error"
+
+
+class UnsupportedMediaType(HTTPError):
+    status = 415
     type = "invalid_request_error"
 
 

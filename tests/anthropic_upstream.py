@@ -57,6 +57,7 @@ class AnthropicBehaviour:
     cut_stream_after: int | None = None  # drop the connection after this many events
     end_stream_after: int | None = None  # close cleanly after this many events, no message_stop
     error_event_after: int | None = None  # send an `error` event after this many events
+    error_event_message: str = "Overloaded"
     cache_read_tokens: int = 0
     model_name: str = "claude-test"
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -246,7 +247,10 @@ def build_app(behaviour: AnthropicBehaviour) -> Starlette:
                 if sent == behaviour.error_event_after:
                     event = {
                         "type": "error",
-                        "error": {"type": "overloaded_error", "message": "Overloaded"},
+                        "error": {
+                            "type": "overloaded_error",
+                            "message": behaviour.error_event_message,
+                        },
                     }
                 yield f"event: {event['type']}\ndata: ".encode() + orjson.dumps(event) + b"\n\n"
                 if event["type"] == "error":

@@ -380,6 +380,21 @@ def test_a_broken_stream_ends_in_an_error_and_is_captured(
     assert call.finish_reason is None
 
 
+def test_an_error_event_quoting_the_key_reaches_no_one_with_it(gw: Gateway, anthropic) -> None:
+    """Anthropic's mid-stream `error` event went to the client and the store unredacted."""
+    _, behaviour = anthropic
+    behaviour.error_event_after = 5
+    behaviour.error_event_message = f"rate limited for key {KEY}"
+    stream = client(gw).chat.completions.create(
+        model="support", stream=True, messages=[{"role": "user", "content": "one two three"}]
+    )
+    with pytest.raises(openai.APIError) as info:
+        list(stream)
+    assert info.value.message == "rate limited for key ***"
+    call = only_call(gw)
+    assert call.status == "error" and call.error == "rate limited for key ***"
+
+
 # -- the translation alone -----------------------------------------------------------------------
 def test_request_translation_of_content_parts_and_tool_results() -> None:
     body = {

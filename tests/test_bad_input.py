@@ -12,8 +12,10 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
+import openai
 import orjson
 import pytest
 import schemathesis
@@ -22,7 +24,12 @@ from hypothesis import strategies as st
 
 from stillhouse.errors import BadRequest
 from stillhouse.gateway.openapi import openapi_spec
-from stillhouse.gateway.protocol import ChatCompletionRequest, parse_request, upstream_body
+from stillhouse.gateway.protocol import (
+    MAX_DEPTH,
+    ChatCompletionRequest,
+    parse_request,
+    upstream_body,
+)
 
 from .conftest import Gateway, make_config
 
@@ -121,6 +128,134 @@ def test_the_gateway_never_answers_bad_bytes_with_a_5xx(gateway: Gateway, raw: b
     if r.status_code >= 400:
         error = r.json()["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["message"]
+
+
+# -- valid JSON the gateway reads: metadata it acts on, bodies nested deep -----------------------
+def _stored_as(gateway: Gateway, call_id: str | None) -> int | None:
+    """The http_status stored for the call the client was told about (None: not captured)."""
+    if call_id is None:
+        return None
+    gateway.flush()
+    with gateway.store() as store:
+        call = store.get_call(call_id)
+    assert call is not None, f"the client was told of {call_id}, the store never had it"
+    return call.http_status
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def test_the_probes_metadata_gets_an_answer_the_store_agrees_with(gateway: Gateway) -> None:
+    """The probe's requests, through the official SDK: each used to be a 500 or a dropped
+    connection *after* the upstream had answered, stored as a 200."""
+    c = openai.OpenAI(base_url=gateway.base_url, api_key="x", max_retries=0)
+    cases = [
+        {"intent": "réservation ☕ 予約"},  # not latin-1: the header could not be encoded
+        {"intent": "refund\r\nX-Injected: 1"},  # CR/LF: the server dropped the connection
+        {"candidate": 7},  # not a string: the header could not be built
+    ]
+    for metadata in cases:
+        raw = c.chat.completions.with_raw_response.create(
+            model="support",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"metadata": metadata},
+        )
+        assert raw.http_response.status_code == 200, metadata
+        assert "x-injected" not in raw.headers
+        assert _stored_as(gateway, raw.headers["x-stillhouse-call-id"]) == 200
+    assert raw.headers.get("x-stillhouse-candidate") is None  # 7 was the caller's, not ours
+    first = c.chat.completions.with_raw_response.create(
+        model="support", messages=[{"role": "user", "content": "hi"}], metadata=cases[0]
+    )
+    assert unquote(first.headers["x-stillhouse-intent"]) == cases[0]["intent"]
+
+
+def test_a_body_nested_past_the_limit_is_a_400_before_the_upstream(gateway: Gateway) -> None:
+    """orjson reads 1,024 levels but writes 254: a body nested 253-1,024 deep used to reach the
+    upstream and then fail to be answered (500, reset) or captured."""
+    for depth in (MAX_DEPTH - 2, 253, 300, 1024, 1100):
+        body = b'{"model": "support", "messages": [{"role": "user", "content": "hi"}], "x": '
+        r = httpx.post(
+            gateway.base_url + "/chat/completions",
+            content=body + _nested(depth) + b"}",
+            headers={"content-type": "application/json"},
+            timeout=10,
+        )
+        if depth + 1 <= MAX_DEPTH:
+            assert r.status_code == 200, (depth, r.text)
+            assert _stored_as(gateway, r.headers["x-stillhouse-call-id"]) == 200
+        else:
+            assert r.status_code == 400, (depth, r.text)
+            assert r.json()["error"]["code"] == "invalid_json"
+            assert "x-stillhouse-call-id" not in r.headers  # never sent upstream
+
+
+def test_reserved_metadata_from_a_caller_is_kept_under_client(gateway: Gateway) -> None:
+    """`candidate` selects a stage's rollout evidence: a caller who could set it could pass or
+    fail a candidate's gate with teacher answers. The caller's values are kept, under client."""
+    c = openai.OpenAI(base_url=gateway.base_url, api_key="x", max_retries=0)
+    sent = {
+        "candidate": "cand_poison",
+        "fallback_of": "call_x",
+        "shadow_of": "call_y",
+        "usage_estimated": True,
+        "client": "mine",
+        "team": "a",
+    }
+    raw = c.chat.completions.with_raw_response.create(
+        model="support", messages=[{"role": "user", "content": "hi"}], extra_body={"metadata": sent}
+    )
+    gateway.flush()
+    with gateway.store() as store:
+        call = store.get_call(raw.headers["x-stillhouse-call-id"])
+    assert call is not None
+    reserved = {k: v for k, v in sent.items() if k != "team"}
+    assert call.metadata == {"team": "a", "client": reserved}
+
+
+reserved_metadata = st.fixed_dictionaries(
+    {},
+    optional={
+        "intent": st.text(),
+        "task": st.just("support") | st.text(),
+        "session_id": json_safe,
+        "candidate": json_safe,
+        "fallback_of": json_safe,
+        "shadow_of": json_safe,
+        "usage_estimated": json_safe,
+        "routed_intent": json_safe,
+        "client": json_safe,
+    },
+)
+
+
+@FAST
+@given(reserved_metadata, st.integers(min_value=0, max_value=1100), st.booleans())
+def test_metadata_and_nesting_get_a_2xx_or_4xx_the_store_agrees_with(
+    gateway: Gateway, metadata: dict[str, Any], depth: int, stream: bool
+) -> None:
+    body = orjson.dumps(
+        {
+            "model": "support",
+            "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}],
+            "metadata": metadata,
+        }
+    )
+    raw = body[:-1] + b', "deep": ' + _nested(depth) + b"}"
+    r = httpx.post(
+        gateway.base_url + "/chat/completions",
+        content=raw,
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+    assert r.status_code < 500, r.text
+    stored = _stored_as(gateway, r.headers.get("x-stillhouse-call-id"))
+    if r.status_code == 200:
+        assert stored == 200 and (not stream or r.text.endswith("data: [DONE]\n\n"))
+    else:
+        assert stored is None and set(r.json()["error"]) == {"message", "type", "param", "code"}
 
 
 # -- schemathesis against the published OpenAPI description --------------------------------------

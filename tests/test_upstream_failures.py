@@ -61,12 +61,18 @@ def test_400_is_not_retried(gateway: Gateway, upstream) -> None:
 
 
 def test_refused_connection_is_a_502_and_captured(tmp_path, gateway_factory) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/v1"
+    """The 502 says what failed, not where: the upstream's host and port inside the operator's
+    network are no business of the caller's (the log keeps them)."""
+    port = free_port()
+    dead = f"http://127.0.0.1:{port}/v1"
     gw = gateway_factory(make_config(tmp_path, dead))
     with pytest.raises(openai.APIStatusError) as info:
         client(gw).chat.completions.create(model="support", messages=MESSAGES)
     assert info.value.status_code == 502
     assert info.value.body["code"] == "upstream_unreachable"
+    message = info.value.body["message"]
+    assert message == "upstream model 'teacher' unreachable: Connection refused"
+    assert str(port) not in info.value.response.text and "127.0.0.1" not in info.value.message
     call = only_call(gw)
     assert call.status == "error" and call.http_status == 502
 

@@ -3,7 +3,8 @@
 Tests and benchmarks use it as the teacher/student upstream: it answers deterministically from
 the request (by default it echoes the last user message), and can be told to wait, fail with a
 status (and Retry-After), stream word by word, return logprobs and tool calls, cut a stream in
-the middle or stall in the middle of one. It records every request it received.
+the middle, stall in the middle of one or send an error event in it. It records every request
+it received.
 
 Run alone (for benchmarks): python tests/upstream.py --port 9100 [--latency-ms 5]
 """
@@ -59,6 +60,9 @@ class UpstreamBehaviour:
     failures: list[Failure] = field(default_factory=list)  # consumed one per request
     cut_stream_after: int | None = None  # close the SSE stream after this many chunks
     stall_stream_after: int | None = None  # go silent (for an hour) after this many chunks
+    # send `data: {"error": {"message": ...}}` after this many chunks (and end the stream)
+    error_stream_after: int | None = None
+    stream_error_message: str = "scripted stream error"
     model_name: str = "upstream-model"
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
@@ -230,6 +234,10 @@ def build_app(behaviour: UpstreamBehaviour) -> Starlette:
             for sent, part in enumerate(parts):
                 if behaviour.cut_stream_after is not None and sent >= behaviour.cut_stream_after:
                     raise ConnectionResetError("scripted stream cut")
+                if sent == behaviour.error_stream_after:
+                    error = {"message": behaviour.stream_error_message, "type": "server_error"}
+                    yield b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+                    return
                 if (
                     behaviour.stall_stream_after is not None
                     and sent >= behaviour.stall_stream_after

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,18 @@ from ..config import CONFIG_ENV, DEFAULT_CONFIG_NAME, load_config
 from ..errors import StillhouseError
 
 CONFIG_HELP = f"Config file (default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG_NAME})."
+
+
+# C0 and C1 controls (ESC starts a terminal escape sequence) and the bidirectional overrides
+# that make text read other than it is stored.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Captured text made safe for the operator's terminal: a caller's message can hold escape
+    sequences that retitle the window, hide lines or fake output, so each control character is
+    shown as its `\\x..`/`\\u....` escape instead (newlines and tabs stay)."""
+    return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def print_json(payload: Any) -> None:

@@ -64,13 +64,15 @@ def datasets(config: Config, task: str | None, as_json: bool) -> None:
 @click.option(
     "--split", default="train", show_default=True, type=click.Choice(["train", "holdout", "all"])
 )
-def export(config: Config, dataset_id: str, out: str, split: str) -> None:
+@click.option("--force", is_flag=True, help="Follow --out when it is a symbolic link.")
+def export(config: Config, dataset_id: str, out: str, split: str, force: bool) -> None:
     """Write a dataset split as OpenAI chat fine-tuning JSONL."""
     from ..curate import snapshot
     from ..store import open_store
 
+    snapshot.export_target(out, force=force)  # refused before the store is opened
     with open_store(config.store.url) as store:
-        dataset, n = snapshot.export(store, dataset_id, out, split)
+        dataset, n = snapshot.export(store, dataset_id, out, split, force=force)
     click.echo(f"wrote {n} {split} examples of {dataset.id} to {out}", err=True)
 
 

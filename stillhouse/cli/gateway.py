@@ -10,7 +10,7 @@ import click
 
 from ..config import Config, config_path, load_config
 from ..errors import StillhouseError
-from .common import CONFIG_HELP, config_option, main, print_json
+from .common import CONFIG_HELP, config_option, main, print_json, printable
 
 
 @main.command()
@@ -82,6 +82,9 @@ def serve(config: Config, host: str | None, port: int | None, log_level: str) ->
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=30,
+        # past it, new requests get 503 rather than piling up (the body's own time limit is
+        # gateway.read_timeout, enforced by the app)
+        limit_concurrency=config.gateway.max_connections,
     )
 
 
@@ -174,7 +177,7 @@ def _preview(call_request: dict[str, Any], width: int = 48) -> str:
         if isinstance(content, str)
         else " ".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
     )
-    text = " ".join(str(text).split())
+    text = printable(" ".join(str(text).split()))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

@@ -8,7 +8,7 @@ import click
 
 from ..config import Config
 from ..errors import StillhouseError
-from .common import StillhouseGroup, config_option, main, print_json
+from .common import StillhouseGroup, config_option, main, print_json, printable
 
 
 def _text(content: Any) -> str:
@@ -50,10 +50,10 @@ def review(ctx: click.Context, config: Config, task: str | None, as_json: bool, 
         for doc in pending:
             click.echo(f"\n[{doc['id']}] task {doc['task']} ({doc['reason']})")
             for m in doc["messages"]:
-                click.echo(f"  {m['role']}: {_text(m['content'])}")
-            click.echo(f"  answer: {doc['answer']}")
+                click.echo(f"  {printable(str(m['role']))}: {printable(_text(m['content']))}")
+            click.echo(f"  answer: {printable(doc['answer'])}")
             if doc["teacher_answer"] is not None:
-                click.echo(f"  teacher's answer: {doc['teacher_answer']}")
+                click.echo(f"  teacher's answer: {printable(doc['teacher_answer'])}")
             choice = click.prompt(
                 "right, wrong, correct, skip or quit",
                 type=click.Choice(["r", "w", "c", "s", "q"]),

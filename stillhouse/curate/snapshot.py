@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -115,20 +116,53 @@ def export(
     split: str = "train",
     *,
     last_turn_only: bool = False,
+    force: bool = False,
 ) -> tuple[Dataset, int]:
     """Write a split as OpenAI chat fine-tuning JSONL; returns (dataset, lines written).
-    `last_turn_only`: earlier assistant turns get weight 0 (see answer_only)."""
+    `last_turn_only`: earlier assistant turns get weight 0 (see answer_only). `force`: write
+    the file a symbolic link points to (see export_target)."""
     if split not in SPLITS:
         raise StillhouseError(f"split must be one of {', '.join(SPLITS)}")
+    path = export_target(out, force=force)
     dataset = load(store, ref)
     verify(store, dataset)
     rows = store.dataset_examples(dataset.id, None if split == "all" else split)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        for row in rows:
-            example = answer_only(row.example) if last_turn_only else row.example
-            f.write(orjson.dumps(example) + b"\n")
-    tmp.replace(path)  # a reader never sees half a file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A fresh temporary name (O_EXCL) in the same folder, renamed over the target: a reader
+        # never sees half a file, and no planted `<out>.tmp` link can redirect the write.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for row in rows:
+                    example = answer_only(row.example) if last_turn_only else row.example
+                    f.write(orjson.dumps(example) + b"\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        raise StillhouseError(f"cannot write {out}: {err.strerror or err}") from None
     return dataset, len(rows)
+
+
+def export_target(out: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """The regular file an export may replace. The export renames a new file over its target,
+    so pointed at `/dev/null` (as root) it turned the device into a file: anything that exists
+    and is not a regular file is refused, and a symbolic link (`/dev/stdout` is one) is followed
+    only with `force`, to a regular file or a new one."""
+    if not os.fspath(out):
+        raise StillhouseError("no file to write: --out is empty")
+    path = Path(out)
+    if path.is_symlink():
+        if not force:
+            raise StillhouseError(
+                f"{out} is a symbolic link: use --force to write the file it points to"
+            )
+        path = path.resolve()
+    if path.exists() and not path.is_file():
+        raise StillhouseError(
+            f"{out} exists and is not a regular file (a device, folder or pipe): "
+            "name a new file or a regular one to replace"
+        )
+    return path

@@ -4,7 +4,8 @@ review page, where a person's verdict is posted as a form.
 It must never block the event loop on the database: every page reads the store in a worker
 thread (run_in_threadpool) through a connection of its own, opened and closed per page. When the
 gateway has API keys, so does the dashboard: a Bearer header, or `?key=` once, which sets an
-HttpOnly cookie and redirects to the same page without the key in its address.
+HttpOnly cookie holding a signed session (never the key itself) that expires after
+`gateway.session_max_age` and ends at /logout, and redirects to the page without the key.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import datetime as dt
 import hashlib
 import hmac
 import math
+import secrets
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,7 +35,7 @@ from ..store.base import TraceStore
 from . import data
 
 T = TypeVar("T")
-COOKIE = "stillhouse_key"
+COOKIE = "stillhouse_session"
 MAX_DAYS = 365
 
 
@@ -59,10 +62,43 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+class Sessions:
+    """Signed dashboard sessions: `<expiry>.<nonce>.<signature>`, the signature an HMAC under a
+    secret derived from the gateway keys' digests. So the cookie never holds a key, every
+    worker of one gateway accepts it, and changing the keys ends every session. Logging out
+    revokes the session in this process (and clears the cookie)."""
+
+    def __init__(self, keys: Sequence[bytes], max_age: float) -> None:
+        self.secret = hmac.new(b"stillhouse dashboard session", b"".join(keys), "sha256").digest()
+        self.max_age = max_age
+        self.revoked: set[str] = set()
+
+    def _sign(self, payload: str) -> str:
+        return hmac.new(self.secret, payload.encode(), "sha256").hexdigest()
+
+    def new(self, now: float | None = None) -> str:
+        payload = f"{int((now or time.time()) + self.max_age)}.{secrets.token_urlsafe(16)}"
+        return f"{payload}.{self._sign(payload)}"
+
+    def valid(self, token: str, now: float | None = None) -> bool:
+        payload, _, signature = token.rpartition(".")
+        expires, _, nonce = payload.partition(".")
+        if not (expires.isdigit() and nonce) or nonce in self.revoked:
+            return False
+        if not hmac.compare_digest(self._sign(payload), signature):
+            return False
+        return int(expires) > (now or time.time())
+
+    def revoke(self, token: str) -> None:
+        if self.valid(token):
+            self.revoked.add(token.rpartition(".")[0].partition(".")[2])
+
+
 def dashboard_routes(config: Config, keys: Sequence[bytes]) -> list[Route]:
     """The dashboard's pages for the gateway's app; `keys`: SHA-256 digests of its API keys."""
     env = _environment()
     url = config.store.url
+    sessions = Sessions(keys, config.gateway.session_max_age)
 
     ready: list[bool] = []
 
@@ -77,7 +113,9 @@ def dashboard_routes(config: Config, keys: Sequence[bytes]) -> list[Route]:
         return await run_in_threadpool(run)
 
     def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
-        html = env.get_template(name).render(tasks_configured=sorted(config.tasks), **context)
+        html = env.get_template(name).render(
+            tasks_configured=sorted(config.tasks), keyed=bool(keys), **context
+        )
         return HTMLResponse(html, status)
 
     def allowed(token: str) -> bool:
@@ -97,7 +135,8 @@ def dashboard_routes(config: Config, keys: Sequence[bytes]) -> list[Route]:
             response = RedirectResponse(target, 303)
             response.set_cookie(
                 COOKIE,
-                key,
+                sessions.new(),
+                max_age=int(sessions.max_age),
                 httponly=True,
                 samesite="strict",
                 secure=request.url.scheme == "https",
@@ -106,15 +145,15 @@ def dashboard_routes(config: Config, keys: Sequence[bytes]) -> list[Route]:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and allowed(token.strip()):
             return None
-        if allowed(request.cookies.get(COOKIE, "")):
+        if sessions.valid(request.cookies.get(COOKIE, "")):
             return None
         return page(
             "error.html",
             401,
             title="API key needed",
             message="This dashboard needs one of the gateway's API keys: open it once as "
-            "/?key=YOUR_KEY (it is then kept in an HttpOnly cookie) or send "
-            "Authorization: Bearer YOUR_KEY.",
+            "/?key=YOUR_KEY (you then stay signed in for a while, by an HttpOnly cookie that "
+            "does not hold the key) or send Authorization: Bearer YOUR_KEY.",
         )
 
     def days_of(request: Request) -> float:
@@ -177,13 +216,7 @@ def dashboard_routes(config: Config, keys: Sequence[bytes]) -> list[Route]:
             return denied
         task = request.query_params.get("task") or None
 
-        def pending(store: TraceStore) -> list[dict[str, Any]]:
-            from .. import review
-
-            review.enqueue(store, config)
-            return [review.show(store, i) for i in review.items(store, task, limit=50)]
-
-        found = await read(pending)
+        found = await read(lambda s: data.review_items(s, config, task))
         done = request.query_params.get("done")
         return page("review.html", title="review", items=found, task=task, done=done)
 
@@ -216,8 +249,15 @@ def dashboard_routes(config: Config, keys: Sequence[bytes]) -> list[Route]:
             return page("error.html", 400, title="not marked", message=str(err))
         return RedirectResponse(f"/review?done={quote(f'{item_id}: {status}')}", 303)
 
+    async def logout(request: Request) -> Response:
+        sessions.revoke(request.cookies.get(COOKIE, ""))
+        response = page("error.html", 200, title="signed out", message="Signed out.")
+        response.delete_cookie(COOKIE, httponly=True, samesite="strict")
+        return response
+
     return [
         Route("/", overview, methods=["GET"]),
+        Route("/logout", logout, methods=["GET", "POST"]),
         Route("/tasks/{task}", task, methods=["GET"]),
         Route("/registry", registry, methods=["GET"]),
         Route("/calls", calls, methods=["GET"]),

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import orjson
 
 from ..config import Config
-from ..curate.pii import scrub
+from ..curate.pii import Scrubber, scrub
 from ..pricing import call_cost
 from ..report import (
     CallRow,
@@ -287,8 +287,12 @@ def call_view(store: TraceStore, call_id: str) -> dict[str, Any] | None:
     def pretty(value: Any) -> str:
         return scrub(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
+    # session_key is often the caller's `user` (an email) and an error may quote the request:
+    # every text field is scrubbed like the bodies.
     fields = {
-        k: v for k, v in call.to_dict().items() if k not in ("request", "response", "metadata")
+        k: scrub(v) if isinstance(v, str) else v
+        for k, v in call.to_dict().items()
+        if k not in ("request", "response", "metadata")
     }
     return {
         "call": call,
@@ -299,3 +303,23 @@ def call_view(store: TraceStore, call_id: str) -> dict[str, Any] | None:
         "scores": store.scores_for(call_id),
         "columns": CALL_COLUMNS,
     }
+
+
+def review_items(store: TraceStore, config: Config, task: str | None) -> list[dict[str, Any]]:
+    """The review queue as the dashboard shows it: each item's question and answers with PII
+    scrubbed, like every other page (a reviewer judges the answer, not the customer's card)."""
+    from .. import review
+
+    review.enqueue(store, config)
+    scrubber = Scrubber()
+    out = []
+    for item in review.items(store, task, limit=50):
+        doc = review.show(store, item)
+        doc["messages"] = [
+            {"role": m["role"], "content": scrubber.value(m["content"])} for m in doc["messages"]
+        ]
+        for key in ("answer", "teacher_answer"):
+            if isinstance(doc[key], str):
+                doc[key] = scrubber.text(doc[key])
+        out.append(doc)
+    return out

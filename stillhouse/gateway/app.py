@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -27,6 +28,7 @@ from ..store import CaptureWriter, open_store
 from .chat import ChatCompletions, openai_exception_handlers
 from .metrics import CONTENT_TYPE, GatewayMetrics
 from .openapi import openapi_spec
+from .security import SecurityMiddleware, allowed_hosts, require_json
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -93,6 +95,7 @@ def create_app(
 
     async def chat_completions(request: Request) -> Response:
         authorise(request)
+        require_json(request)
         return await chat(request)
 
     async def models(request: Request) -> Response:
@@ -119,6 +122,7 @@ def create_app(
     description = orjson.dumps(openapi_spec(config))
 
     async def openapi(request: Request) -> Response:
+        authorise(request)  # it names every task, which /v1/models keeps behind the key
         return Response(description, media_type="application/json")
 
     @contextlib.asynccontextmanager
@@ -145,6 +149,7 @@ def create_app(
             *dashboard_routes(config, keys),  # read-only pages at /
         ],
         exception_handlers=openai_exception_handlers("gateway"),
+        middleware=[Middleware(SecurityMiddleware, allowed=allowed_hosts(config))],
         lifespan=lifespan,
     )
     app.state.writer = writer

@@ -22,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 
 from ..answers import agree, answer_text, breaks_schema, first_message, routing_confidence
 from ..config import Config
-from ..errors import HTTPError, NotFound, PayloadTooLarge, UpstreamError
+from ..errors import HTTPError, NotFound, PayloadTooLarge, RequestTimeout, UpstreamError
 from ..lifecycle.deploy import Deployed, Deployments
 from ..pricing import call_cost, price_for
 from ..providers import Chunk, Provider, SharedSession
@@ -39,7 +39,15 @@ from ..routing import (
 from ..store.records import Call, Score, new_id
 from ..store.writer import CaptureWriter
 from .metrics import GatewayMetrics
-from .protocol import ChatCompletionRequest, parse_request, session_of, task_of, upstream_body
+from .protocol import (
+    ChatCompletionRequest,
+    call_metadata,
+    header_value,
+    parse_request,
+    session_of,
+    task_of,
+    upstream_body,
+)
 from .stream import StreamAccumulator
 
 log = logging.getLogger("stillhouse.gateway")
@@ -81,18 +89,26 @@ def openai_exception_handlers(server: str) -> dict[Any, Any]:
     }
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
+    """The whole body, up to `limit` bytes and within `timeout` seconds: a client that stalls
+    mid-body would otherwise hold its connection (and a slot of the server's) for ever."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is over the {limit}-byte limit", code="body_too_large")
     parts, size = [], 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise PayloadTooLarge(
-                f"request body is over the {limit}-byte limit", code="body_too_large"
-            )
-        parts.append(part)
+    try:
+        async with asyncio.timeout(timeout):
+            async for part in request.stream():
+                size += len(part)
+                if size > limit:
+                    raise PayloadTooLarge(
+                        f"request body is over the {limit}-byte limit", code="body_too_large"
+                    )
+                parts.append(part)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {timeout:g} s", code="body_timeout"
+        ) from None
     return b"".join(parts)
 
 
@@ -174,7 +190,8 @@ class ChatCompletions:
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
         created_at = time.time()
-        raw = await read_body(request, self.config.gateway.max_body_bytes)
+        gateway = self.config.gateway
+        raw = await read_body(request, gateway.max_body_bytes, gateway.read_timeout)
         body, checked = parse_request(raw)
         task_name = task_of(checked, request.headers)
         task = self.config.tasks.get(task_name)
@@ -199,7 +216,7 @@ class ChatCompletions:
             if deployed is None:  # its candidate is still loading and no student served before
                 route = Route("teacher", task.teacher, "deploying")
         model = self.config.models[route.model]
-        metadata = dict(checked.metadata or {})
+        metadata = call_metadata(checked.metadata)  # a caller's reserved keys: under `client`
         if deployed is not None and deployed.candidate is not None:
             metadata["candidate"] = deployed.candidate
         call = Call(
@@ -222,12 +239,12 @@ class ChatCompletions:
             "x-stillhouse-route": route.role,
         }
         if intent is not None:
-            headers["x-stillhouse-intent"] = intent
+            headers["x-stillhouse-intent"] = header_value(intent)
             if "intent" not in call.metadata:  # the caller's own intent is kept as sent
                 routed = {**call.metadata, "routed_intent": intent}
                 call = dataclasses.replace(call, metadata=routed)
         if "candidate" in metadata:
-            headers["x-stillhouse-candidate"] = metadata["candidate"]
+            headers["x-stillhouse-candidate"] = header_value(str(metadata["candidate"]))
         forward = upstream_body(body, call.upstream_model)
         if deployed is not None:
             forward = deployed.body(forward)

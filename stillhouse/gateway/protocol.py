@@ -6,6 +6,7 @@ Validation only rejects what is malformed: unknown fields are kept and passed up
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import quote
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -16,6 +17,15 @@ TASK_HEADER = "x-stillhouse-task"
 SESSION_HEADER = "x-stillhouse-session"
 # metadata keys that are ours: read by the gateway, not forwarded upstream
 OWN_METADATA = ("task", "session_id")
+# metadata keys the gateway itself writes on a stored call (the candidate that answered, the call
+# a fallback or shadow answer belongs to, ...). The rollout gate and curation trust them, so a
+# caller's values never land there: they are kept under `metadata.client` instead.
+RESERVED_METADATA = frozenset(
+    {"candidate", "fallback_of", "shadow_of", "usage_estimated", "routed_intent", "client"}
+)
+# orjson reads 1,024 levels but writes only 254, and a stored call wraps the body in a few more:
+# a deeper body parsed, reached the upstream and then failed to be answered or captured.
+MAX_DEPTH = 128
 
 
 # strict: a field of the wrong JSON type is a 400, never coerced (`"top_p": false` is not 0),
@@ -73,6 +83,9 @@ def parse_request(raw: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
         raise BadRequest(f"request body is not valid JSON: {err}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_json")
+    # Only a body with that many brackets can nest that deep: the walk is skipped for nearly all.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(body) > MAX_DEPTH:
+        raise BadRequest(f"request body nests deeper than {MAX_DEPTH} levels", code="invalid_json")
     try:
         checked = ChatCompletionRequest.model_validate(body)
     except ValidationError as err:
@@ -81,6 +94,38 @@ def parse_request(raw: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
         kind = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
         raise BadRequest(f"{param}: {first['msg']}", param=param, code=kind) from None
     return body, checked
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests (a scalar: 0), without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            todo.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def call_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """The metadata to store with a call: the caller's, with any value of a key the gateway
+    reserves (RESERVED_METADATA) moved under `client`, so a caller cannot pose as a candidate's
+    answer (and poison its rollout gate) or as a fallback."""
+    out = dict(metadata or {})
+    moved = {k: out.pop(k) for k in sorted(RESERVED_METADATA & out.keys())}
+    if moved:
+        out["client"] = moved
+    return out
+
+
+def header_value(text: str) -> str:
+    """`text` fit for a response header: printable ASCII as it is, anything else (non-latin-1
+    characters, CR/LF, other controls) percent-encoded as UTF-8. A header the server cannot
+    encode was a 500, and a CR/LF one a dropped connection, after the upstream had answered."""
+    if text.isascii() and text.isprintable():
+        return text
+    return quote(text, safe=" !\"#$&'()*+,/:;<=>?@[\\]^_`{|}~")
 
 
 def task_of(request: ChatCompletionRequest, headers: Any) -> str:

@@ -23,6 +23,7 @@ from .base import (
     error_from_response,
     post,
     read_json,
+    redacted,
     secret_header,
     sse_data,
     timeouts,
@@ -383,9 +384,13 @@ class Anthropic:
         translator = _StreamTranslator()
         # Anthropic sends each event as `event: <type>` plus one `data:` line whose JSON repeats
         # the type, so the data lines alone carry everything.
+        sent = self.headers()
         async with contextlib.aclosing(sse_data(response, self.model_name)) as events:
             async for event in events:
-                chunk = translator.feed(event) if event is not None else None
+                try:
+                    chunk = translator.feed(event) if event is not None else None
+                except UpstreamError as err:  # an `error` event may quote the key it was sent
+                    raise redacted(err, sent) from None
                 if chunk is not None:
                     yield chunk
                 if translator.done:

@@ -8,8 +8,10 @@ Retries (429, 5xx, connection errors, with backoff and Retry-After) live here, o
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -21,6 +23,7 @@ from ..errors import ConfigError, UpstreamError
 
 Chunk = dict[str, Any]
 T = TypeVar("T")
+log = logging.getLogger("stillhouse.providers")
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 MAX_BACKOFF = 8.0
@@ -94,9 +97,15 @@ def secret_header(config: ModelConfig, model_name: str) -> str | None:
 
 
 def error_from_response(
-    status: int, content: bytes, headers: CIMultiDictProxy[str] | None = None
+    status: int,
+    content: bytes,
+    headers: CIMultiDictProxy[str] | None = None,
+    *,
+    sent: Mapping[str, str] | None = None,
 ) -> UpstreamError:
-    """An UpstreamError from an upstream's error reply (OpenAI or Anthropic shaped, or not)."""
+    """An UpstreamError from an upstream's error reply (OpenAI or Anthropic shaped, or not),
+    or from an error event in its stream; `sent`: the request's headers, whose keys are
+    redacted from it (see `redact`)."""
     message = content.decode("utf-8", "replace")[:2000] or f"upstream answered {status}"
     err_type, code, param = "upstream_error", None, None
     try:
@@ -120,7 +129,7 @@ def error_from_response(
         retryable=status in RETRYABLE_STATUS,
     )
     err.retry_after = _retry_after(headers)  # type: ignore[attr-defined]
-    return err
+    return redacted(err, sent) if sent is not None else err
 
 
 def _retry_after(headers: CIMultiDictProxy[str] | None) -> float | None:
@@ -148,8 +157,13 @@ def transport_error(err: BaseException, model_name: str) -> UpstreamError:
             code="upstream_timeout",
             retryable=True,
         )
+    # The client and the store get the kind of failure, not the upstream's address: a host and
+    # port inside the operator's network are no business of a caller's. The log has them.
+    log.warning("upstream model %r unreachable: %s: %s", model_name, type(err).__name__, err)
+    errno = getattr(getattr(err, "os_error", None), "errno", None)
+    reason = os.strerror(errno) if errno else type(err).__name__
     return UpstreamError(
-        f"upstream model '{model_name}' unreachable: {type(err).__name__}: {err}",
+        f"upstream model '{model_name}' unreachable: {reason}",
         status=502,
         code="upstream_unreachable",
         retryable=True,
@@ -177,22 +191,48 @@ async def post(
             content = b""
         finally:
             response.release()
-        failure = error_from_response(response.status, content, response.headers)
-        failure.message = redact(failure.message, headers)
+        failure = error_from_response(response.status, content, response.headers, sent=headers)
+        if response.status == 401:
+            raise upstream_auth_failed(failure, model_name)
         raise failure
     return response
+
+
+def upstream_auth_failed(failure: UpstreamError, model_name: str) -> UpstreamError:
+    """An upstream's 401 is about the gateway's own upstream key, not the caller's: passed on as
+    a 401 it told the caller that *their* gateway key was wrong (the SDK raises
+    AuthenticationError). It is a 502 that names the model whose key to mend."""
+    return UpstreamError(
+        f"upstream model '{model_name}' refused the gateway's credentials for it "
+        f"({failure.message}); check models.{model_name}.api_key",
+        status=502,
+        code="upstream_auth_failed",
+    )
 
 
 SECRET_HEADERS = ("authorization", "api-key", "x-api-key")
 
 
-def redact(text: str, headers: dict[str, str]) -> str:
+def redacted(err: UpstreamError, headers: Mapping[str, str]) -> UpstreamError:
+    """`err` with the request's keys taken out of every text it carries (its message, and the
+    param and code an upstream chose): on an error reply and on a mid-stream error event alike."""
+    err.message = redact(err.message, headers)
+    err.args = (err.message,)
+    if err.param is not None:
+        err.param = redact(str(err.param), headers)
+    if err.code is not None:
+        err.code = redact(str(err.code), headers)
+    return err
+
+
+def redact(text: str, headers: Mapping[str, str]) -> str:
     """`text` without the request's keys: an upstream may quote the key it was sent in its
     error, and that message reaches the client, the store and the logs."""
     for name, value in headers.items():
         if name.lower() not in SECRET_HEADERS:
             continue
-        for secret in {value, value.partition(" ")[2]}:
+        # the whole value first ("Bearer sk-..."), then the bare key: the same text every time
+        for secret in sorted({value, value.partition(" ")[2]}, key=len, reverse=True):
             if len(secret) >= 8 and secret in text:
                 text = text.replace(secret, "***")
     return text

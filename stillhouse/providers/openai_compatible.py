@@ -75,6 +75,7 @@ class OpenAICompatible:
         response = await with_retries(
             lambda: self._send(body, stream=True), self.config.max_retries
         )
+        sent = self.headers()
         done = finished = False
         async with contextlib.aclosing(sse_data(response, self.model_name)) as chunks:
             async for chunk in chunks:
@@ -82,7 +83,8 @@ class OpenAICompatible:
                     done = True
                     break
                 if "error" in chunk and "choices" not in chunk:
-                    raise error_from_response(502, orjson.dumps(chunk))
+                    # may quote the key it was sent, like an error reply
+                    raise error_from_response(502, orjson.dumps(chunk), sent=sent)
                 choices = chunk.get("choices") or ()
                 finished = finished or any(c.get("finish_reason") for c in choices)
                 yield chunk
