@@ -78,8 +78,15 @@ def toml(
         f'[models.student]\nprovider = "local"\nmodel = "{tiny_base}"\n'
         '[tasks.support]\nteacher = "teacher"\nstudent = "student"\n'
         "[tasks.support.grace]\nmin_conversations = 120\nmin_unique_intents = 4\n"
-        '[tasks.support.curate]\ndedupe_threshold = 1.0\nholdout = 0.25\nintents = "metadata"\n'
-        '[tasks.support.gate]\nmetric = "json"\nagreement = 0.8\n'
+        # three phrasings an intent: grouped retellings would hold whole phrasings out, and a
+        # tiny random model cannot generalise to a phrasing it never saw (what these tests
+        # judge is the lifecycle, not that): dedupe and grouping off, as for general_mix
+        '[tasks.support.curate]\ndedupe_threshold = 1.0\ngroup_similarity = 1.0\nholdout = 0.25\n'
+        'intents = "metadata"\n'
+        # ~60 held-out examples: the kept answers' lower bound cannot reach the default 0.97.
+        # The tiny student keeps ~85% live (out of sample, judged on 0/1 agreement with a
+        # Wilson bound): the live gate's bar sits under that, the fallback's target at it
+        '[tasks.support.gate]\nmetric = "json"\nagreement = 0.7\nkept_agreement = 0.85\n'
         # one stage; the tiny student runs on a CPU next to a loopback teacher that answers in
         # a millisecond, so latency is not what these tests judge
         "[tasks.support.rollout]\nstages = [50]\nmin_samples = 8\nmin_dwell = 0\n"
@@ -243,7 +250,11 @@ def test_a_trained_student_rolls_out_serves_and_a_shift_retrains_it(world: World
     # sessions outside the new candidate's share stay with the serving student, not the teacher
     served = students(w.ask(48, intents={**INTENTS, **NEW_INTENTS}))
     assert set(served) == {first, second}
-    assert w.tick() is State.SERVING, w.state().reason
+    for _ in range(4):  # the stage waits until its shadows' lower bound clears the gate
+        if w.tick() is State.SERVING:
+            break
+        w.ask(48, intents={**INTENTS, **NEW_INTENTS})
+    assert w.state().state is State.SERVING, w.state().reason
     assert w.state().candidate_id == second
     seen = [e["state"] for e in w.history()]
     assert seen == [
