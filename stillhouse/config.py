@@ -154,6 +154,12 @@ class ModelConfig(_Table):
             table["api_key"] = f"env::{self.api_key.env_name}"
         return table
 
+    @classmethod
+    def of_serving(cls, serving: dict[str, Any]) -> ModelConfig:
+        """A candidate's `serving` table as a [models.x] table (keys it does not know, such as a
+        prompt candidate's `prompt`, dropped)."""
+        return cls.model_validate({k: v for k, v in serving.items() if k in cls.model_fields})
+
     @model_validator(mode="after")
     def _needs(self) -> ModelConfig:
         if self.provider in ("openai-compatible", "azure") and not self.base_url:

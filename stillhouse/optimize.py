@@ -85,20 +85,6 @@ def choose_examples(
     return [first[i] for i in ordered[:shots]]
 
 
-def apply_prompt(
-    prompt: dict[str, Any], messages: Sequence[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """The request as the prompt candidate sends it: the distilled system prompt (replacing the
-    request's own, which it already contains), the few-shot turns, then the conversation."""
-    out: list[dict[str, Any]] = []
-    if prompt.get("system"):
-        out.append({"role": "system", "content": prompt["system"]})
-    for shot in prompt.get("examples", []):
-        out.extend(shot["messages"])
-    out.extend(m for m in messages if m["role"] != "system")
-    return out
-
-
 def optimize_task(
     store: TraceStore,
     config: Config,

@@ -24,12 +24,8 @@ from hypothesis import strategies as st
 
 from stillhouse.errors import BadRequest
 from stillhouse.gateway.openapi import openapi_spec
-from stillhouse.gateway.protocol import (
-    MAX_DEPTH,
-    ChatCompletionRequest,
-    parse_request,
-    upstream_body,
-)
+from stillhouse.gateway.protocol import upstream_body
+from stillhouse.openai.protocol import MAX_DEPTH, ChatCompletionRequest, parse_request
 
 from .conftest import Gateway, make_config
 

@@ -81,7 +81,7 @@ def toml(
         # three phrasings an intent: grouped retellings would hold whole phrasings out, and a
         # tiny random model cannot generalise to a phrasing it never saw (what these tests
         # judge is the lifecycle, not that): dedupe and grouping off, as for general_mix
-        '[tasks.support.curate]\ndedupe_threshold = 1.0\ngroup_similarity = 1.0\nholdout = 0.25\n'
+        "[tasks.support.curate]\ndedupe_threshold = 1.0\ngroup_similarity = 1.0\nholdout = 0.25\n"
         'intents = "metadata"\n'
         # ~60 held-out examples: the kept answers' lower bound cannot reach the default 0.97.
         # The tiny student keeps ~85% live (out of sample, judged on 0/1 agreement with a

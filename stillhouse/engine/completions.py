@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from ..errors import BadRequest
-from ..gateway.protocol import ChatCompletionRequest
+from ..openai.protocol import ChatCompletionRequest
 from .confidence import confidence
 from .runtime import (
     DEFAULT_MAX_TOKENS,
@@ -106,6 +106,12 @@ class LocalCompletions:
         completions = cls(lambda: engine, model_name or engine.name)
         completions._engine = engine
         return completions
+
+    def close(self) -> None:
+        """Stop the engine's worker thread, when it was loaded (the next request loads again)."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
 
     async def engine(self) -> Engine:
         if self._engine is None:

@@ -1,33 +1,28 @@
 """`stillhouse serve-model`: one local model behind a small OpenAI-compatible HTTP server, a
 stand-in for vLLM (`/v1/chat/completions` with SSE, `/v1/models`, `/healthz` with batch stats).
 
-Requests are checked with the gateway's protocol models and errors take the OpenAI shape. The
-event loop never runs the model: generation happens on the engine's worker thread.
+Requests are checked with the OpenAI protocol models (stillhouse.openai) and errors take the
+OpenAI shape. The event loop never runs the model: generation happens on the engine's worker
+thread.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ..errors import HTTPError, NotFound
-from ..gateway.chat import DONE, openai_exception_handlers, read_body, sse
-from ..gateway.protocol import parse_request
+from ..openai.http import DONE, json_response, openai_app, read_body, sse
+from ..openai.protocol import parse_request
 from .completions import LocalCompletions
 from .runtime import Engine
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
-
-
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status, media_type="application/json")
 
 
 def create_model_app(
@@ -46,7 +41,7 @@ def create_model_app(
                 code="model_not_found",
             )
         if not checked.stream:
-            return _json(await completions.complete(checked))
+            return json_response(await completions.complete(checked))
         chunks = completions.stream(checked)
         first = await anext(chunks)  # errors before the first chunk get a proper status
 
@@ -65,12 +60,12 @@ def create_model_app(
 
     async def models(request: Request) -> Response:
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "stillhouse"}]
-        return _json({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
 
     async def healthz(request: Request) -> Response:
         stats = engine.stats.as_dict()
         stats["prefix_tokens_reused"] = engine.prefixes.hits if engine.prefixes else 0
-        return _json({"status": "ok", "model": name, "engine": stats})
+        return json_response({"status": "ok", "model": name, "engine": stats})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -80,13 +75,13 @@ def create_model_app(
             if owns_engine:
                 engine.close()
 
-    app = Starlette(
-        routes=[
+    app = openai_app(
+        [
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
         ],
-        exception_handlers=openai_exception_handlers("model server"),
+        server="model server",
         lifespan=lifespan,
     )
     app.state.engine = engine

@@ -26,7 +26,7 @@ from ..store.records import Candidate, new_id
 from . import metrics
 from .calibrate import SIGNAL, calibrate, coverage
 from .gate import Evidence, Rules, decide
-from .serve import Answer, model_config, serve
+from .serve import Answer, serve
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ def holdout_items(store: TraceStore, dataset_id: str, split: str = "holdout") ->
 def request_bodies(items: Sequence[Item], prompt: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Greedy chat requests; the token cap is twice the teacher's answer in characters (a token is
     rarely shorter than a character) so a rambling student is cut, not waited for."""
-    from ..optimize import apply_prompt
+    from ..openai.protocol import apply_prompt
 
     bodies = []
     for item in items:
@@ -189,7 +189,7 @@ def _write_answers(
 def _serve_candidate(
     candidate: Candidate, items: Sequence[Item], concurrency: int
 ) -> tuple[ModelConfig, list[Answer]]:
-    model = model_config(candidate.serving)
+    model = ModelConfig.of_serving(candidate.serving)
     bodies = request_bodies(items, candidate.artifacts.get("prompt"))
     return model, serve(candidate.id, model, bodies, concurrency)
 
@@ -217,7 +217,7 @@ def _general(
         )
         baseline_of = incumbent
     else:
-        model = model_config(candidate.serving)
+        model = ModelConfig.of_serving(candidate.serving)
         theirs = []
         if model.provider == "local" and model.adapter:
             base = model.model_copy(update={"adapter": None})

@@ -29,13 +29,6 @@ class Answer:
     error: str | None = None
 
 
-def model_config(serving: dict[str, Any]) -> ModelConfig:
-    """A candidate's `serving` table as a [models.x] table (unknown keys dropped)."""
-    return ModelConfig.model_validate(
-        {k: v for k, v in serving.items() if k in ModelConfig.model_fields}
-    )
-
-
 def _answer(reply: dict[str, Any], latency_ms: float) -> Answer:
     choice = (reply.get("choices") or [{}])[0]
     text = (choice.get("message") or {}).get("content") or ""
@@ -80,9 +73,7 @@ async def serve_async(
         return list(await asyncio.gather(*(one(b) for b in bodies)))
     finally:
         await session.close()
-        engine = getattr(getattr(provider, "completions", None), "_engine", None)
-        if engine is not None:
-            engine.close()  # the local model's worker thread: do not leave it behind
+        await provider.aclose()  # a local model's worker thread: do not leave it behind
 
 
 def serve(

@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import hmac
 from collections.abc import AsyncIterator
-from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -22,17 +21,14 @@ from starlette.routing import Route
 from ..config import Config
 from ..dashboard import dashboard_routes
 from ..errors import ConfigError, Unauthorized
+from ..openai.http import json_response, openai_app
 from ..providers import Provider, SharedSession, build_provider
 from ..routing import RoutingTable
 from ..store import CaptureWriter, open_store
-from .chat import ChatCompletions, openai_exception_handlers
+from .chat import ChatCompletions
 from .metrics import CONTENT_TYPE, GatewayMetrics
 from .openapi import openapi_spec
 from .security import SecurityMiddleware, allowed_hosts, require_json
-
-
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status, media_type="application/json")
 
 
 def default_writer(config: Config) -> CaptureWriter:
@@ -104,10 +100,10 @@ def create_app(
             {"id": name, "object": "model", "created": 0, "owned_by": "stillhouse"}
             for name in sorted(config.tasks)
         ]
-        return _json({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
 
     async def healthz(request: Request) -> Response:
-        return _json(
+        return json_response(
             {
                 "status": "ok",
                 "capture_queue": writer.queued,
@@ -139,8 +135,8 @@ def create_app(
             await client.close()
             writer.close()
 
-    app = Starlette(
-        routes=[
+    app = openai_app(
+        [
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
@@ -148,7 +144,7 @@ def create_app(
             Route("/openapi.json", openapi, methods=["GET"]),
             *dashboard_routes(config, keys),  # read-only pages at /
         ],
-        exception_handlers=openai_exception_handlers("gateway"),
+        server="gateway",
         middleware=[Middleware(SecurityMiddleware, allowed=allowed_hosts(config))],
         lifespan=lifespan,
     )

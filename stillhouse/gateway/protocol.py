@@ -1,17 +1,13 @@
-"""The OpenAI chat-completions request as the gateway checks it; where task and session come from.
-
-Validation only rejects what is malformed: unknown fields are kept and passed upstream as sent.
+"""What the gateway reads from a checked request (stillhouse.openai.protocol): where the task and
+the session come from, which metadata is ours, and the body forwarded upstream.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from ..errors import BadRequest
+from ..openai.protocol import ChatCompletionRequest
 
 TASK_HEADER = "x-stillhouse-task"
 SESSION_HEADER = "x-stillhouse-session"
@@ -23,89 +19,6 @@ OWN_METADATA = ("task", "session_id")
 RESERVED_METADATA = frozenset(
     {"candidate", "fallback_of", "shadow_of", "usage_estimated", "routed_intent", "client"}
 )
-# orjson reads 1,024 levels but writes only 254, and a stored call wraps the body in a few more:
-# a deeper body parsed, reached the upstream and then failed to be answered or captured.
-MAX_DEPTH = 128
-
-
-# strict: a field of the wrong JSON type is a 400, never coerced (`"top_p": false` is not 0),
-# because the body goes upstream as sent.
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
-
-
-class ChatCompletionRequest(BaseModel):
-    """Fields in the official order; anything else is allowed and passed through."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    messages: list[Message] = Field(min_length=1)
-    model: str = Field(min_length=1)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    metadata: dict[str, Any] | None = None
-    n: int | None = Field(None, ge=1, le=128)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    response_format: dict[str, Any] | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool | None = None
-    stream_options: dict[str, Any] | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    user: str | None = None
-
-
-def _param(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def parse_request(raw: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
-    """The body as sent (to forward) and as checked; BadRequest names the first bad field."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as err:
-        raise BadRequest(f"request body is not valid JSON: {err}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object", code="invalid_json")
-    # Only a body with that many brackets can nest that deep: the walk is skipped for nearly all.
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(body) > MAX_DEPTH:
-        raise BadRequest(f"request body nests deeper than {MAX_DEPTH} levels", code="invalid_json")
-    try:
-        checked = ChatCompletionRequest.model_validate(body)
-    except ValidationError as err:
-        first = err.errors()[0]
-        param = _param(tuple(first["loc"]))
-        kind = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
-        raise BadRequest(f"{param}: {first['msg']}", param=param, code=kind) from None
-    return body, checked
-
-
-def _depth(value: Any) -> int:
-    """How deeply `value` nests (a scalar: 0), without recursion."""
-    deepest, todo = 0, [(value, 1)]
-    while todo:
-        item, level = todo.pop()
-        children = item.values() if isinstance(item, dict) else item
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            todo.extend((child, level + 1) for child in children if isinstance(child, dict | list))
-    return deepest
 
 
 def call_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from ..config import ModelConfig
 from ..errors import UpstreamError
 from .base import (
     Chunk,
+    Remote,
     SharedSession,
     bad_reply,
     error_from_response,
@@ -326,7 +327,7 @@ class _StreamTranslator:
         return None
 
 
-class Anthropic:
+class Anthropic(Remote):
     """POST {base_url}/v1/messages with an `x-api-key` header."""
 
     name = "anthropic"

@@ -83,6 +83,26 @@ class Provider(Protocol):
         """OpenAI `chat.completion.chunk` dicts, one per upstream event."""
         ...
 
+    async def warm(self) -> None:
+        """Be ready to answer at once (a local model loads, in a worker thread); a remote one
+        has nothing to do."""
+        ...
+
+    async def aclose(self) -> None:
+        """Free what this provider holds of its own (a local model's thread and weights); the
+        shared HTTP session is its owner's to close."""
+        ...
+
+
+class Remote:
+    """What every HTTP provider shares: nothing to warm, nothing of its own to close."""
+
+    async def warm(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
 
 def secret_header(config: ModelConfig, model_name: str) -> str | None:
     """The model's API key, resolved now; a missing env var becomes a clear upstream error."""

@@ -7,6 +7,7 @@ like any other upstream's, so the gateway captures them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -55,12 +56,18 @@ class Local:
         )
 
     def _request(self, body: dict[str, Any]) -> Any:
-        from ..gateway.protocol import ChatCompletionRequest
+        from ..openai.protocol import ChatCompletionRequest
 
         try:
             return ChatCompletionRequest.model_validate(body)
         except ValidationError as err:
             raise UpstreamError(str(err), status=400, code="invalid_value") from None
+
+    async def warm(self) -> None:
+        await self.completions.engine()  # loads in a worker thread, off the event loop
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.completions.close)
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -13,6 +13,7 @@ from ..config import ModelConfig
 from ..errors import UpstreamError
 from .base import (
     Chunk,
+    Remote,
     SharedSession,
     bad_reply,
     error_from_response,
@@ -27,7 +28,7 @@ from .base import (
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
-class OpenAICompatible:
+class OpenAICompatible(Remote):
     """POST {base_url}/chat/completions with a Bearer key."""
 
     name = "openai-compatible"

@@ -24,11 +24,11 @@ import orjson
 
 from ..config import Config, ModelConfig, TaskConfig
 from ..errors import UpstreamError
-from ..optimize import apply_prompt
+from ..openai.protocol import apply_prompt
 from ..providers import Provider, SharedSession, build_provider
 from ..routing import Route, TaskRoute
 
-log = logging.getLogger("stillhouse.lifecycle")
+log = logging.getLogger("stillhouse.gateway")
 
 RETRY_AFTER = 60.0  # seconds before a candidate that failed to load is tried again
 KEEP = 2  # loaded candidates kept per task: the one rolling out and the one before it
@@ -152,18 +152,12 @@ class Deployments:
         if adapter and student.provider == "openai-compatible":
             await load_vllm_adapter(self.session, student, candidate, str(adapter))
             return Deployed(self.providers[task.student], candidate, candidate)
-        from ..evaluate.serve import model_config
-
-        model = model_config(serving)
+        model = ModelConfig.of_serving(serving)
         provider = build_provider(f"{task.student}@{candidate}", model, self.session)
-        engine = getattr(provider, "completions", None)
-        if engine is not None:
-            await engine.engine()  # a local model loads in a worker thread, off the loop
+        await provider.warm()  # a local model loads in a worker thread, off the loop
         return Deployed(provider, model.model, candidate, serving.get("prompt"))
 
     async def _retire(self, candidate: str) -> None:
         deployed = self._ready.pop(candidate, None)
-        completions = getattr(deployed.provider, "completions", None) if deployed else None
-        engine = getattr(completions, "_engine", None)
-        if engine is not None:
-            await asyncio.to_thread(engine.close)
+        if deployed is not None:
+            await deployed.provider.aclose()

@@ -1,0 +1,148 @@
+"""Streamed answers: relayed chunk by chunk as they come, or, when a student answer may fall back
+on its confidence, held whole until that is known (then sent, or replaced by the teacher's stream).
+
+A stream's call is captured before its last event goes out, so a client that has the whole answer
+can count on it being journaled; a client that leaves mid-stream is captured as a 499.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.responses import Response, StreamingResponse
+
+from ..answers import routing_confidence
+from ..config import Config
+from ..errors import UpstreamError
+from ..openai.http import DONE, error_response, sse
+from ..openai.stream import StreamAccumulator
+from ..providers import Chunk, Provider
+from ..routing import needs_fallback
+from .capture import Capture
+from .plan import Exchange, Planner, shown
+
+
+class Replay:
+    """A provider that streams chunks already received (a held student stream)."""
+
+    def __init__(self, chunks: list[Chunk], provider: Provider) -> None:
+        self.chunks = chunks
+        self.name = provider.name
+        self.config = provider.config
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[Chunk]:
+        for chunk in self.chunks:
+            yield chunk
+
+    async def warm(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class Streams:
+    def __init__(self, config: Config, planner: Planner, capture: Capture) -> None:
+        self.config = config
+        self.planner = planner
+        self.capture = capture
+
+    def _options(self, x: Exchange) -> None:
+        # usage is always asked for (the capture needs it); the client gets it only if it asked
+        x.forward["stream_options"] = {**(x.checked.stream_options or {}), "include_usage": True}
+
+    async def held(self, x: Exchange) -> Response:
+        """A student stream held whole until its confidence is known: then its events are
+        sent, or, under the threshold, the teacher's stream is (route fallback), stamped with
+        the time since the user asked. See docs/lifecycle.md for the time to first token."""
+        self._options(x)
+        acc = StreamAccumulator(x.started)
+        chunks_held: list[Chunk] = []
+        chunks = x.provider.stream(x.forward)
+        try:
+            async for chunk in chunks:
+                acc.add(chunk)
+                chunks_held.append(chunk)
+        except UpstreamError as err:
+            self.capture.error(x.call, err, x.started)  # nothing was sent: a proper HTTP error
+            return error_response(err, x.headers)
+        except asyncio.CancelledError:
+            self.capture.stream(
+                x.call, acc, x.started, "client disconnected before the answer", 499
+            )
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                await chunks.aclose()  # type: ignore[attr-defined]
+        task = self.config.tasks[x.call.task]
+        if not needs_fallback(task, x.entry, x.route, routing_confidence(acc.response())):
+            return await self.relay(x.replace(provider=Replay(chunks_held, x.provider)))
+        replaced = dataclasses.replace(x.call, route_reason="fallback:replaced")
+        self.capture.stream(replaced, acc, x.started, None, 200)
+        teacher = self.planner.teacher(x, "fallback", "fallback_of")
+        teacher.headers.pop("x-stillhouse-candidate", None)
+        teacher.forward["stream"] = True
+        return await self.relay(
+            teacher.replace(call=dataclasses.replace(teacher.call, stream=True))
+        )
+
+    async def relay(self, x: Exchange) -> Response:
+        """Each chunk to the client as it comes (logprobs the gateway asked for taken out)."""
+        wants_usage = bool((x.checked.stream_options or {}).get("include_usage"))
+        self._options(x)
+        chunks = x.provider.stream(x.forward)
+        acc = StreamAccumulator(x.started)
+        try:
+            first: Chunk | None = await anext(chunks)
+        except StopAsyncIteration:
+            first = None
+        except UpstreamError as err:
+            # Nothing sent yet: the client gets a proper HTTP error status.
+            self.capture.error(x.call, err, x.started)
+            return error_response(err, x.headers)
+
+        async def events() -> AsyncIterator[bytes]:
+            captured = False
+
+            def capture(error: str | None = None, http_status: int = 200) -> None:
+                nonlocal captured
+                if not captured:
+                    captured = True
+                    self.capture.stream(x.call, acc, x.started, error, http_status)
+
+            try:
+                pending = [first] if first is not None else []
+                while True:
+                    if pending:
+                        chunk = pending.pop()
+                    else:
+                        try:
+                            chunk = await anext(chunks)
+                        except StopAsyncIteration:
+                            break
+                    acc.add(chunk)
+                    if wants_usage or chunk.get("choices"):
+                        yield sse(shown(x, chunk))
+                capture()
+                yield DONE
+            except UpstreamError as err:
+                self.capture.metrics.upstream_errors.labels(x.call.model).inc()
+                capture(err.message, err.status)
+                yield sse(err.to_body())
+            except (asyncio.CancelledError, GeneratorExit):
+                capture("client disconnected before the stream ended", 499)
+                raise
+            finally:
+                capture("the stream ended unexpectedly", 500)  # no-op when captured above
+                # Cancelled mid-close (client gone): nothing is left to free.
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await chunks.aclose()  # type: ignore[attr-defined]
+
+        return StreamingResponse(events(), 200, x.headers, media_type="text/event-stream")
