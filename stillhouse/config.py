@@ -466,6 +466,14 @@ class Config(_Table):
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     tasks: dict[str, TaskConfig] = Field(default_factory=dict)
 
+    def task(self, name: str) -> TaskConfig:
+        """The task's table; a ConfigError naming the tasks there are when it is not one."""
+        found = self.tasks.get(name)
+        if found is None:
+            known = ", ".join(sorted(self.tasks)) or "none configured"
+            raise ConfigError(f"unknown task '{name}' (tasks: {known})")
+        return found
+
     @model_validator(mode="after")
     def _references(self) -> Config:
         for name, task in self.tasks.items():

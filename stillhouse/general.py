@@ -93,10 +93,7 @@ def build(
     store: TraceStore, config: Config, task: str, *, count: int | None = None, concurrency: int = 8
 ) -> dict[str, Any]:
     """Send the general prompts not answered yet to the task's teacher and store the calls."""
-    settings = config.tasks.get(task)
-    if settings is None:
-        known = ", ".join(sorted(config.tasks)) or "none configured"
-        raise ConfigError(f"unknown task '{task}' (tasks: {known})")
+    settings = config.task(task)
     wanted = count or settings.general.count
     if settings.general.prompts:
         conversations = file_prompts(settings.general.prompts)[:wanted]

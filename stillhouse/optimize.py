@@ -99,9 +99,7 @@ def optimize_task(
     from .curate import snapshot
     from .registry import register_candidate
 
-    settings = config.tasks.get(task)
-    if settings is None:
-        raise ConfigError(f"unknown task '{task}'")
+    settings = config.task(task)
     if settings.student is None:
         raise ConfigError(f"tasks.{task}.student: a prompt needs a student model to run on")
     if shots is None:

@@ -24,15 +24,17 @@ from starlette.routing import Route
 from stillhouse.config import Config, parse_config
 from stillhouse.errors import StillhouseError
 from stillhouse.gateway import create_app
-from stillhouse.lifecycle import controller as ctl
 from stillhouse.lifecycle import events
-from stillhouse.lifecycle.controller import Controller, Verdict
+from stillhouse.lifecycle import manual as ctl
+from stillhouse.lifecycle.controller import Controller
 from stillhouse.lifecycle.monitor import psi
 from stillhouse.lifecycle.states import TRANSITIONS, State, TransitionError
+from stillhouse.lifecycle.steps import Verdict
 from stillhouse.optimize import optimize_task
 from stillhouse.registry import register_candidate
 from stillhouse.routing import RoutingTable
 from stillhouse.store import open_store
+from stillhouse.worker import DefaultSteps
 
 from .test_cli import run
 from .upstream import ServerThread, UpstreamBehaviour, message_text, running_upstream
@@ -82,11 +84,12 @@ class Student:
         return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
 
 
-class FakeSteps:
+class FakeSteps(DefaultSteps):
     """Real curation, prompt optimisation and registry; training registers a candidate without
     a model, and validation answers what the test says (the prompt fails unless told)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.passes = True
         self.prompt_passes = False
         self.prompts: list[str] = []

@@ -24,12 +24,14 @@ import pytest
 from stillhouse.config import Config, load_config
 from stillhouse.gateway import create_app
 from stillhouse.lifecycle import events
-from stillhouse.lifecycle.controller import Controller, Verdict
+from stillhouse.lifecycle.controller import Controller
 from stillhouse.lifecycle.states import TRANSITIONS, State
+from stillhouse.lifecycle.steps import Verdict
 from stillhouse.optimize import optimize_task
 from stillhouse.registry import register_candidate
 from stillhouse.routing import RoutingTable
 from stillhouse.store import open_store
+from stillhouse.worker import DefaultSteps, controller
 
 from .models import INTENTS, answer, seed_intent_calls
 from .upstream import ServerThread, UpstreamBehaviour, message_text, running_upstream
@@ -106,7 +108,7 @@ class World:
         self.config = config
         self.teacher = teacher
         self.table = RoutingTable()
-        self.controller = Controller(config, routing=self.table)
+        self.controller = controller(config, self.table)
         self.app = create_app(config, routing=self.table)
         self.server = ServerThread(self.app).start()
         self.client = openai.OpenAI(base_url=self.server.url + "/v1", api_key="x", max_retries=0)
@@ -364,11 +366,12 @@ def test_a_killed_worker_resumes_and_never_promotes_an_unvalidated_candidate(
     assert history == ["curating", "training", "validating", "rollout"]
 
 
-class CountingSteps:
+class CountingSteps(DefaultSteps):
     """Real curation, prompt and registry; a trained candidate without a model, a passing gate.
     (The lock is what this test is about; training for real is the tests above.)"""
 
     def __init__(self, name: str, acted: list[str]) -> None:
+        super().__init__()
         self.name, self.acted = name, acted
 
     def curate(self, store: Any, config: Config, task: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stillhouse.errors import StillhouseError
-from stillhouse.lifecycle import controller as ctl
+from stillhouse.lifecycle import manual as ctl
 from stillhouse.lifecycle.safety import stable_since
 from stillhouse.lifecycle.states import State
 from stillhouse.store import open_store

@@ -11,7 +11,7 @@ import pytest
 
 from stillhouse.config import parse_config
 from stillhouse.errors import ConfigError
-from stillhouse.lifecycle import controller as ctl
+from stillhouse.lifecycle import manual as ctl
 from stillhouse.lifecycle.states import State
 from stillhouse.store import open_store
 from stillhouse.tiers import TIERS

@@ -54,16 +54,15 @@ def serve(config: Config, host: str | None, port: int | None, log_level: str) ->
     import uvicorn
 
     from ..gateway import create_app
-    from ..lifecycle.controller import Controller
     from ..store import open_store
+    from ..worker import controller
 
     open_store(config.store.url).close()  # fail now, with a clear message, if the store is wrong
     app = create_app(config)
     if config.lifecycle.controller:
         # Off the request path: a daemon thread that ticks and publishes into the app's table.
-        controller = Controller(config, routing=app.state.routing)
         threading.Thread(
-            target=controller.run,
+            target=controller(config, app.state.routing).run,
             args=(threading.Event(),),
             name="stillhouse-lifecycle",
             daemon=True,

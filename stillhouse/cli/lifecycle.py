@@ -18,7 +18,7 @@ from .common import StillhouseGroup, config_option, main, print_json
 @click.argument("mode", type=click.Choice(["teacher", "auto", "student"]))
 def mode(config: Config, task: str, mode: str, force: bool) -> None:
     """Set a task's mode (teacher | auto | student); running gateways pick it up."""
-    from ..lifecycle.controller import set_mode
+    from ..lifecycle.manual import set_mode
     from ..store import open_store
 
     with open_store(config.store.url) as store:
@@ -37,14 +37,14 @@ def _rollout_verb(name: str, help_text: str) -> None:
     @click.option("--task", required=True, help="The task.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     def verb(config: Config, task: str, as_json: bool) -> None:
-        from ..lifecycle import controller, events
+        from ..lifecycle import events, manual
         from ..store import open_store
 
+        verbs = {"advance": manual.advance, "pause": manual.pause, "rollback": manual.rollback}
         with open_store(config.store.url) as store:
             if name != "status":
-                getattr(controller, name)(store, config, task)
-            if task not in config.tasks:
-                raise StillhouseError(f"unknown task '{task}'")
+                verbs[name](store, config, task)
+            config.task(task)  # an unknown task is an error naming the known ones
             state = events.current(store, task)
             recent = events.history(store, task, limit=20)
         doc = {"task": task, **state.to_json(), "history": recent}
@@ -74,9 +74,10 @@ def worker(config: Config, once: bool) -> None:
     import contextlib
     import threading
 
-    from ..lifecycle.controller import Controller, controller_lock
+    from ..lifecycle.controller import controller_lock
+    from ..worker import controller
 
-    ctl = Controller(config)
+    ctl = controller(config)
     if once:
         with controller_lock(config.store.url) as held:
             if not held:

@@ -92,6 +92,7 @@ def eval_(
     """Evaluate a candidate against the teacher on the holdout, calibrate, apply the gate."""
     from ..evaluate.report import table
     from ..evaluate.run import evaluate
+    from ..lifecycle.events import serving_student
     from ..store import open_store
 
     with open_store(config.store.url) as store:
@@ -101,6 +102,7 @@ def eval_(
             task,
             candidate_id,
             dataset=dataset_id,
+            incumbent=serving_student(store, task, exclude=candidate_id),
             concurrency=concurrency,
             seed=seed,
             progress=not as_json,

@@ -19,7 +19,6 @@ from typing import Any
 import orjson
 
 from ..config import Config, TaskConfig
-from ..errors import ConfigError
 from ..store.base import TraceStore
 from ..store.records import Call, Dataset, DatasetExample, Score
 from . import intent_model, snapshot
@@ -313,10 +312,7 @@ def _general(store: TraceStore, task_name: str, task: TaskConfig) -> CurateRepor
 
 def curate(store: TraceStore, config: Config, task_name: str) -> CurateReport:
     """Curate a task's captured calls and store the snapshot."""
-    task = config.tasks.get(task_name)
-    if task is None:
-        known = ", ".join(sorted(config.tasks)) or "none configured"
-        raise ConfigError(f"unknown task '{task_name}' (tasks: {known})")
+    task = config.task(task_name)
     started = time.perf_counter()
     calls = store.calls_for_task(task_name)
     scores = store.scores_for_task(task_name)

@@ -36,12 +36,10 @@ class Gateway:
         import uvicorn
 
         from ..gateway import create_app
-        from ..lifecycle.controller import Controller, DefaultSteps
+        from ..worker import controller
 
         self.app = create_app(config)
-        self.controller = Controller(
-            config, steps=DefaultSteps(progress=True), routing=self.app.state.routing
-        )
+        self.controller = controller(config, self.app.state.routing, progress=True)
         self.stop_ticks = threading.Event()
         self.port = _free_port()
         self.server = uvicorn.Server(

@@ -1,5 +1,5 @@
-"""The validation gate: may a candidate go near users? A pure decision over an eval run's numbers,
-and `validate`, the lifecycle controller's entry point (evaluate, store the run, decide).
+"""The validation gate: may a candidate go near users? A pure decision over an eval run's numbers
+(`decide`); `evaluate.run.validate` is where it is applied. A leaf: it imports only the config.
 
 Rules (docs/evaluation.md): enough examples; the agreement interval's lower bound (one binomial
 interval, stats.binomial_interval) >= the task's threshold; better than always giving the
@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import Config, GateConfig
-from ..store.base import TraceStore
+from ..config import GateConfig
 
 MIN_FORMAT_COMPLIANCE = 0.99
 # A new student may be at most this much less agreeable than the serving one, judged on the
@@ -195,39 +194,3 @@ def _evidence_checks(rules: Rules, e: Evidence) -> list[Check]:
                 )
             )
     return checks
-
-
-@dataclass(frozen=True, slots=True)
-class Validation:
-    """What the lifecycle controller reads: the verdict, why, the calibrated threshold."""
-
-    passed: bool
-    reason: str
-    threshold: float | None
-    eval_run_id: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def validate(
-    store: TraceStore,
-    config: Config,
-    task: str,
-    candidate: str,
-    *,
-    incumbent: str | None = None,
-) -> Validation:
-    """Evaluate `candidate` on its dataset's holdout (against `incumbent` when one serves),
-    store the eval run, and return the gate's verdict."""
-    from .run import evaluate
-
-    doc = evaluate(store, config, task, candidate, incumbent=incumbent, progress=False)
-    return Validation(
-        passed=bool(doc["passed"]),
-        reason=str(doc["reason"]),
-        threshold=doc["confidence_threshold"],
-        eval_run_id=str(doc["eval"]),
-        metrics={
-            k: doc[k]
-            for k in ("agreement", "agreement_ci", "kept_agreement", "format_compliance", "n")
-        },
-    )

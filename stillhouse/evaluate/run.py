@@ -15,14 +15,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..answers import agreements, canonical, format_ok
 from ..config import Config, ModelConfig, TaskConfig
-from ..errors import ConfigError, StillhouseError
+from ..errors import StillhouseError
 from ..stats import binomial_interval, mean, paired_difference_ci, percentile, rate_interval
 from ..store.base import TraceStore
-from ..store.records import Candidate, new_id
+from ..store.records import Candidate, Verdict, new_id
 from . import metrics
 from .calibrate import SIGNAL, calibrate, coverage
 from .gate import Evidence, Rules, decide
@@ -83,33 +83,6 @@ def request_bodies(items: Sequence[Item], prompt: dict[str, Any] | None) -> list
             body["tools"] = item.tools
         bodies.append(body)
     return bodies
-
-
-def serving_student(store: TraceStore, task: str, exclude: str | None = None) -> str | None:
-    """The candidate serving the task now: the newest release in state `serving`, else the
-    lifecycle's serving (or retraining) student; None when the teacher still serves alone."""
-    from ..lifecycle import events
-    from ..lifecycle.states import State
-
-    releases = [
-        r
-        for c in store.list_candidates(task=task)
-        for r in store.list_releases(c.id)
-        if r.state == "serving" and c.id != exclude
-    ]
-    if releases:
-        return max(releases, key=lambda r: r.created_at).candidate_id
-    state = events.current(store, task)
-    if state.state in (State.SERVING, State.RETRAINING) and state.candidate_id != exclude:
-        return state.candidate_id
-    return None
-
-
-def _task(config: Config, task: str) -> TaskConfig:
-    if task not in config.tasks:
-        known = ", ".join(sorted(config.tasks)) or "none configured"
-        raise ConfigError(f"unknown task '{task}' (tasks: {known})")
-    return config.tasks[task]
 
 
 def _candidate(store: TraceStore, task: str, candidate_id: str) -> Candidate:
@@ -290,14 +263,16 @@ def evaluate(
     candidate_id: str,
     *,
     dataset: str | None = None,
-    incumbent: str | Literal["auto"] | None = "auto",
+    incumbent: str | None = None,
     concurrency: int = 8,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate, gate, report and store: the `eval --json` document."""
+    """Evaluate, gate, report and store: the `eval --json` document. `incumbent`: the student
+    serving the task, which the candidate must not be worse than (the caller knows who serves:
+    `lifecycle.events.serving_student`)."""
     started = time.perf_counter()
-    settings = _task(config, task)
+    settings = config.task(task)
     candidate = _candidate(store, task, candidate_id)
     dataset_id = dataset or candidate.dataset_id
     items = holdout_items(store, dataset_id)
@@ -334,8 +309,6 @@ def evaluate(
     ]
     calibration = calibrate(confidences, agree, settings.gate.kept_agreement, seed=seed)
 
-    if incumbent == "auto":
-        incumbent = serving_student(store, task, exclude=candidate.id)
     versus: dict[str, Any] | None = None
     if incumbent is not None and incumbent != candidate.id:
         say(f"serving the same examples through the serving student {incumbent}")
@@ -445,3 +418,26 @@ def evaluate(
     )
     (folder / "eval.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc
+
+
+def validate(
+    store: TraceStore,
+    config: Config,
+    task: str,
+    candidate: str,
+    *,
+    incumbent: str | None = None,
+) -> Verdict:
+    """Evaluate `candidate` on its dataset's holdout (against `incumbent` when one serves),
+    store the eval run, and return the gate's verdict: the lifecycle's validation step."""
+    doc = evaluate(store, config, task, candidate, incumbent=incumbent, progress=False)
+    return Verdict(
+        passed=bool(doc["passed"]),
+        reason=str(doc["reason"]),
+        threshold=doc["confidence_threshold"],
+        eval_run_id=str(doc["eval"]),
+        metrics={
+            k: doc[k]
+            for k in ("agreement", "agreement_ci", "kept_agreement", "format_compliance", "n")
+        },
+    )

@@ -10,17 +10,13 @@ resumes where the last one stopped. Long steps (curating, training) run inside t
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 from ..config import Config, TaskConfig
-from ..errors import ConfigError, StillhouseError
 from ..routing import RoutingTable
 from ..store import open_store
 from ..store.base import TraceStore
@@ -28,90 +24,13 @@ from . import events
 from .monitor import check_drift
 from .rollout import GateResult, collect, judge
 from .states import State, TaskState
+from .steps import Steps
 from .table import entry_of
+from .transitions import judged, next_stage, promote, rolled_back
 
 log = logging.getLogger("stillhouse.lifecycle")
 
 CONTROLLER_LOCK = 0x5354494C4C484F  # any fixed 64-bit number: "STILLHO"
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """A candidate's validation: passed the gate or not, why, and its calibrated confidence
-    threshold for fallback (None: no fallback)."""
-
-    passed: bool
-    reason: str
-    threshold: float | None = None
-    eval_run_id: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-
-class Steps(Protocol):
-    """The long steps the controller runs: the real ones by default, small fakes in tests."""
-
-    def curate(self, store: TraceStore, config: Config, task: str) -> str: ...
-
-    def optimize(self, store: TraceStore, config: Config, task: str, dataset_id: str) -> str: ...
-
-    def train(
-        self, store: TraceStore, config: Config, task: str, dataset_id: str, parent: str | None
-    ) -> str: ...
-
-    def validate(
-        self, store: TraceStore, config: Config, task: str, candidate: str, incumbent: str | None
-    ) -> Verdict: ...
-
-
-class DefaultSteps:
-    """curate(), optimize_task(), train_task() and the evaluation gate of stillhouse.evaluate;
-    `progress`: a training progress bar on stderr (the demo shows it)."""
-
-    def __init__(self, progress: bool = False) -> None:
-        self.progress = progress
-
-    def curate(self, store: TraceStore, config: Config, task: str) -> str:
-        from ..curate.pipeline import curate
-
-        return curate(store, config, task).dataset.id
-
-    def optimize(self, store: TraceStore, config: Config, task: str, dataset_id: str) -> str:
-        from ..optimize import optimize_task
-
-        return optimize_task(store, config, task, dataset=dataset_id)[0].id
-
-    def train(
-        self, store: TraceStore, config: Config, task: str, dataset_id: str, parent: str | None
-    ) -> str:
-        from ..train.run import train_task
-
-        candidate, _ = train_task(
-            store, config, task, dataset=dataset_id, progress=self.progress, parent=parent
-        )
-        return candidate.id
-
-    def validate(
-        self, store: TraceStore, config: Config, task: str, candidate: str, incumbent: str | None
-    ) -> Verdict:
-        from ..evaluate import gate
-
-        result = gate.validate(store, config, task, candidate, incumbent=incumbent)
-        return Verdict(
-            passed=bool(result.passed),
-            reason=str(result.reason),
-            threshold=result.threshold,
-            eval_run_id=result.eval_run_id,
-            metrics=dict(result.metrics),
-        )
-
-
-def _judged(verdict: Verdict) -> dict[str, Any]:
-    """What a transition after validation stores: the eval run and the figures it was judged on."""
-    return {"eval_run": verdict.eval_run_id, "validation": verdict.metrics}
-
-
-def _share(task: TaskConfig, stage: int) -> float:
-    return min(task.rollout.stages[stage], task.rollout.final_share) / 100
 
 
 def new_teacher_calls(store: TraceStore, task: str, since: float) -> int:
@@ -128,12 +47,12 @@ class Controller:
         self,
         config: Config,
         *,
-        steps: Steps | None = None,
+        steps: Steps,
         routing: RoutingTable | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self.steps: Steps = steps or DefaultSteps()
+        self.steps = steps
         self.routing = routing
         self.clock = clock
 
@@ -149,17 +68,13 @@ class Controller:
                     # A failed step (training crashed, store hiccup) is retried next tick.
                     log.exception("lifecycle step for task %s failed", name)
                     out[name] = events.current(store, name)
-            try:  # a sample of student answers and fallback disagreements, for people
-                from ..review import enqueue
-
-                enqueue(store, self.config)
+            try:  # e.g. a sample of student answers and fallback disagreements, for people
+                self.steps.after_tick(store, self.config)
             except Exception:
-                log.exception("filling the review queue failed")
+                log.exception("the work after the lifecycle's pass failed")
             if self.routing is not None:
                 self.routing.publish({n: entry_of(s, store) for n, s in out.items()})
-                from ..curate.intent_model import newest_models
-
-                self.routing.publish_intents(newest_models(store))
+                self.routing.publish_intents(self.steps.intent_models(store))
         return out
 
     def step(self, store: TraceStore, name: str) -> TaskState:
@@ -169,8 +84,7 @@ class Controller:
         if mode != "auto" or task.student is None or state.state is State.PAUSED:
             return state
         now = self.clock()
-        handler = getattr(self, f"_{state.state.value}")
-        new: TaskState | None = handler(store, name, task, state, now)
+        new = HANDLERS[state.state](self, store, name, task, state, now)
         if new is None:
             return state
         return events.record(store, new, previous=state.state)
@@ -181,9 +95,7 @@ class Controller:
     ) -> TaskState | None:
         since = state.detail.get("collect_since")
         if since is None:
-            from ..curate.readiness import grace_readiness
-
-            ready = grace_readiness(store, self.config, now)[name]
+            ready = self.steps.readiness(store, self.config, now)[name]
             if not ready["ready"]:
                 return None
             met = ", ".join(k for k, v in ready["met"].items() if v)
@@ -215,7 +127,7 @@ class Controller:
         candidate = self.steps.optimize(store, self.config, name, dataset)
         verdict = self.steps.validate(store, self.config, name, candidate, None)
         if verdict.passed:
-            return self._promote(task, state, candidate, verdict)
+            return promote(task, state, candidate, verdict)
         return state.moved(
             State.TRAINING,
             f"prompt {candidate} failed the gate: {verdict.reason}; training a LoRA",
@@ -247,8 +159,8 @@ class Controller:
         incumbent = state.detail.get("incumbent")
         verdict = self.steps.validate(store, self.config, name, candidate, incumbent)
         if verdict.passed:
-            return self._promote(task, state, candidate, verdict)
-        checked = _judged(verdict)
+            return promote(task, state, candidate, verdict)
+        checked = judged(verdict)
         reason = f"{candidate} failed the gate: {verdict.reason}"
         if incumbent is not None:  # a retrain that did not beat production: keep production
             return state.moved(
@@ -258,28 +170,6 @@ class Controller:
             )
         return state.moved(
             State.GRACE, f"{reason}; collecting more data", detail={"collect_since": now, **checked}
-        )
-
-    def _promote(
-        self, task: TaskConfig, state: TaskState, candidate: str, verdict: Verdict
-    ) -> TaskState:
-        """A candidate that passed the gate starts at the first rollout stage. A retrained one
-        rolls out against the serving student: sessions outside its share stay with that
-        incumbent, and its gates compare with it."""
-        retrain = state.detail.get("incumbent") is not None
-        keep = {k: state.detail[k] for k in ("incumbent", "incumbent_detail") if retrain}
-        return state.moved(
-            State.ROLLOUT,
-            f"{candidate} passed the gate: {verdict.reason}",
-            stage=0,
-            share=_share(task, 0),
-            candidate_id=candidate,
-            detail={
-                "dataset": state.detail["dataset"],
-                "threshold": verdict.threshold,
-                **_judged(verdict),
-                **keep,
-            },
         )
 
     def _rollout(
@@ -313,40 +203,9 @@ class Controller:
                 },
             )
         if result.outcome == "fail":
-            return self._rolled_back_from(state, reason, result.evidence, now)
-        return self._next_stage(
+            return rolled_back(state, reason, result.evidence, now)
+        return next_stage(
             task, state, f"stage {state.share:.0%} passed: {result.reason}", result.evidence, now
-        )
-
-    def _next_stage(
-        self, task: TaskConfig, state: TaskState, reason: str, evidence: dict[str, Any], now: float
-    ) -> TaskState:
-        stage = state.stage + 1
-        detail = {**state.detail, "evidence": evidence}
-        detail.pop("paused_from", None)
-        if stage >= len(task.rollout.stages):
-            detail.pop("incumbent", None)  # the retrained candidate has replaced it
-            detail.pop("incumbent_detail", None)
-            return state.moved(
-                State.SERVING,
-                reason,
-                stage=-1,
-                share=task.rollout.final_share / 100,
-                detail={**detail, "serving_since": now},
-            )
-        return state.moved(
-            State.ROLLOUT, reason, stage=stage, share=_share(task, stage), detail=detail
-        )
-
-    def _rolled_back_from(
-        self, state: TaskState, reason: str, evidence: dict[str, Any], now: float
-    ) -> TaskState:
-        return state.moved(
-            State.ROLLED_BACK,
-            reason,
-            stage=-1,
-            share=0.0,
-            detail={"collect_since": now, "evidence": evidence, "rolled_back": state.candidate_id},
         )
 
     def _serving(
@@ -384,8 +243,10 @@ class Controller:
             State.CURATING, f"{fresh} new teacher calls since the rollback", detail={}
         )
 
-    def _paused(self, *args: Any) -> TaskState | None:
-        return None
+    def _paused(
+        self, store: TraceStore, name: str, task: TaskConfig, state: TaskState, now: float
+    ) -> TaskState | None:
+        return None  # a person froze it (step() does not even get here)
 
     # -- running ----------------------------------------------------------------------------
     def run(self, stop: threading.Event, interval: float | None = None) -> None:
@@ -400,6 +261,24 @@ class Controller:
                     self.tick()
                     stop.wait(interval)
             stop.wait(interval)
+
+
+Handler = Callable[[Controller, TraceStore, str, TaskConfig, TaskState, float], TaskState | None]
+# One handler per state, next to the transition table it follows (states.TRANSITIONS): each
+# returns the next state, or None to stay.
+HANDLERS: dict[State, Handler] = {
+    State.GRACE: Controller._grace,
+    State.CURATING: Controller._curating,
+    State.OPTIMIZING: Controller._optimizing,
+    State.TRAINING: Controller._training,
+    State.VALIDATING: Controller._validating,
+    State.ROLLOUT: Controller._rollout,
+    State.SERVING: Controller._serving,
+    State.RETRAINING: Controller._retraining,
+    State.ROLLED_BACK: Controller._rolled_back,
+    State.PAUSED: Controller._paused,
+}
+assert set(HANDLERS) == set(State), "every state has its handler"
 
 
 @contextlib.contextmanager
@@ -430,69 +309,3 @@ def controller_lock(store_url: str) -> Iterator[bool]:
         finally:
             if held:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (CONTROLLER_LOCK,))
-
-
-# -- what people do (the CLI's verbs) -----------------------------------------------------------
-def _task(config: Config, name: str) -> TaskConfig:
-    task = config.tasks.get(name)
-    if task is None:
-        known = ", ".join(sorted(config.tasks)) or "none configured"
-        raise ConfigError(f"unknown task '{name}' (tasks: {known})")
-    return task
-
-
-def set_mode(
-    store: TraceStore, config: Config, name: str, mode: str, *, force: bool = False
-) -> TaskState:
-    """Store a mode for the task; gateways pick it up with their next routing table. `student`
-    is refused, unless forced, before the student has been stable (see lifecycle/safety.py)."""
-    task = _task(config, name)
-    if mode != "teacher" and task.student is None:
-        raise StillhouseError(f"task '{name}' has no student: set tasks.{name}.student first")
-    if mode == "student" and not force:
-        from .safety import student_readiness
-
-        ready = student_readiness(store, name, task, time.time())
-        if not ready.allowed:
-            raise StillhouseError(f"refused: {ready.reason}")
-    state = events.current(store, name)
-    new = dataclasses.replace(state, mode=mode, reason=f"mode set to {mode}")
-    return events.record(store, new, previous=state.state, kind="mode")
-
-
-def advance(store: TraceStore, config: Config, name: str) -> TaskState:
-    """Move a rollout (or a paused one) to its next stage now, without waiting for the gate."""
-    task = _task(config, name)
-    state = events.current(store, name)
-    if (
-        state.state not in (State.ROLLOUT, State.PAUSED)
-        or state.candidate_id is None
-        or state.stage < 0
-    ):
-        raise StillhouseError(
-            f"task '{name}' is {state.state}, not rolling out: nothing to advance"
-        )
-    ctl = Controller(config)
-    new = ctl._next_stage(task, state, "advanced by hand", {}, time.time())
-    return events.record(store, new, previous=state.state)
-
-
-def pause(store: TraceStore, config: Config, name: str) -> TaskState:
-    """Freeze the task where it is: its share stays, the controller leaves it alone."""
-    _task(config, name)
-    state = events.current(store, name)
-    if state.state is State.PAUSED:
-        return state
-    new = state.moved(
-        State.PAUSED, "paused by hand", detail={**state.detail, "paused_from": str(state.state)}
-    )
-    return events.record(store, new, previous=state.state)
-
-
-def rollback(store: TraceStore, config: Config, name: str) -> TaskState:
-    """Send every session back to the teacher and go back to collecting data."""
-    _task(config, name)
-    state = events.current(store, name)
-    ctl = Controller(config)
-    new = ctl._rolled_back_from(state, "rolled back by hand", {}, time.time())
-    return events.record(store, new, previous=state.state)

@@ -128,3 +128,20 @@ def current_all(store: TraceStore) -> dict[str, TaskState]:
         "ORDER BY x.created_at DESC, x.id DESC LIMIT 1)"
     )
     return {state.task: state for state, _ in map(_state, rows)}
+
+
+def serving_student(store: TraceStore, task: str, exclude: str | None = None) -> str | None:
+    """The candidate serving the task now: the newest release in state `serving`, else the
+    lifecycle's serving (or retraining) student; None when the teacher still serves alone."""
+    releases = [
+        r
+        for c in store.list_candidates(task=task)
+        for r in store.list_releases(c.id)
+        if r.state == "serving" and c.id != exclude
+    ]
+    if releases:
+        return max(releases, key=lambda r: r.created_at).candidate_id
+    state = current(store, task)
+    if state.state in (State.SERVING, State.RETRAINING) and state.candidate_id != exclude:
+        return state.candidate_id
+    return None

@@ -165,6 +165,19 @@ class Candidate:
 
 
 @dataclass(frozen=True, slots=True)
+class Verdict:
+    """A candidate's validation, as the lifecycle acts on it: passed the gate or not, why, the
+    calibrated confidence threshold for fallback (None: no fallback), the eval run it was judged
+    in and the figures it was judged on."""
+
+    passed: bool
+    reason: str
+    threshold: float | None = None
+    eval_run_id: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class EvalRun:
     """One evaluation of a candidate on a dataset's holdout; written once."""
 

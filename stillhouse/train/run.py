@@ -23,10 +23,7 @@ from .config import TrainSettings, config_hash
 def settings_for(config: Config, task_name: str, backend: str | None = None) -> TrainSettings:
     """The task's `[tasks.<task>.train]` table as settings, with the base model and account
     filled in from the task's student (and teacher) when not set."""
-    task = config.tasks.get(task_name)
-    if task is None:
-        known = ", ".join(sorted(config.tasks)) or "none configured"
-        raise ConfigError(f"unknown task '{task_name}' (tasks: {known})")
+    task = config.task(task_name)
     settings = TrainSettings.from_mapping(task.train.model_dump())
     backend = backend or settings.backend
     student = config.models.get(task.student) if task.student else None

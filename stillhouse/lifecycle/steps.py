@@ -1,0 +1,49 @@
+"""What the controller asks of the rest of the product, as one protocol: the long steps (curate,
+optimize, train, validate) and what it reads of curation and review (grace readiness, the intent
+models the router uses, the review queue). The lifecycle stays a state machine over the store;
+`stillhouse.worker.DefaultSteps` composes the real parts, tests pass small fakes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..config import Config
+from ..store.base import TraceStore
+from ..store.records import Verdict
+
+__all__ = ["Steps", "Verdict"]
+
+
+class Steps(Protocol):
+    def curate(self, store: TraceStore, config: Config, task: str) -> str:
+        """Curate the task's captured calls into a dataset; its id."""
+        ...
+
+    def optimize(self, store: TraceStore, config: Config, task: str, dataset_id: str) -> str:
+        """Register a prompt candidate built from the dataset; its id."""
+        ...
+
+    def train(
+        self, store: TraceStore, config: Config, task: str, dataset_id: str, parent: str | None
+    ) -> str:
+        """Train and register a candidate on the dataset; its id."""
+        ...
+
+    def validate(
+        self, store: TraceStore, config: Config, task: str, candidate: str, incumbent: str | None
+    ) -> Verdict:
+        """Evaluate the candidate on its holdout (against `incumbent`) and apply the gate."""
+        ...
+
+    def readiness(self, store: TraceStore, config: Config, now: float) -> dict[str, Any]:
+        """Each task's grace readiness: {task: {"ready": bool, "met": {criterion: bool}, ...}}."""
+        ...
+
+    def after_tick(self, store: TraceStore, config: Config) -> None:
+        """Work after every pass that is no task's transition (filling the review queue)."""
+        ...
+
+    def intent_models(self, store: TraceStore) -> Any:
+        """The newest intent model of each task, for the routing table."""
+        ...
