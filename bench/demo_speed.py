@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from stillhouse.stats import percentile
+
 
 def teacher(tickets: int, intents: int) -> dict[str, Any]:
     import torch
@@ -97,7 +99,7 @@ def lora_step(intents: int, steps: int) -> dict[str, Any]:
             model.zero_grad()
             times.append(time.perf_counter() - started)
             loss = float(value.detach())
-        step = sorted(times[1:])[len(times[1:]) // 2]
+        step = percentile(times[1:], 50) or 0.0
         out[name] = {"step_s": round(step, 2), "loss": round(loss, 6)}
         print(f"training {name:<42} {step:5.2f} s a step, loss {loss:.6f}", flush=True)
     return out

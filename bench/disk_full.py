@@ -23,9 +23,17 @@ import time
 from pathlib import Path
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gateway as gw  # bench/gateway.py: the shared parts
+from harness import (
+    ROOT,
+    Procs,
+    free_port,
+    metrics_values,
+    start_gateway,
+    start_upstream,
+    store_rows,
+    wait_captures,
+    write_result,
+)
 
 
 def send(port: int, n: int, tag: str) -> dict[int, int]:
@@ -55,23 +63,11 @@ def main() -> int:
     journal = tmp / "journal"
     journal.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(journal)], check=True)
-    procs = gw.Procs(pin=False)
+    procs = Procs(pin=False)
     try:
-        up = gw.free_port()
-        upstream = procs.start(
-            "upstream",
-            [
-                str(gw.VENV_BIN / "python"),
-                str(gw.ROOT / "tests" / "upstream.py"),
-                "--port",
-                str(up),
-            ],
-            up,
-            tmp / "upstream.log",
-            cpu=None,
-        )
-        procs.wait_ready(upstream, "/v1/models", 30)
-        port = gw.free_port()
+        up = free_port()
+        start_upstream(procs, ROOT, up, tmp / "upstream.log", cpu=None)
+        port = free_port()
         db = tmp / "calls.db"
         (tmp / "stillhouse.toml").write_text(
             f'[store]\nurl = "sqlite:///{db}"\njournal_dir = "{journal}"\n\n'
@@ -80,34 +76,18 @@ def main() -> int:
             '[tasks.bench]\nteacher = "teacher"\nmode = "teacher"\n'
         )
         log = tmp / "gateway.log"
-        server = procs.start(
-            "gateway",
-            [
-                str(gw.VENV_BIN / "stillhouse"),
-                "serve",
-                "--config",
-                str(tmp / "stillhouse.toml"),
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            port,
-            log,
-            cpu=None,
-        )
-        procs.wait_ready(server, "/healthz", 30)
+        start_gateway(procs, tmp / "stillhouse.toml", port, log, cpu=None)
         phases = {"room": send(port, 200, "room")}
         filled = fill(journal)
         phases["full"] = send(port, 300, "full")
-        metrics_full = gw.metrics_values(port)
+        metrics_full = metrics_values(port)
         health_full = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
         (journal / "filler").unlink()
         time.sleep(1.5)  # the next segment opens on the next rotation
         phases["freed"] = send(port, 200, "freed")
-        metrics_end = gw.wait_captures(port, expected=700)
+        metrics_end = wait_captures(port, expected=700)
         procs.stop_all()  # SIGTERM: the gateway drains and settles its journal
-        rows = gw.store_rows(db)["rows"]
+        rows = store_rows(db)["rows"]
         lines = log.read_text(errors="replace").splitlines()
         doc = {
             "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -124,9 +104,7 @@ def main() -> int:
     finally:
         procs.stop_all()
         subprocess.run(["umount", str(journal)], check=False)
-    gw.RESULTS.mkdir(parents=True, exist_ok=True)
-    out = gw.RESULTS / f"disk-full-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps(doc, indent=1))
+    write_result("disk-full", doc)
     print(json.dumps(doc, indent=1))
     return 0 if rows == 700 else 1
 

@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Any
 
+from stillhouse.stats import percentile
+
 PROMPTS = [
     "I lost my debit card, what should I do?",
     "Write a Python function that reverses a string.",
@@ -25,14 +27,6 @@ PROMPTS = [
     "Classify the intent of: 'where is my parcel?'. Answer in JSON.",
     "Summarise the plot of Romeo and Juliet in one sentence.",
 ]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def run_level(engine: Any, concurrency: int, requests: int, max_tokens: int) -> dict[str, Any]:
@@ -72,8 +66,8 @@ def run_level(engine: Any, concurrency: int, requests: int, max_tokens: int) -> 
         "tokens": tokens,
         "wall_s": round(wall, 2),
         "tokens_per_s": round(tokens / wall, 1),
-        "p50_ms": round(percentile(latencies, 0.5) * 1000),
-        "p95_ms": round(percentile(latencies, 0.95) * 1000),
+        "p50_ms": round((percentile(latencies, 50) or 0) * 1000),
+        "p95_ms": round((percentile(latencies, 95) or 0) * 1000),
         # requests advanced per decode step (prefill steps included)
         "mean_batch": round((engine.stats.tokens - tokens_before) / max(steps, 1), 2),
     }

@@ -7,7 +7,7 @@ PostgreSQL. Does every answered call land in the store, does memory stay flat, d
 PostgreSQL: --pg-url, else $STILLHOUSE_TEST_PG_URL (scripts/test-postgres.sh prints one); the
 run creates its own database there and drops it at the end.
 
-The parts are bench/gateway.py's, imported, not copied: its open-loop generator (each request
+The parts are bench/harness's, shared with bench/gateway.py: its open-loop generator (each request
 fired at its scheduled time, whatever the earlier ones are doing), its process handling and CPU
 accounting, and tests/upstream.py as the upstream (5 ms). The gateway is `stillhouse serve` run from
 a `git archive` of HEAD, alone on CPU 1; the upstream and the generator share CPU 0.
@@ -25,69 +25,45 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import os
 import sqlite3
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import uvloop
+from harness import (
+    LoadGen,
+    Procs,
+    Rec,
+    Sampler,
+    export_commit,
+    free_port,
+    head_commit,
+    http_request,
+    machine_info,
+    request_body,
+    start_gateway,
+    start_upstream,
+    wait_captures,
+    write_result,
+)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gateway as gw  # bench/gateway.py: the shared parts
+from stillhouse.stats import percentile
 
-ROOT = gw.ROOT
 WINDOW = 30.0
 
 
 def checkout(tmp: Path) -> tuple[str, dict[str, str]]:
-    commit = gw.head_commit()
-    src = gw.export_commit(commit, tmp / "src")
+    commit = head_commit()
+    src = export_commit(commit, tmp / "src")
     return commit, {"PYTHONPATH": str(src)}
 
 
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-class Sampler(threading.Thread):
-    """The gateway's resident memory and the machine's busy CPU every `every` seconds."""
-
-    def __init__(self, pid: int, every: float = 5.0) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.every = pid, every
-        self.samples: list[dict[str, float]] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        t0 = time.perf_counter()
-        busy0, wall0, cpu0 = gw.system_busy_ms(), t0, gw.cpu_ms(self.pid)
-        while not self.stop.wait(self.every):
-            now = time.perf_counter()
-            busy, cpu = gw.system_busy_ms(), gw.cpu_ms(self.pid)
-            wall = (now - wall0) * 1000
-            with contextlib.suppress(OSError):
-                self.samples.append(
-                    {
-                        "t": round(now - t0, 1),
-                        "rss_mb": round(rss_kb(self.pid) / 1024, 1),
-                        "gateway_cpu_pct": round(100 * (cpu - cpu0) / wall, 1),
-                        "machine_busy_pct": round(100 * (busy - busy0) / wall / 2, 1),
-                        "loadavg": gw.loadavg(),
-                    }
-                )
-            busy0, wall0, cpu0 = busy, now, cpu
-
-
-def windows(recs: list[gw.Rec], start: float, seconds: float) -> list[dict[str, Any]]:
+def windows(recs: list[Rec], start: float, seconds: float) -> list[dict[str, Any]]:
     out = []
     for k in range(int(seconds // WINDOW)):
         lo, hi = start + k * WINDOW, start + (k + 1) * WINDOW
@@ -102,16 +78,16 @@ def windows(recs: list[gw.Rec], start: float, seconds: float) -> list[dict[str, 
                 "from_s": round(k * WINDOW),
                 "requests": len(inside),
                 "ok": len(ok),
-                "p50_ms": round(gw.pct(ok, 0.5) or 0, 2),
-                "p99_ms": round(gw.pct(ok, 0.99) or 0, 2),
+                "p50_ms": round(percentile(ok, 50) or 0, 2),
+                "p99_ms": round(percentile(ok, 99) or 0, 2),
                 "max_ms": round(ok[-1], 2) if ok else None,
             }
         )
     return out
 
 
-async def _load(port: int, rate: float, seconds: float) -> tuple[gw.LoadGen, float, int]:
-    gen = gw.LoadGen(port, gw.http_request(port, gw.request_body(False)), max_conns=256)
+async def _load(port: int, rate: float, seconds: float) -> tuple[LoadGen, float, int]:
+    gen = LoadGen(port, http_request(port, request_body(False)), max_conns=256)
     await gen.prewarm(32)
     start, _, unfinished = await gen.run(rate, seconds, drain_s=60)
     return gen, start, unfinished
@@ -126,8 +102,8 @@ def store_count(url: str) -> int:
             conn.close()
     import psycopg
 
-    with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT count(*) FROM calls").fetchone()
+    with psycopg.connect(url) as pg:
+        row = pg.execute("SELECT count(*) FROM calls").fetchone()
         return int(row[0]) if row else 0
 
 
@@ -146,51 +122,23 @@ def pg_database(admin: str) -> Any:
 
 
 def soak(store: str, url: str, args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict:
-    procs = gw.Procs(pin=not args.no_pin)
+    procs = Procs(pin=not args.no_pin)
     folder = tmp / store
     folder.mkdir()
     try:
-        up = gw.free_port()
-        upstream = procs.start(
-            "upstream",
-            [
-                str(gw.VENV_BIN / "python"),
-                str(tmp / "src" / "tests" / "upstream.py"),
-                "--port",
-                str(up),
-                "--latency-ms",
-                "5",
-            ],
-            up,
-            folder / "upstream.log",
-            cpu=0,
-            env=env,
+        up = free_port()
+        start_upstream(
+            procs, tmp / "src", up, folder / "upstream.log", latency_ms=5, cpu=0, env=env
         )
-        procs.wait_ready(upstream, "/v1/models", 30)
-        port = gw.free_port()
+        port = free_port()
         (folder / "stillhouse.toml").write_text(
             f'[store]\nurl = "{url}"\n\n[models.teacher]\nprovider = "openai-compatible"\n'
             f'base_url = "http://127.0.0.1:{up}/v1"\nmodel = "upstream-model"\n\n'
             f'[tasks.bench]\nteacher = "teacher"\nmode = "teacher"\n'
         )
-        gateway = procs.start(
-            "gateway",
-            [
-                str(gw.VENV_BIN / "stillhouse"),
-                "serve",
-                "--config",
-                str(folder / "stillhouse.toml"),
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            port,
-            folder / "gateway.log",
-            cpu=1,
-            env=env,
+        gateway = start_gateway(
+            procs, folder / "stillhouse.toml", port, folder / "gateway.log", cpu=1, env=env
         )
-        procs.wait_ready(gateway, "/healthz", 30)
         sampler = Sampler(gateway.pid)
         sampler.start()
         started = time.time()
@@ -200,7 +148,7 @@ def soak(store: str, url: str, args: argparse.Namespace, tmp: Path, env: dict[st
         sampler.join()
         ok = sum(1 for r in gen.results if r.error is None and r.status == 200)
         answered = sum(1 for r in gen.results if r.error is None and r.status)
-        metrics = gw.wait_captures(port, expected=ok, timeout=120)
+        metrics = wait_captures(port, expected=ok, timeout=120)
         rows = store_count(url)
         errors: dict[str, int] = {}
         for r in gen.results:
@@ -292,10 +240,8 @@ def main() -> int:
                 parser.error("postgres needs --pg-url or STILLHOUSE_TEST_PG_URL")
             with pg_database(args.pg_url) as url:
                 results.append(soak(store, url, args, tmp, env))
-    doc = {"commit": commit, "machine": gw.machine_info(), "runs": results}
-    gw.RESULTS.mkdir(parents=True, exist_ok=True)
-    out = gw.RESULTS / f"soak-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps(doc, indent=1))
+    doc = {"commit": commit, "machine": machine_info(), "runs": results}
+    out = write_result("soak", doc)
     print(markdown(results))
     print(f"\nraw results: {out}")
     return 0 if all(r["calls_lost"] == 0 for r in results) else 1

@@ -30,6 +30,7 @@ import openai  # noqa: E402
 from stillhouse.config import parse_config  # noqa: E402
 from stillhouse.gateway import create_app  # noqa: E402
 from stillhouse.routing import RoutingTable, TaskRoute  # noqa: E402
+from stillhouse.stats import percentile  # noqa: E402
 from tests.upstream import ServerThread, running_upstream  # noqa: E402
 
 
@@ -88,9 +89,9 @@ def measure(model: str, mode: str, max_tokens: int, n: int, folder: Path) -> dic
         "max_tokens": max_tokens,
         "n": len(ttft),
         "content_chunks_mean": statistics.mean(tokens),
-        "ttft_p50_ms": round(statistics.median(ttft), 1),
-        "ttft_p95_ms": round(sorted(ttft)[int(0.95 * (len(ttft) - 1))], 1),
-        "total_p50_ms": round(statistics.median(total), 1),
+        "ttft_p50_ms": round(percentile(ttft, 50) or 0, 1),
+        "ttft_p95_ms": round(percentile(ttft, 95) or 0, 1),
+        "total_p50_ms": round(percentile(total, 50) or 0, 1),
     }
 
 
