@@ -61,6 +61,16 @@ def message_answer(message: dict[str, Any] | None) -> str:
     return text
 
 
+def message_text(message: dict[str, Any]) -> str:
+    """A message as one line of words: its content, then each tool call's name and arguments
+    (what curation dedupes and clusters, and the router classifies)."""
+    parts = [content_text(message.get("content"))]
+    for tc in message.get("tool_calls") or []:
+        fn = tc.get("function") or {}
+        parts.append(f"{fn.get('name', '')} {fn.get('arguments', '')}")
+    return " ".join(p for p in parts if p)
+
+
 def answer_text(response: dict[str, Any] | None) -> str:
     """The first choice's answer as text ('' when there is none)."""
     return message_answer(first_message(response))
@@ -247,6 +257,20 @@ def agree(metric: Metric, teacher: str, student: str) -> bool:
     """Whether `student` says what `teacher` said, under the task's metric: exact (normalised
     text), json (every field equal, strings normalised), similarity (cosine at its threshold)."""
     return agreements(metric, [teacher], [student])[0][0]
+
+
+def hallucinated(metric: Metric, answer: str, reference: Any) -> bool:
+    """An answer contradicts the call's `metadata.reference`: for json, a field the reference has
+    is given another value (or a field it lacks is invented); else it does not match the
+    reference by the task's text comparison."""
+    ref = reference if isinstance(reference, str) else json.dumps(reference)
+    if metric == "json":
+        ok_a, value_a = parse_json(answer)
+        ok_r, value_r = parse_json(ref)
+        if ok_a and ok_r:
+            a, r = flatten(value_a), flatten(value_r)
+            return any(k not in r or r[k] != v for k, v in a.items())
+    return not agree("similarity" if metric in ("similarity", "judge") else "exact", ref, answer)
 
 
 # -- confidence ------------------------------------------------------------------------------

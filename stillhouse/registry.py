@@ -7,17 +7,24 @@ evaluation a new eval run. Reads and writes go through the trace store, on SQLit
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from .errors import StillhouseError
 from .store.base import TraceStore
 from .store.records import Candidate, EvalRun, Release, new_id
-from .train.config import config_hash
 
 KINDS = ("dataset", "candidate", "eval_run", "release")
 _PREFIXES = {"ds_": "dataset", "cand_": "candidate", "eval_": "eval_run", "rel_": "release"}
+
+
+def config_hash(data: dict[str, Any]) -> str:
+    """sha256 of a JSON document with sorted keys: equal settings, equal hash."""
+    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from .answers import message_text
 from .config import TaskConfig
-from .curate.intent_model import IntentModel
-from .curate.normalize import message_text
+from .intents import IntentModel
 from .store.records import Role
 
 

@@ -18,8 +18,8 @@ log = logging.getLogger("stillhouse.lifecycle")
 
 
 class DefaultSteps:
-    """curate(), optimize_task(), train_task(), the evaluation gate, grace readiness, the intent
-    models and the review queue; `progress`: a training progress bar on stderr (the demo)."""
+    """curate(), optimize_task(), train_task(), the evaluation gate, grace readiness, intent
+    clustering and the review queue; `progress`: a training progress bar on stderr (the demo)."""
 
     def __init__(self, progress: bool = False) -> None:
         self.progress = progress
@@ -61,10 +61,10 @@ class DefaultSteps:
 
         enqueue(store, config)
 
-    def intent_models(self, store: TraceStore) -> Any:
-        from .curate.intent_model import newest_models
+    def cluster(self, texts: list[str]) -> list[str]:
+        from .curate.intents import cluster
 
-        return newest_models(store)
+        return cluster(texts, method="tfidf")
 
 
 def controller(

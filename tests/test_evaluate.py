@@ -102,8 +102,8 @@ def test_metrics() -> None:
     assert answers.format_ok('{"intent": "refund"}', "stop", "exact", schema)
     assert not answers.format_ok('{"intent": "refund"', "stop", "json", None)
     assert not answers.format_ok("fine", "length", "exact", None)
-    assert metrics.hallucinated("json", '{"intent": "refund", "amount": 5}', {"intent": "refund"})
-    assert not metrics.hallucinated("json", '{"intent": "refund"}', '{"intent": "refund"}')
+    assert answers.hallucinated("json", '{"intent": "refund", "amount": 5}', {"intent": "refund"})
+    assert not answers.hallucinated("json", '{"intent": "refund"}', '{"intent": "refund"}')
     scores, method = metrics.similarity(
         ["your parcel is running late", "reset your password"],
         ["your parcel is late", "the parcel is late"],

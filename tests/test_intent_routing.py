@@ -18,6 +18,7 @@ from stillhouse.config import parse_config
 from stillhouse.curate import intent_model
 from stillhouse.errors import ConfigError
 from stillhouse.gateway import create_app
+from stillhouse.intents import IntentModel
 from stillhouse.lifecycle.controller import Controller
 from stillhouse.store import open_store
 
@@ -42,7 +43,7 @@ def test_the_intent_model_predicts_and_round_trips() -> None:
             labels.append(intent)
     model = intent_model.fit(texts, labels)
     assert model is not None
-    again = intent_model.IntentModel.from_json(json.loads(json.dumps(model.to_json())))
+    again = IntentModel.from_json(json.loads(json.dumps(model.to_json())))
     assert again.predict("I want my money back, a refund") == "refund"
     assert again.predict("my card was stolen") == "card_lost"
     assert again.predict("zzz qqq") is None

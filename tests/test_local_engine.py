@@ -20,7 +20,8 @@ import openai
 import pytest
 
 from stillhouse.config import parse_config
-from stillhouse.engine.runtime import Engine, SamplingParams
+from stillhouse.engine.runtime import Engine
+from stillhouse.engine.sequence import SamplingParams
 from stillhouse.engine.server import create_model_app
 from stillhouse.engine.sources import list_models, resolve
 
@@ -432,7 +433,8 @@ def test_packaged_smollm2_loads_and_answers_offline(tmp_path: Path) -> None:
     rows = {m["name"]: m for m in json.loads(prepared.stdout)["models"]}
     assert rows["smollm2-135m-instruct"]["cached"], rows
     code = (
-        "from stillhouse.engine.runtime import Engine, SamplingParams\n"
+        "from stillhouse.engine.runtime import Engine\n"
+        "from stillhouse.engine.sequence import SamplingParams\n"
         "e = Engine.load('smollm2-135m-instruct', threads=1)\n"
         "r = e.generate([{'role': 'user', 'content': 'What is the capital of France?'}],"
         " SamplingParams(max_tokens=24))\n"

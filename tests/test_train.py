@@ -21,7 +21,8 @@ from .test_cli import run
 
 
 def agreement(base: Path, adapter: Path | None = None, merged: Path | None = None) -> float:
-    from stillhouse.engine.runtime import Engine, SamplingParams
+    from stillhouse.engine.runtime import Engine
+    from stillhouse.engine.sequence import SamplingParams
 
     engine = Engine.load(str(merged or base), adapter=adapter, max_batch=40)
     try:

@@ -217,7 +217,7 @@ def test_drift_with_too_few_samples_says_insufficient_evidence(tmp_path: Path) -
         store.insert_scores(
             [Score(id=new_id("score"), call_id=call.id, name="shadow_agreement", value=1.0)]
         )
-        drift = check_drift(store, "support", task, None)
+        drift = check_drift(store, "support", task, None, lambda texts: ["one"] * len(texts))
     assert not drift.drifted and drift.insufficient
     assert drift.reason.startswith("insufficient evidence: 1/100")
 

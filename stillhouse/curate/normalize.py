@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..answers import content_text
+from ..answers import content_text, message_text
 from ..store.records import Call
 
 _TEXT_PARTS = ("text", "input_text", "output_text")
@@ -51,14 +51,6 @@ class Example:
 def user_text(messages: Sequence[dict[str, Any]]) -> str:
     """The user turns' text: what a retold case repeats, whatever the answer."""
     return "\n".join(message_text(m) for m in messages if m["role"] == "user")
-
-
-def message_text(message: dict[str, Any]) -> str:
-    parts = [content_text(message.get("content"))]
-    for tc in message.get("tool_calls") or []:
-        fn = tc.get("function") or {}
-        parts.append(f"{fn.get('name', '')} {fn.get('arguments', '')}")
-    return " ".join(p for p in parts if p)
 
 
 def _content(content: Any) -> Any:

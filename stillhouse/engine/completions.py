@@ -17,10 +17,10 @@ from typing import Any
 from ..errors import BadRequest
 from ..openai.protocol import ChatCompletionRequest
 from .confidence import confidence
-from .runtime import (
+from .runtime import Engine
+from .sequence import (
     DEFAULT_MAX_TOKENS,
     Delta,
-    Engine,
     Event,
     Finished,
     Request,

@@ -6,7 +6,6 @@ reference. Nothing here calls a model except `judge`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,19 +112,3 @@ def score(metric: Metric, students: Sequence[str], teachers: Sequence[str]) -> l
     if metric == "similarity":
         return similarity(students, teachers)[0]
     raise ValueError("the judge metric needs the teacher: use metrics.judge")
-
-
-def hallucinated(metric: Metric, answer: str, reference: Any) -> bool:
-    """An answer contradicts the call's `metadata.reference`: for json, a field the reference has
-    is given another value (or a field it lacks is invented); else it does not match the
-    reference by the task's text comparison."""
-    ref = reference if isinstance(reference, str) else json.dumps(reference)
-    if metric == "json":
-        ok_a, value_a = parse_json(answer)
-        ok_r, value_r = parse_json(ref)
-        if ok_a and ok_r:
-            a, r = flatten(value_a), flatten(value_r)
-            return any(k not in r or r[k] != v for k, v in a.items())
-    if metric == "similarity":
-        return not agree("similarity", ref, answer)
-    return not agree("exact", ref, answer)

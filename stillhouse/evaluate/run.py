@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..answers import agreements, canonical, format_ok
+from ..answers import agreements, canonical, format_ok, hallucinated
 from ..config import Config, ModelConfig, TaskConfig
 from ..errors import StillhouseError
 from ..stats import binomial_interval, mean, paired_difference_ci, percentile, rate_interval
@@ -295,7 +295,7 @@ def evaluate(
     compliant = [format_ok(a.text, a.finish_reason, settings.gate.metric, schema) for a in answers]
     referenced = [(i, a) for i, a in zip(items, answers, strict=True) if i.reference is not None]
     hallucinations = [
-        metrics.hallucinated(settings.gate.metric, a.text, i.reference) for i, a in referenced
+        hallucinated(settings.gate.metric, a.text, i.reference) for i, a in referenced
     ]
     ok = [a for a in answers if a.error is None]
     latencies = [a.latency_ms for a in ok]

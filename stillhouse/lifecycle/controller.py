@@ -25,7 +25,7 @@ from .monitor import check_drift
 from .rollout import GateResult, collect, judge
 from .states import State, TaskState
 from .steps import Steps
-from .table import entry_of
+from .table import entry_of, newest_models
 from .transitions import judged, next_stage, promote, rolled_back
 
 log = logging.getLogger("stillhouse.lifecycle")
@@ -74,7 +74,7 @@ class Controller:
                 log.exception("the work after the lifecycle's pass failed")
             if self.routing is not None:
                 self.routing.publish({n: entry_of(s, store) for n, s in out.items()})
-                self.routing.publish_intents(self.steps.intent_models(store))
+                self.routing.publish_intents(newest_models(store))
         return out
 
     def step(self, store: TraceStore, name: str) -> TaskState:
@@ -211,7 +211,7 @@ class Controller:
     def _serving(
         self, store: TraceStore, name: str, task: TaskConfig, state: TaskState, now: float
     ) -> TaskState | None:
-        drift = check_drift(store, name, task, state.detail.get("dataset"), now)
+        drift = check_drift(store, name, task, state.detail.get("dataset"), self.steps.cluster, now)
         reason = f"drift: {drift.reason}" if drift.drifted else None
         since = float(state.detail.get("serving_since") or state.created_at)
         if reason is None and task.retrain_every is not None and now - since >= task.retrain_every:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +62,13 @@ def recent_intents(
     return known, texts
 
 
-def intent_shift(store: TraceStore, task: str, dataset_id: str, since: float) -> float | None:
+def intent_shift(
+    store: TraceStore,
+    task: str,
+    dataset_id: str,
+    since: float,
+    cluster: Callable[[list[str]], list[str]],
+) -> float | None:
     """PSI between the intents of the dataset the student learnt and recent traffic. Both sides
     use the callers' metadata.intent when every recent call has one, else one TF-IDF clustering
     of both sides together (so the labels are comparable)."""
@@ -72,10 +78,8 @@ def intent_shift(store: TraceStore, task: str, dataset_id: str, since: float) ->
         return None
     if all(k is not None for k in known):
         return psi([e.intent for e in examples], [k for k in known if k is not None])
-    from ..curate.intents import cluster
-
     base_texts = [_user_text(e.example) for e in examples]
-    labels = cluster(base_texts + texts, method="tfidf")
+    labels = cluster(base_texts + texts)
     return psi(labels[: len(base_texts)], labels[len(base_texts) :])
 
 
@@ -95,8 +99,11 @@ def check_drift(
     task_name: str,
     task: TaskConfig,
     dataset_id: str | None,
+    cluster: Callable[[list[str]], list[str]],
     now: float | None = None,
 ) -> Drift:
+    """Drift in the task's recent window; `cluster` labels request texts with intents when the
+    callers send no metadata.intent (curation's clustering: the composition passes it in)."""
     now = time.time() if now is None else now
     since = now - task.drift.window
     evidence = collect(store, task_name, since)
@@ -106,7 +113,7 @@ def check_drift(
     detail: dict[str, Any] = {"shadow_samples": samples, "agreement_upper": high}
     if samples >= task.drift.min_samples and high < threshold:
         return Drift(True, f"shadow agreement {high:.3f} (upper bound) < {threshold}", detail)
-    shift = intent_shift(store, task_name, dataset_id, since) if dataset_id else None
+    shift = intent_shift(store, task_name, dataset_id, since, cluster) if dataset_id else None
     detail["psi"] = shift
     known, _ = recent_intents(store, task_name, since)
     if shift is not None and len(known) >= task.drift.min_samples and shift > task.drift.max_psi:

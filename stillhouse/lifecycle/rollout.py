@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import orjson
 
-from ..answers import answer_text
+from ..answers import Metric, answer_text, hallucinated
 from ..config import TaskConfig
 from ..stats import percentile, rate_interval
 from ..store.base import TraceStore
@@ -85,7 +85,7 @@ def collect(
     task: str,
     since: float,
     candidate: str | None = None,
-    metric: str = "exact",
+    metric: Metric = "exact",
 ) -> Evidence:
     """Evidence from the task's calls and shadow scores created at or after `since`. With
     `candidate`, only the student calls that candidate answered (metadata.candidate) count."""
@@ -131,14 +131,11 @@ def collect(
     )
 
 
-def _hallucinations(store: TraceStore, referenced: dict[str, Any], metric: str) -> list[float]:
+def _hallucinations(store: TraceStore, referenced: dict[str, Any], metric: Metric) -> list[float]:
     """1.0 for each answer that contradicts its call's reference (only those calls' responses
     are read, a few hundred at a time)."""
     if not referenced:
         return []
-    from ..evaluate.metrics import hallucinated
-
-    scored: Any = "similarity" if metric == "judge" else metric  # judge has no offline form
     out = []
     ids = list(referenced)
     for start in range(0, len(ids), 500):
@@ -148,7 +145,7 @@ def _hallucinations(store: TraceStore, referenced: dict[str, Any], metric: str) 
             f"SELECT id, response FROM calls WHERE id IN ({marks})", tuple(part)
         ):
             text = answer_text(_json(response))
-            out.append(float(hallucinated(scored, text, referenced[call_id])))
+            out.append(float(hallucinated(metric, text, referenced[call_id])))
     return out
 
 

@@ -1,6 +1,6 @@
 """What the controller asks of the rest of the product, as one protocol: the long steps (curate,
-optimize, train, validate) and what it reads of curation and review (grace readiness, the intent
-models the router uses, the review queue). The lifecycle stays a state machine over the store;
+optimize, train, validate) and what it asks of curation and review (grace readiness, intent
+clustering for drift, the review queue). The lifecycle stays a state machine over the store;
 `stillhouse.worker.DefaultSteps` composes the real parts, tests pass small fakes.
 """
 
@@ -44,6 +44,7 @@ class Steps(Protocol):
         """Work after every pass that is no task's transition (filling the review queue)."""
         ...
 
-    def intent_models(self, store: TraceStore) -> Any:
-        """The newest intent model of each task, for the routing table."""
+    def cluster(self, texts: list[str]) -> list[str]:
+        """One intent label per text, clustered the way curation does (for the drift monitor's
+        intent shift when callers send no metadata.intent)."""
         ...

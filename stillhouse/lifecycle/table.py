@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ..curate.intent_model import newest_models
+from ..intents import IntentModel
 from ..routing import RoutingTable, TaskRoute
 from ..store import open_store
 from ..store.base import TraceStore
@@ -95,3 +95,25 @@ class RoutingRefresher:
             self._stop.wait(self.interval)
         if store is not None:
             store.close()
+
+
+_LOADED: dict[str, IntentModel | None] = {}  # dataset id -> its model; snapshots never change
+
+
+def newest_models(store: TraceStore) -> dict[str, IntentModel]:
+    """task -> the intent model of its newest curated snapshot (tasks without one are absent).
+    For the routing table's refresh, off the request path; each snapshot is parsed once."""
+    rows = store.query(
+        "SELECT d.task, d.id FROM datasets d WHERE d.created_at = "
+        "(SELECT MAX(x.created_at) FROM datasets x WHERE x.task = d.task)"
+    )
+    out = {}
+    for task, dataset_id in rows:
+        if dataset_id not in _LOADED:
+            found = store.get_dataset(dataset_id)
+            doc = (found.config or {}).get("intent_model") if found is not None else None
+            _LOADED[dataset_id] = IntentModel.from_json(doc) if doc else None
+        model = _LOADED[dataset_id]
+        if model is not None:
+            out[str(task)] = model
+    return out

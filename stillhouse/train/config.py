@@ -6,11 +6,8 @@ Plain data, no torch: the CLI and the registry hash these settings without impor
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, fields
 from typing import Any
-
-import orjson
 
 Backend = str  # local | openai | azure
 
@@ -71,8 +68,3 @@ class TrainSettings:
         for key in ("output_dir", "threads", "poll_interval", "timeout", "checkpoint_every"):
             data.pop(key)
         return data
-
-
-def config_hash(data: dict[str, Any]) -> str:
-    """sha256 of a JSON document with sorted keys: equal settings, equal hash."""
-    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()

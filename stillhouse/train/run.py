@@ -14,10 +14,10 @@ from typing import Any
 from ..config import Config, ModelConfig
 from ..curate import snapshot
 from ..errors import ConfigError, StillhouseError
-from ..registry import register_candidate
+from ..registry import config_hash, register_candidate
 from ..store.base import TraceStore
 from ..store.records import Candidate
-from .config import TrainSettings, config_hash
+from .config import TrainSettings
 
 
 def settings_for(config: Config, task_name: str, backend: str | None = None) -> TrainSettings:
