@@ -79,14 +79,9 @@ def file_prompts(path: str) -> list[list[dict[str, Any]]]:
 
 
 def _answered(store: TraceStore, task: str) -> set[bytes]:
-    rows = store.query(
-        "SELECT request FROM calls WHERE task = ? AND status = 'ok'", (general_task(task),)
-    )
-    seen = set()
-    for (request,) in rows:
-        body = orjson.loads(request) if isinstance(request, str | bytes) else request
-        seen.add(orjson.dumps(body.get("messages")))
-    return seen
+    return {
+        orjson.dumps(body.get("messages")) for body in store.answered_requests(general_task(task))
+    }
 
 
 def build(

@@ -11,8 +11,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import orjson
-
 from .config import Config, Price
 from .errors import ConfigError
 from .pricing import call_cost, price_for, price_source
@@ -41,12 +39,6 @@ class CallRow(NamedTuple):
     cost: float | None
 
 
-ROW_SQL = (
-    "SELECT id, task, created_at, role, model, route_reason, status, latency_ms, ttft_ms, "
-    "input_tokens, output_tokens, cost FROM calls WHERE created_at >= ?"
-)
-
-
 def route_of(row: CallRow) -> str:
     """teacher | student | fallback | shadow. A fallback is the student answer that was replaced
     and the teacher answer that replaced it; a shadow call is a background comparison."""
@@ -63,27 +55,14 @@ def is_request(row: CallRow) -> bool:
 
 
 def read_rows(store: TraceStore, since: float, task: str | None = None) -> list[CallRow]:
-    sql = ROW_SQL
-    params: list[Any] = [since]
-    if task is not None:
-        sql += " AND task = ?"
-        params.append(task)
-    return [CallRow(*r) for r in store.query(sql + " ORDER BY created_at", params)]
+    return [CallRow(*r) for r in store.report_rows(since, task)]
 
 
 def read_agreement(
     store: TraceStore, since: float, task: str | None = None
 ) -> list[tuple[str, float, float]]:
     """(task, call time, value) of every shadow agreement score on calls since `since`."""
-    sql = (
-        "SELECT c.task, c.created_at, s.value FROM scores s JOIN calls c ON c.id = s.call_id "
-        "WHERE s.name = 'shadow_agreement' AND s.value IS NOT NULL AND c.created_at >= ?"
-    )
-    params: list[Any] = [since]
-    if task is not None:
-        sql += " AND c.task = ?"
-        params.append(task)
-    return [(t, float(at), float(v)) for t, at, v in store.query(sql, params)]
+    return store.agreement_scores(since, task)
 
 
 def _r(value: float | None, digits: int) -> float | None:
@@ -227,7 +206,7 @@ def quality(rows: Iterable[CallRow], agreement: Sequence[float]) -> dict[str, An
 
 
 def _intent(metadata: Any) -> str:
-    meta = orjson.loads(metadata) if isinstance(metadata, str | bytes) else (metadata or {})
+    meta = metadata or {}
     return str(meta.get("intent") or meta.get("routed_intent") or "unknown")
 
 
@@ -235,11 +214,7 @@ def per_intent(store: TraceStore, since: float, task: str) -> dict[str, dict[str
     """Traffic and agreement by intent: the caller's metadata.intent, else the intent the gateway
     told from the snapshot's intent model (`routed_intent`), else "unknown"."""
     out: dict[str, dict[str, Any]] = {}
-    rows = store.query(
-        "SELECT role, route_reason, metadata FROM calls WHERE task = ? AND created_at >= ?",
-        (task, since),
-    )
-    for role, reason, metadata in rows:
+    for role, reason, metadata in store.intent_traffic(task, since):
         if reason in ("shadow", "fallback"):
             continue
         entry = out.setdefault(
@@ -249,13 +224,7 @@ def per_intent(store: TraceStore, since: float, task: str) -> dict[str, dict[str
         entry["requests"] += 1
         entry[role] = entry.get(role, 0) + 1
         entry["fallbacks"] += str(reason).startswith("fallback:")
-    scores = store.query(
-        "SELECT c.metadata, s.value FROM scores s JOIN calls c ON c.id = s.call_id "
-        "WHERE s.name = 'shadow_agreement' AND s.value IS NOT NULL AND c.task = ? "
-        "AND c.created_at >= ?",
-        (task, since),
-    )
-    for metadata, value in scores:
+    for metadata, value in store.intent_agreement(task, since):
         intent = _intent(metadata)
         if intent in out:
             out[intent]["agreement"].append(float(value))

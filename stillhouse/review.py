@@ -15,26 +15,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import orjson
-
 from .answers import agree, answer_text
 from .config import Config, TaskConfig
 from .errors import StillhouseError
 from .store.base import TraceStore
 from .store.records import Call, Score, new_id
+from .store.review import REVIEW_COLUMNS as COLUMNS
 
 Verdict = Literal["right", "wrong"]
-COLUMNS = (
-    "id",
-    "call_id",
-    "task",
-    "created_at",
-    "reason",
-    "status",
-    "correction",
-    "reviewer",
-    "reviewed_at",
-)
 LAG = 600.0  # seconds the scan looks back past its cursor: captures arrive a little late
 
 
@@ -60,34 +48,14 @@ def sampled(rate: float, call_id: str) -> bool:
     return rate > 0 and int.from_bytes(digest, "big") / 2**64 < rate
 
 
-def _json(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
-
-
-def _write(store: TraceStore, sql: str, rows: list[tuple[Any, ...]]) -> None:
-    store._begin_write()
-    try:
-        cur = store.conn.cursor()
-        cur.executemany(store._sql(sql), rows)
-        store.conn.commit()
-    except Exception:
-        store.conn.rollback()
-        raise
-
-
 def _to_review(store: TraceStore, name: str, task: TaskConfig, since: float) -> list[tuple]:
-    rows = store.query(
-        "SELECT id, role, route_reason, created_at, response, metadata FROM calls "
-        "WHERE task = ? AND created_at >= ? AND status = 'ok' "
-        "AND (role = 'student' OR route_reason = 'fallback') ORDER BY created_at",
-        (name, since),
-    )
+    rows = store.reviewable_calls(name, since)
     replacement = {}  # student call id -> the teacher's answer that replaced it
     for _, role, reason, _, response, metadata in rows:
         if role == "teacher" and reason == "fallback":
-            of = (_json(metadata) or {}).get("fallback_of")
+            of = (metadata or {}).get("fallback_of")
             if of:
-                replacement[of] = answer_text(_json(response))
+                replacement[of] = answer_text(response)
     out = []
     for call_id, role, reason, created_at, response, _ in rows:
         if role != "student":
@@ -95,7 +63,7 @@ def _to_review(store: TraceStore, name: str, task: TaskConfig, since: float) -> 
         if reason == "fallback:replaced":
             if not task.review.fallbacks or call_id not in replacement:
                 continue  # its teacher answer is not stored yet: the next scan looks again
-            mine = answer_text(_json(response))
+            mine = answer_text(response)
             if agree(task.gate.metric, replacement[call_id], mine):
                 continue
             out.append((call_id, "fallback", float(created_at)))
@@ -116,11 +84,8 @@ def enqueue(store: TraceStore, config: Config, now: float | None = None) -> int:
         since = store.counter(cursor) / 1000
         found = _to_review(store, name, task, since)
         if found:
-            _write(
-                store,
-                "INSERT INTO review_items (id, call_id, task, created_at, reason, status) "
-                "VALUES (?, ?, ?, ?, ?, 'pending') ON CONFLICT (call_id) DO NOTHING",
-                [(new_id("rev"), call_id, name, now, reason) for call_id, reason, _ in found],
+            store.add_review_items(
+                [(new_id("rev"), call_id, name, now, reason) for call_id, reason, _ in found]
             )
             offered += len(found)
         target = int(max(since, now - LAG) * 1000)
@@ -129,8 +94,7 @@ def enqueue(store: TraceStore, config: Config, now: float | None = None) -> int:
     return offered
 
 
-def _item(row: tuple[Any, ...]) -> ReviewItem:
-    data = dict(zip(COLUMNS, row, strict=True))
+def _item(data: dict[str, Any]) -> ReviewItem:
     data["created_at"] = float(data["created_at"])
     if data["reviewed_at"] is not None:
         data["reviewed_at"] = float(data["reviewed_at"])
@@ -138,26 +102,15 @@ def _item(row: tuple[Any, ...]) -> ReviewItem:
 
 
 def get(store: TraceStore, item_id: str) -> ReviewItem | None:
-    rows = store.query(f"SELECT {', '.join(COLUMNS)} FROM review_items WHERE id = ?", (item_id,))
-    return _item(rows[0]) if rows else None
+    row = store.review_item(item_id)
+    return _item(row) if row is not None else None
 
 
 def items(
     store: TraceStore, task: str | None = None, status: str | None = "pending", limit: int = 50
 ) -> list[ReviewItem]:
     """Queue rows, oldest first (pending by default; status None: every row)."""
-    where, params = [], []
-    if task is not None:
-        where.append("task = ?")
-        params.append(task)
-    if status is not None:
-        where.append("status = ?")
-        params.append(status)
-    sql = f"SELECT {', '.join(COLUMNS)} FROM review_items"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    rows = store.query(sql + " ORDER BY created_at, id LIMIT ?", (*params, limit))
-    return [_item(r) for r in rows]
+    return [_item(r) for r in store.review_items(task, status, limit)]
 
 
 def show(store: TraceStore, item: ReviewItem) -> dict[str, Any]:
@@ -173,14 +126,9 @@ def show(store: TraceStore, item: ReviewItem) -> dict[str, Any]:
     ]
     doc["answer"] = answer_text(call.response)
     if item.reason == "fallback":
-        rows = store.query(
-            "SELECT response, metadata FROM calls WHERE task = ? AND route_reason = 'fallback' "
-            "AND created_at >= ?",
-            (item.task, call.created_at),
-        )
-        for response, metadata in rows:
-            if (_json(metadata) or {}).get("fallback_of") == item.call_id:
-                doc["teacher_answer"] = answer_text(_json(response))
+        for response, metadata in store.fallback_calls(item.task, call.created_at):
+            if (metadata or {}).get("fallback_of") == item.call_id:
+                doc["teacher_answer"] = answer_text(response)
     return doc
 
 
@@ -205,12 +153,7 @@ def mark(
         raise StillhouseError(f"review item {item_id} was already marked {item.status}")
     status = "corrected" if correction else verdict
     now = time.time()
-    _write(
-        store,
-        "UPDATE review_items SET status = ?, correction = ?, reviewer = ?, reviewed_at = ? "
-        "WHERE id = ? AND status = 'pending'",
-        [(status, correction, reviewer, now, item_id)],
-    )
+    store.mark_review_item(item_id, status, correction, reviewer, now)
     value = 1.0 if verdict == "right" else 0.0
     store.insert_scores(
         [
@@ -225,13 +168,8 @@ def mark(
 
 def corrections(store: TraceStore, task: str) -> list[tuple[Call, str]]:
     """The task's corrected calls with their corrections, oldest first, for curation."""
-    rows = store.query(
-        "SELECT call_id, correction FROM review_items WHERE task = ? AND status = 'corrected' "
-        "ORDER BY reviewed_at, id",
-        (task,),
-    )
     out = []
-    for call_id, correction in rows:
+    for call_id, correction in store.review_corrections(task):
         call = store.get_call(call_id)
         if call is not None and correction:
             out.append((call, str(correction)))

@@ -111,3 +111,72 @@ def test_unsupported_and_unreachable_urls_are_clear_errors(tmp_path) -> None:
         open_store("mysql://x")
     with pytest.raises(StoreError, match="cannot connect to PostgreSQL"):
         open_store("postgresql://nobody@127.0.0.1:1/none")
+
+
+def test_a_transaction_commits_at_its_end_or_not_at_all(store_url: str) -> None:
+    lost, kept = make_call(), make_call()
+    with open_store(store_url) as store, open_store(store_url) as other:
+        with pytest.raises(RuntimeError), store.transaction():
+            store.insert_calls([lost])
+            store.add_counter("n", 1)
+            raise RuntimeError("boom")
+        assert store.get_call(lost.id) is None and store.counter("n") == 0
+        with store.transaction():
+            store.insert_calls([kept])  # a write inside joins the transaction
+            store.add_counter("n", 2)
+            assert store.get_call(kept.id) == kept  # read inside it
+            assert other.get_call(kept.id) is None  # not committed yet
+        assert other.get_call(kept.id) == kept and other.counter("n") == 2
+
+
+def test_one_controller_holds_the_lock(store_url: str) -> None:
+    with open_store(store_url) as one, open_store(store_url) as two:
+        with one.controller_lock() as held:
+            assert held
+            with two.controller_lock() as also:
+                assert not also
+            one.insert_calls([make_call()])  # the lock outlives the store's transactions
+            with two.controller_lock() as also:
+                assert not also
+        with two.controller_lock() as held:
+            assert held
+
+
+def test_named_questions_answer_with_json_decoded(store_url: str) -> None:
+    call = make_call(created_at=100.0)
+    student = make_call(role="student", created_at=101.0)
+    with open_store(store_url) as store:
+        store.insert_calls([call, student])
+        assert store.served_requests("support", 0)[0] == (call.request, call.metadata)
+        assert store.answered_requests("support") == [call.request, student.request]
+        evidence = {r[0]: r for r in store.rollout_evidence("support", 100.5)}
+        assert list(evidence) == [student.id] and evidence[student.id][5] == student.metadata
+        assert store.call_responses([call.id]) == [(call.id, call.response)]
+        assert store.new_teacher_calls("support", 0) == 1
+        assert store.intent_traffic("support", 0)[0][2] == call.metadata
+        assert [r[0] for r in store.report_rows(0, "support")] == [call.id, student.id]
+        event = {
+            "id": new_id("evt"),
+            "task": "support",
+            "created_at": 5.0,
+            "kind": "transition",
+            "from_state": None,
+            "state": "grace",
+            "stage": 0,
+            "share": 0.0,
+            "mode": None,
+            "candidate_id": None,
+            "reason": "first",
+            "detail": {"a": [1, {"b": "é"}]},
+        }
+        store.append_event(event)
+        assert store.events("support") == [event]
+        assert store.latest_event("support") == event and store.latest_event("x") is None
+        assert store.latest_events() == [event]
+        store.add_review_items([("rev_1", student.id, "support", 7.0, "sample")] * 2)
+        [item] = store.review_items("support")
+        assert (item["id"], item["status"], item["reviewed_at"]) == ("rev_1", "pending", None)
+        store.mark_review_item("rev_1", "corrected", "better", "ann", 9.0)
+        store.mark_review_item("rev_1", "right", None, "bob", 10.0)  # marked once only
+        assert store.review_item("rev_1")["reviewer"] == "ann"  # type: ignore[index]
+        assert store.review_corrections("support") == [(student.id, "better")]

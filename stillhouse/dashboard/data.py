@@ -43,9 +43,7 @@ def optional(store: TraceStore, read: Callable[[], T], empty: T) -> T:
     """`read()`, or `empty` when its table is not there (an older or newer schema)."""
     try:
         return read()
-    except Exception:
-        if store.conn is not None:
-            store.conn.rollback()
+    except Exception:  # the store has already ended the failed read's transaction
         return empty
 
 
@@ -262,13 +260,7 @@ def list_calls(
     limit: int,
 ) -> list[dict[str, Any]]:
     """The newest calls matching the filters, without their bodies (a preview of the question)."""
-    clauses, params = [], []
-    for column, value in (("task", task), ("role", role), ("status", status)):
-        if value:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    calls = store._calls(where, [*params, limit], "ORDER BY created_at DESC, id LIMIT ?")
+    calls = store.list_calls(task or None, limit, role or None, status or None)
     out = []
     for c in calls:
         users = [m for m in c.request.get("messages", []) if m.get("role") == "user"]

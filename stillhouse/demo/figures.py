@@ -13,7 +13,6 @@ the calibrated threshold)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..config import Config, TaskConfig
@@ -89,11 +88,7 @@ def figures(store: TraceStore, config: Config, marks: dict[str, float]) -> dict[
     after = _summary(after_rows) if after_start else None
     live = [v for _, _, v in read_agreement(store, rollout_start or marks["grace"], TASK)]
     # shadow comparisons whose teacher answer broke the task's schema: no reference, unscored
-    unscored = store.query(
-        "SELECT COUNT(*) FROM scores s JOIN calls c ON c.id = s.call_id WHERE c.task = ? "
-        "AND s.name = 'shadow_agreement' AND s.label = 'teacher_off_schema' AND c.created_at >= ?",
-        (TASK, rollout_start or marks["grace"]),
-    )[0][0]
+    unscored = store.off_schema_shadows(TASK, rollout_start or marks["grace"])
     # share and fallback rate in the p95's window: the requests sent once the student serves
     requests = user_requests(after_rows)
     student_answers = [r for r in after_rows if r.role == "student" and route_of(r) != "shadow"]
@@ -102,13 +97,7 @@ def figures(store: TraceStore, config: Config, marks: dict[str, float]) -> dict[
     # the newest evaluation of a trained candidate (else of the prompt), and of the prompt
     validation: dict[str, Any] = {}
     prompt: dict[str, Any] = {}
-    runs = store.query(
-        "SELECT e.metrics, c.backend FROM eval_runs e JOIN candidates c ON c.id = e.candidate_id "
-        "WHERE c.task = ? ORDER BY e.created_at DESC",
-        (TASK,),
-    )
-    for metrics, backend in runs:
-        doc = json.loads(metrics)
+    for doc, backend in store.eval_metrics(TASK):
         if backend == "prompt":
             prompt = prompt or doc
         else:

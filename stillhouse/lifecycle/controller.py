@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from ..config import Config, TaskConfig
 from ..routing import RoutingTable
@@ -29,17 +28,6 @@ from .table import entry_of, newest_models
 from .transitions import judged, next_stage, promote, rolled_back
 
 log = logging.getLogger("stillhouse.lifecycle")
-
-CONTROLLER_LOCK = 0x5354494C4C484F  # any fixed 64-bit number: "STILLHO"
-
-
-def new_teacher_calls(store: TraceStore, task: str, since: float) -> int:
-    rows = store.query(
-        "SELECT COUNT(*) FROM calls WHERE task = ? AND role = 'teacher' AND status = 'ok' "
-        "AND created_at >= ?",
-        (task, since),
-    )
-    return int(rows[0][0])
 
 
 class Controller:
@@ -100,7 +88,7 @@ class Controller:
                 return None
             met = ", ".join(k for k, v in ready["met"].items() if v)
             return state.moved(State.CURATING, f"grace met: {met}", detail={})
-        fresh = new_teacher_calls(store, name, since)
+        fresh = store.new_teacher_calls(name, since)
         if fresh < task.grace.min_conversations and now - since < task.grace.max_days * 86400:
             return None
         return state.moved(
@@ -236,7 +224,7 @@ class Controller:
         self, store: TraceStore, name: str, task: TaskConfig, state: TaskState, now: float
     ) -> TaskState | None:
         since = float(state.detail.get("collect_since") or state.created_at)
-        fresh = new_teacher_calls(store, name, since)
+        fresh = store.new_teacher_calls(name, since)
         if fresh < task.grace.min_conversations and now - since < task.grace.max_days * 86400:
             return None
         return state.moved(
@@ -284,28 +272,5 @@ assert set(HANDLERS) == set(State), "every state has its handler"
 @contextlib.contextmanager
 def controller_lock(store_url: str) -> Iterator[bool]:
     """Yield True while this process holds the one controller lock of the store, else False."""
-    if store_url.startswith("sqlite:///"):
-        import fcntl
-
-        path = Path(store_url.removeprefix("sqlite:///") + ".controller.lock")
-        with path.open("a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        return
-    import psycopg
-
-    with psycopg.connect(store_url, autocommit=True) as conn:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (CONTROLLER_LOCK,)).fetchone()
-        held = bool(row and row[0])
-        try:
-            yield held
-        finally:
-            if held:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (CONTROLLER_LOCK,))
+    with open_store(store_url, migrate=False) as store, store.controller_lock() as held:
+        yield held

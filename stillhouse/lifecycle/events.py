@@ -1,7 +1,7 @@
 """Lifecycle events in the store: one row per transition or mode change, written once.
 
-The newest row of a task is its current state; the rows in order are its history. The SQL lives
-here, beside the lifecycle, on the store's connection (SQLite or PostgreSQL).
+The newest row of a task is its current state; the rows in order are its history. The store
+keeps the rows (see store/lifecycle.py); this module turns them into TaskStates.
 """
 
 from __future__ import annotations
@@ -9,26 +9,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
-
 from ..store.base import TraceStore
 from ..store.records import new_id
 from .states import State, TaskState
-
-COLUMNS = (
-    "id",
-    "task",
-    "created_at",
-    "kind",
-    "from_state",
-    "state",
-    "stage",
-    "share",
-    "mode",
-    "candidate_id",
-    "reason",
-    "detail",
-)
 
 
 def record(
@@ -48,62 +31,45 @@ def record(
         created_at=now,
         id=new_id("evt"),
     )
-    values = (
-        stored.id,
-        stored.task,
-        now,
-        kind,
-        str(previous) if previous is not None else None,
-        str(stored.state),
-        stored.stage,
-        stored.share,
-        stored.mode,
-        stored.candidate_id,
-        stored.reason,
-        orjson.dumps(stored.detail).decode(),
+    store.append_event(
+        {
+            "id": stored.id,
+            "task": stored.task,
+            "created_at": now,
+            "kind": kind,
+            "from_state": str(previous) if previous is not None else None,
+            "state": str(stored.state),
+            "stage": stored.stage,
+            "share": stored.share,
+            "mode": stored.mode,
+            "candidate_id": stored.candidate_id,
+            "reason": stored.reason,
+            "detail": stored.detail,
+        }
     )
-    marks = ", ".join("?" for _ in COLUMNS)
-    store._begin_write()
-    try:
-        store.conn.execute(
-            store._sql(f"INSERT INTO lifecycle_events ({', '.join(COLUMNS)}) VALUES ({marks})"),
-            values,
-        )
-        store.conn.commit()
-    except Exception:
-        store.conn.rollback()
-        raise
     return stored
 
 
-def _state(row: tuple[Any, ...]) -> tuple[TaskState, dict[str, Any]]:
-    data = dict(zip(COLUMNS, row, strict=True))
-    detail = data["detail"]
-    state = TaskState(
+def _state(data: dict[str, Any]) -> TaskState:
+    return TaskState(
         task=data["task"],
         state=State(data["state"]),
         stage=int(data["stage"]),
         share=float(data["share"]),
         mode=data["mode"],
         candidate_id=data["candidate_id"],
-        detail=orjson.loads(detail) if isinstance(detail, str | bytes) else dict(detail),
+        detail=dict(data["detail"]),
         reason=data["reason"],
         created_at=float(data["created_at"]),
         id=data["id"],
     )
-    return state, data
 
 
 def history(store: TraceStore, task: str, limit: int = 100) -> list[dict[str, Any]]:
     """A task's events, newest first, as JSON documents."""
-    rows = store.query(
-        f"SELECT {', '.join(COLUMNS)} FROM lifecycle_events WHERE task = ? "
-        "ORDER BY created_at DESC, id DESC LIMIT ?",
-        (task, limit),
-    )
     out = []
-    for row in rows:
-        state, data = _state(row)
+    for data in store.events(task, limit):
+        state = _state(data)
         out.append(
             {"id": state.id, "kind": data["kind"], "from": data["from_state"], **state.to_json()}
         )
@@ -112,22 +78,13 @@ def history(store: TraceStore, task: str, limit: int = 100) -> list[dict[str, An
 
 def current(store: TraceStore, task: str) -> TaskState:
     """The task's newest event, or grace with no student when it has none."""
-    rows = store.query(
-        f"SELECT {', '.join(COLUMNS)} FROM lifecycle_events WHERE task = ? "
-        "ORDER BY created_at DESC, id DESC LIMIT 1",
-        (task,),
-    )
-    return _state(rows[0])[0] if rows else TaskState(task=task)
+    data = store.latest_event(task)
+    return _state(data) if data is not None else TaskState(task=task)
 
 
 def current_all(store: TraceStore) -> dict[str, TaskState]:
     """Every task's newest event (tasks with none are absent)."""
-    rows = store.query(
-        f"SELECT {', '.join(COLUMNS)} FROM lifecycle_events e WHERE e.id = ("
-        "SELECT x.id FROM lifecycle_events x WHERE x.task = e.task "
-        "ORDER BY x.created_at DESC, x.id DESC LIMIT 1)"
-    )
-    return {state.task: state for state, _ in map(_state, rows)}
+    return {state.task: state for state in map(_state, store.latest_events())}
 
 
 def serving_student(store: TraceStore, task: str, exclude: str | None = None) -> str | None:

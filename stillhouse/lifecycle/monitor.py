@@ -47,15 +47,8 @@ def recent_intents(
     store: TraceStore, task: str, since: float
 ) -> tuple[list[str | None], list[str]]:
     """(metadata.intent or None, request text) of the task's served calls since `since`."""
-    rows = store.query(
-        "SELECT request, metadata FROM calls WHERE task = ? AND created_at >= ? "
-        "AND route_reason NOT IN ('shadow', 'fallback')",
-        (task, since),
-    )
     known, texts = [], []
-    for request, metadata in rows:
-        req = orjson.loads(request) if isinstance(request, str | bytes) else request
-        meta = orjson.loads(metadata) if isinstance(metadata, str | bytes) else metadata
+    for req, meta in store.served_requests(task, since):
         intent = (meta or {}).get("intent")
         known.append(str(intent) if intent is not None else None)
         texts.append(_user_text(req))

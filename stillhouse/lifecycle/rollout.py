@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
-
 from ..answers import Metric, answer_text, hallucinated
 from ..config import TaskConfig
 from ..stats import percentile, rate_interval
@@ -76,10 +74,6 @@ def _rounded(interval: tuple[float, float]) -> list[float]:
     return [round(interval[0], 4), round(interval[1], 4)]
 
 
-def _json(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
-
-
 def collect(
     store: TraceStore,
     task: str,
@@ -89,11 +83,7 @@ def collect(
 ) -> Evidence:
     """Evidence from the task's calls and shadow scores created at or after `since`. With
     `candidate`, only the student calls that candidate answered (metadata.candidate) count."""
-    rows = store.query(
-        "SELECT id, role, route_reason, status, latency_ms, metadata FROM calls "
-        "WHERE task = ? AND created_at >= ?",
-        (task, since),
-    )
+    rows = store.rollout_evidence(task, since)
     student: list[float] = []
     teacher: list[float] = []
     errors = {"student": 0, "teacher": 0}
@@ -104,7 +94,7 @@ def collect(
             continue  # the teacher on the student's hardest requests: it would skew its baseline
         # A shadow is the teacher answering a request the student served: at a stage where few
         # users reach the teacher, it is where the teacher's latency is sampled from.
-        meta = _json(metadata) or {}
+        meta = metadata or {}
         if role == "student":
             if candidate is not None and meta.get("candidate") != candidate:
                 continue
@@ -115,12 +105,7 @@ def collect(
             errors[role] = errors.get(role, 0) + 1
         elif latency is not None:
             (student if role == "student" else teacher).append(float(latency))
-    scores = store.query(
-        "SELECT s.call_id, s.value FROM scores s JOIN calls c ON c.id = s.call_id "
-        "WHERE c.task = ? AND s.name = 'shadow_agreement' AND s.created_at >= ? "
-        "AND s.value IS NOT NULL",
-        (task, since),
-    )
+    scores = store.shadow_scores(task, since)
     return Evidence(
         student_latency=student,
         teacher_latency=teacher,
@@ -133,19 +118,13 @@ def collect(
 
 def _hallucinations(store: TraceStore, referenced: dict[str, Any], metric: Metric) -> list[float]:
     """1.0 for each answer that contradicts its call's reference (only those calls' responses
-    are read, a few hundred at a time)."""
+    are read)."""
     if not referenced:
         return []
     out = []
-    ids = list(referenced)
-    for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
-        marks = ", ".join("?" for _ in part)
-        for call_id, response in store.query(
-            f"SELECT id, response FROM calls WHERE id IN ({marks})", tuple(part)
-        ):
-            text = answer_text(_json(response))
-            out.append(float(hallucinated(metric, text, referenced[call_id])))
+    for call_id, response in store.call_responses(list(referenced)):
+        text = answer_text(response)
+        out.append(float(hallucinated(metric, text, referenced[call_id])))
     return out
 
 

@@ -34,11 +34,7 @@ def stable_since(store: TraceStore, task: str) -> float | None:
     """Since when the student has served this task in auto mode without a failed gate, or None
     when it is not serving now. A rollback, a candidate failing its gate, or the mode set to
     teacher restarts the clock (and so does a retrained candidate withdrawn mid-rollout)."""
-    rows = store.query(
-        "SELECT created_at, from_state, state, share, mode, candidate_id FROM lifecycle_events "
-        "WHERE task = ? ORDER BY created_at, id",
-        (task,),
-    )
+    rows = store.event_timeline(task)
     since: float | None = None
     mode: str | None = None
     candidate: str | None = None

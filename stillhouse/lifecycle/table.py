@@ -103,12 +103,8 @@ _LOADED: dict[str, IntentModel | None] = {}  # dataset id -> its model; snapshot
 def newest_models(store: TraceStore) -> dict[str, IntentModel]:
     """task -> the intent model of its newest curated snapshot (tasks without one are absent).
     For the routing table's refresh, off the request path; each snapshot is parsed once."""
-    rows = store.query(
-        "SELECT d.task, d.id FROM datasets d WHERE d.created_at = "
-        "(SELECT MAX(x.created_at) FROM datasets x WHERE x.task = d.task)"
-    )
     out = {}
-    for task, dataset_id in rows:
+    for task, dataset_id in store.newest_datasets():
         if dataset_id not in _LOADED:
             found = store.get_dataset(dataset_id)
             doc = (found.config or {}).get("intent_model") if found is not None else None

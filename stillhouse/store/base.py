@@ -1,26 +1,25 @@
-"""The trace store interface, with the SQL both backends share.
+"""The trace store interface: calls, scores, counters, datasets and the registry, in the SQL both
+backends share; the lifecycle's, the review queue's and the reports' questions in their own
+modules beside this one.
 
 A TraceStore instance owns one connection and is used from one thread at a time: the capture
 writer opens its own, readers (CLI, dashboard) open theirs. Inserts are idempotent on `id`, so a
-replayed journal never makes duplicate rows.
+replayed journal never makes duplicate rows. Every write runs in `transaction()` (see sql.py).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import orjson
-
-from ..errors import StoreError
+from . import codec
+from .codec import JSON_COLUMNS_OF
+from .lifecycle import LifecycleQueries
 from .records import (
     CALL_COLUMNS,
     CANDIDATE_COLUMNS,
     DATASET_COLUMNS,
     EVAL_RUN_COLUMNS,
-    JSON_COLUMNS,
-    REGISTRY_JSON_COLUMNS,
     RELEASE_COLUMNS,
     SCORE_COLUMNS,
     Call,
@@ -31,114 +30,20 @@ from .records import (
     Release,
     Score,
 )
-from .schema import LATEST_VERSION, MIGRATIONS, statements_for
+from .reports import ReportQueries
+from .review import ReviewQueries
+
+CALL_JSON = JSON_COLUMNS_OF["calls"]
 
 
-def _dump(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
-def _load(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
-
-
-class TraceStore:
+class TraceStore(LifecycleQueries, ReviewQueries, ReportQueries):
     """Calls and scores in SQL. Subclasses supply the connection and dialect."""
-
-    dialect: str = ""
-    placeholder: str = "?"
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.conn: Any = None
-
-    # -- dialect hooks -----------------------------------------------------------------------
-    def _begin_write(self) -> None:
-        """Start a write transaction."""
-        raise NotImplementedError
-
-    def _lock_migrations(self) -> None:
-        """Serialise concurrent migrators (several gateways starting at once)."""
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-    def __enter__(self) -> TraceStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- plumbing ----------------------------------------------------------------------------
-    def _sql(self, sql: str) -> str:
-        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """A read with `?` placeholders (translated for PostgreSQL), for the store's readers
-        elsewhere (report, lifecycle) that need an aggregate no method here gives."""
-        try:
-            cur = self.conn.execute(self._sql(sql), tuple(params))
-            rows = cur.fetchall()
-        except Exception:
-            self.conn.rollback()  # PostgreSQL: the connection stays usable after a failed read
-            raise
-        self.conn.commit()
-        return list(rows)
-
-    # -- schema --------------------------------------------------------------------------------
-    def schema_version(self) -> int:
-        try:
-            rows = self.query("SELECT MAX(version) FROM schema_migrations")
-        except Exception:
-            self.conn.rollback()
-            return 0
-        return int(rows[0][0] or 0)
-
-    def migrate(self) -> int:
-        """Bring the schema to the latest version; returns the version now in force."""
-        try:
-            self._begin_write()
-            self._lock_migrations()
-            self.conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at "
-                + ("REAL" if self.dialect == "sqlite" else "DOUBLE PRECISION")
-                + " NOT NULL)"
-            )
-            row = self.conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
-            current = int(row[0] or 0)
-            if current > LATEST_VERSION:
-                raise StoreError(
-                    f"store schema is version {current}, newer than this Stillhouse "
-                    f"({LATEST_VERSION}): upgrade stillhouse"
-                )
-            for migration in MIGRATIONS:
-                if migration.version <= current:
-                    continue
-                for statement in statements_for(migration, self.dialect):
-                    self.conn.execute(statement)
-                self.conn.execute(
-                    self._sql(
-                        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"
-                    ),
-                    (migration.version, migration.name, time.time()),
-                )
-            self.conn.commit()
-        except StoreError:
-            self.conn.rollback()
-            raise
-        except Exception as err:
-            self.conn.rollback()
-            raise StoreError(f"cannot migrate {self.dialect} store: {err}") from err
-        return LATEST_VERSION
 
     # -- writes -----------------------------------------------------------------------------
     def _value(self, column: str, value: Any) -> Any:
         """A record's field as its column holds it."""
-        if column in JSON_COLUMNS:
-            return _dump(value)
+        if column in CALL_JSON:
+            return codec.encode(value)
         return int(value) if column == "stream" else value
 
     def _insert(self, table: str, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> int:
@@ -150,14 +55,8 @@ class TraceStore:
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
             "ON CONFLICT (id) DO NOTHING"
         )
-        self._begin_write()
-        try:
-            cur = self.conn.cursor()
-            cur.executemany(sql, values)
-            self.conn.commit()
-        except Exception:
-            self.conn.rollback()
-            raise
+        with self.transaction() as conn:
+            conn.cursor().executemany(sql, values)
         return len(values)
 
     def insert_calls(self, calls: Iterable[Call]) -> int:
@@ -167,19 +66,14 @@ class TraceStore:
         return self._insert("scores", SCORE_COLUMNS, (s.to_dict() for s in scores))
 
     def add_counter(self, name: str, delta: int) -> None:
-        self._begin_write()
-        try:
-            self.conn.execute(
+        with self.transaction() as conn:
+            conn.execute(
                 self._sql(
                     "INSERT INTO counters (name, value) VALUES (?, ?) "
                     "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value"
                 ),
                 (name, delta),
             )
-            self.conn.commit()
-        except Exception:
-            self.conn.rollback()
-            raise
 
     # -- reads --------------------------------------------------------------------------------
     def counter(self, name: str) -> int:
@@ -191,8 +85,8 @@ class TraceStore:
         out = []
         for row in self.query(sql, params):
             data = dict(zip(CALL_COLUMNS, row, strict=True))
-            for c in JSON_COLUMNS:
-                data[c] = _load(data[c])
+            for c in CALL_JSON:
+                data[c] = codec.decode(data[c])
             data["stream"] = bool(data["stream"])
             out.append(Call.from_dict(data))
         return out
@@ -202,20 +96,27 @@ class TraceStore:
         return found[0] if found else None
 
     def list_calls(
-        self, task: str | None = None, limit: int = 50, role: str | None = None
+        self,
+        task: str | None = None,
+        limit: int = 50,
+        role: str | None = None,
+        status: str | None = None,
     ) -> list[Call]:
-        """The newest calls first."""
+        """The newest calls first (None: no filter on that column)."""
         clauses: list[str] = []
         params: list[Any] = []
-        if task is not None:
-            clauses.append("task = ?")
-            params.append(task)
-        if role is not None:
-            clauses.append("role = ?")
-            params.append(role)
+        for column, value in (("task", task), ("role", role), ("status", status)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         params.append(limit)
         return self._calls(where, params, "ORDER BY created_at DESC, id LIMIT ?")
+
+    def answered_requests(self, task: str) -> list[Any]:
+        """The request of every successful call of a task."""
+        rows = self.query("SELECT request FROM calls WHERE task = ? AND status = 'ok'", (task,))
+        return [codec.decode(request) for (request,) in rows]
 
     def count_calls(self) -> dict[str, dict[str, int]]:
         """{task: {role: n}} over every call, failed ones included."""
@@ -251,12 +152,6 @@ class TraceStore:
             out.setdefault(score.call_id, []).append(score)
         return out
 
-    def _json_text(self, column: str, key: str) -> str:
-        """SQL for the text of a top-level key of a JSON column."""
-        if self.dialect == "postgres":
-            return f"{column}->>'{key}'"
-        return f"json_extract({column}, '$.{key}')"
-
     def task_readiness(self) -> dict[str, dict[str, Any]]:
         """Per task, over successful teacher calls: conversations (distinct
         metadata.conversation_id, else one per call), distinct metadata.intent values, and
@@ -277,13 +172,11 @@ class TraceStore:
         """Store a snapshot once; False when a dataset with this id already exists (snapshots
         are immutable: the existing one is never touched)."""
         row = dataset.to_dict()
-        values = tuple(
-            _dump(row[c]) if c in ("removed", "config") else row[c] for c in DATASET_COLUMNS
-        )
+        json = JSON_COLUMNS_OF["datasets"]
+        values = tuple(codec.encode(row[c]) if c in json else row[c] for c in DATASET_COLUMNS)
         marks = ", ".join("?" for _ in DATASET_COLUMNS)
-        self._begin_write()
-        try:
-            cur = self.conn.execute(
+        with self.transaction() as conn:
+            cur = conn.execute(
                 self._sql(
                     f"INSERT INTO datasets ({', '.join(DATASET_COLUMNS)}) VALUES ({marks}) "
                     "ON CONFLICT (id) DO NOTHING"
@@ -292,21 +185,24 @@ class TraceStore:
             )
             created = cur.rowcount == 1
             if created:
-                self.conn.cursor().executemany(
+                conn.cursor().executemany(
                     self._sql(
                         "INSERT INTO dataset_examples "
                         "(dataset_id, position, split, call_id, intent, example) "
                         "VALUES (?, ?, ?, ?, ?, ?)"
                     ),
                     [
-                        (dataset.id, e.position, e.split, e.call_id, e.intent, _dump(e.example))
+                        (
+                            dataset.id,
+                            e.position,
+                            e.split,
+                            e.call_id,
+                            e.intent,
+                            codec.encode(e.example),
+                        )
                         for e in examples
                     ],
                 )
-            self.conn.commit()
-        except Exception:
-            self.conn.rollback()
-            raise
         return created
 
     def _datasets(self, where: str, params: Sequence[Any]) -> list[Dataset]:
@@ -318,8 +214,8 @@ class TraceStore:
         out = []
         for r in rows:
             data = dict(zip(DATASET_COLUMNS, r, strict=True))
-            data["removed"] = _load(data["removed"])
-            data["config"] = _load(data["config"])
+            for c in JSON_COLUMNS_OF["datasets"]:
+                data[c] = codec.decode(data[c])
             out.append(Dataset(**data))
         return out
 
@@ -333,6 +229,14 @@ class TraceStore:
             return self._datasets("", ())
         return self._datasets("WHERE task = ?", (task,))
 
+    def newest_datasets(self) -> list[tuple[str, str]]:
+        """(task, dataset id) of each task's newest dataset."""
+        rows = self.query(
+            "SELECT d.task, d.id FROM datasets d WHERE d.created_at = "
+            "(SELECT MAX(x.created_at) FROM datasets x WHERE x.task = d.task)"
+        )
+        return [(task, dataset_id) for task, dataset_id in rows]
+
     def dataset_examples(self, dataset_id: str, split: str | None = None) -> list[DatasetExample]:
         """A dataset's lines in their stored order; `split` = train | holdout | None (all)."""
         clause = "WHERE dataset_id = ?" + (" AND split = ?" if split else "")
@@ -343,37 +247,32 @@ class TraceStore:
             params,
         )
         return [
-            DatasetExample(position=int(p), split=s, call_id=c, intent=i, example=_load(e))
+            DatasetExample(position=int(p), split=s, call_id=c, intent=i, example=codec.decode(e))
             for p, s, c, i, e in rows
         ]
 
     # -- registry: candidates, eval runs, releases (each row written once) --------------------
     def _insert_once(self, table: str, columns: Sequence[str], row: dict[str, Any]) -> bool:
         """Insert a registry row; False when one with this id exists (it is never touched)."""
+        json = JSON_COLUMNS_OF[table]
         values = tuple(
-            _dump(row[c])
-            if c in REGISTRY_JSON_COLUMNS
+            codec.encode(row[c])
+            if c in json
             else (None if row[c] is None else int(row[c]))
             if c == "passed"
             else row[c]
             for c in columns
         )
         marks = ", ".join("?" for _ in columns)
-        self._begin_write()
-        try:
-            cur = self.conn.execute(
+        with self.transaction() as conn:
+            cur = conn.execute(
                 self._sql(
                     f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
                     "ON CONFLICT (id) DO NOTHING"
                 ),
                 values,
             )
-            created = cur.rowcount == 1
-            self.conn.commit()
-        except Exception:
-            self.conn.rollback()
-            raise
-        return created
+            return bool(cur.rowcount == 1)
 
     def _registry_rows(
         self, table: str, columns: Sequence[str], where: str, params: Sequence[Any]
@@ -385,8 +284,8 @@ class TraceStore:
         out = []
         for r in rows:
             data = dict(zip(columns, r, strict=True))
-            for c in REGISTRY_JSON_COLUMNS & set(columns):
-                data[c] = _load(data[c])
+            for c in JSON_COLUMNS_OF[table]:
+                data[c] = codec.decode(data[c])
             if "passed" in data and data["passed"] is not None:
                 data["passed"] = bool(data["passed"])
             out.append(data)

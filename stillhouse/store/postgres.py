@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import StoreError
-from .base import TraceStore, _dump
-from .records import JSON_COLUMNS
+from . import codec
+from .base import CALL_JSON, TraceStore
 
-# Any fixed 64-bit number: the advisory lock that serialises schema migrations.
+# Any fixed 64-bit numbers: the advisory locks that serialise schema migrations, and that let
+# exactly one lifecycle controller act on the database.
 MIGRATION_LOCK = 0x5717_4805_E001
+CONTROLLER_LOCK = 0x5354494C4C484F  # "STILLHO"
 
 
 class PostgresStore(TraceStore):
@@ -35,7 +38,7 @@ class PostgresStore(TraceStore):
         carrying it is still captured (and does not fail the batch it is written with)."""
         out = super()._value(column, value)
         if isinstance(out, str) and ("\x00" in out or "\\u0000" in out):
-            out = _dump(_without_nul(value)) if column in JSON_COLUMNS else _without_nul(out)
+            out = codec.encode(_without_nul(value)) if column in CALL_JSON else _without_nul(out)
         return out
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -48,6 +51,18 @@ class PostgresStore(TraceStore):
 
     def _lock_migrations(self) -> None:
         self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+
+    @contextlib.contextmanager
+    def controller_lock(self) -> Iterator[bool]:
+        """A session advisory lock on this store's connection: it outlives the transactions
+        the store commits meanwhile, and PostgreSQL lets it go if the process dies."""
+        row = self.query("SELECT pg_try_advisory_lock(?)", (CONTROLLER_LOCK,))
+        held = bool(row and row[0][0])
+        try:
+            yield held
+        finally:
+            if held:
+                self.query("SELECT pg_advisory_unlock(?)", (CONTROLLER_LOCK,))
 
 
 def _without_nul(value: Any) -> Any:

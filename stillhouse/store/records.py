@@ -103,7 +103,6 @@ class Score:
 
 CALL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Call))
 SCORE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Score))
-JSON_COLUMNS = frozenset({"request", "response", "metadata"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,4 +212,3 @@ class Release:
 CANDIDATE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Candidate))
 EVAL_RUN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(EvalRun))
 RELEASE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Release))
-REGISTRY_JSON_COLUMNS = frozenset({"config", "artifacts", "serving", "metrics"})

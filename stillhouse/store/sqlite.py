@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import StoreError
@@ -29,3 +32,19 @@ class SQLiteStore(TraceStore):
     def _begin_write(self) -> None:
         if not self.conn.in_transaction:
             self.conn.execute("BEGIN IMMEDIATE")
+
+    @contextlib.contextmanager
+    def controller_lock(self) -> Iterator[bool]:
+        """A file lock beside the database (`<file>.controller.lock`): the OS lets it go if the
+        process dies."""
+        path = Path(str(self.path) + ".controller.lock")
+        with path.open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

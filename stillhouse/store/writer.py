@@ -219,13 +219,15 @@ class CaptureWriter:
                 self._store = self._open_store()
             calls = [r for r in records if isinstance(r, Call)]
             scores = [r for r in records if isinstance(r, Score)]
-            if calls:
-                self._store.insert_calls(calls)
-            if scores:
-                self._store.insert_scores(scores)
-            if self.dropped > self._dropped_saved:
-                delta = self.dropped - self._dropped_saved
-                self._store.add_counter("captures_dropped", delta)
+            delta = self.dropped - self._dropped_saved
+            with self._store.transaction():  # one BEGIN IMMEDIATE ... COMMIT for the batch
+                if calls:
+                    self._store.insert_calls(calls)
+                if scores:
+                    self._store.insert_scores(scores)
+                if delta > 0:
+                    self._store.add_counter("captures_dropped", delta)
+            if delta > 0:
                 self._dropped_saved += delta
         except Exception as err:
             self.store_errors += 1

@@ -1,0 +1,33 @@
+"""The codec of the store's JSON columns: one pair, `encode` and `decode`, for every one of them.
+
+SQLite holds a JSON column as text and PostgreSQL as JSONB (psycopg hands back dicts and lists),
+so a value read from either goes through `decode` before it leaves the store: no caller ever
+decodes a column, or needs to know which backend it came from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+# Every JSON column of the schema, by table (see schema.py: the columns typed {json}).
+JSON_COLUMNS_OF: dict[str, frozenset[str]] = {
+    "calls": frozenset({"request", "response", "metadata"}),
+    "datasets": frozenset({"removed", "config"}),
+    "dataset_examples": frozenset({"example"}),
+    "candidates": frozenset({"config", "artifacts", "serving", "metrics"}),
+    "eval_runs": frozenset({"metrics"}),
+    "releases": frozenset({"config"}),
+    "lifecycle_events": frozenset({"detail"}),
+}
+
+
+def encode(value: Any) -> str | None:
+    """A value as a JSON column stores it (None stays NULL)."""
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def decode(value: Any) -> Any:
+    """A JSON column's value as Python: text (SQLite) is parsed, JSONB (PostgreSQL) already is."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
