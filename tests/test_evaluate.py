@@ -145,7 +145,7 @@ def test_the_gate_checks_every_rule() -> None:
     )
     assert worse_but_close.passed  # within the non-inferiority margin
     # gate.format_compliance comes from the task's table (0.99 unless it says otherwise)
-    from stillhouse.config import GateConfig
+    from stillhouse.taskconfig import GateConfig
 
     assert Rules.of(GateConfig()).format_compliance == 0.99
     lenient = Rules.of(GateConfig(agreement=0.9, format_compliance=0.95))

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from stillhouse.config import TrainConfig
+from stillhouse.taskconfig import TrainConfig
 from stillhouse.train.config import TrainSettings
 
 from .models import HOLDOUT, chat_examples, fast_settings, seed_intent_calls

@@ -135,7 +135,7 @@ def test_a_constant_answer_does_not_pass_a_skewed_task() -> None:
 
 
 def test_kept_agreement_not_reached_fails_the_gate_unless_fallback_is_off() -> None:
-    from stillhouse.config import GateConfig
+    from stillhouse.taskconfig import GateConfig
 
     common: dict[str, Any] = {
         "n": 400,

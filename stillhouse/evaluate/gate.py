@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import GateConfig
+from ..taskconfig import GateConfig
 
 MIN_FORMAT_COMPLIANCE = 0.99
 # A new student may be at most this much less agreeable than the serving one, judged on the
