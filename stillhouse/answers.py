@@ -2,8 +2,9 @@
 task's format, and how sure the model was of it. Offline validation, shadow comparisons, review,
 drift and rollout all call these functions, so "agreement" means one thing everywhere.
 
-Ground floor: imports nothing of the project. Every agreement is 0 or 1 (`agree`): a continuous
-score (a cosine) is cut at its metric's threshold here, never averaged as if it were a rate.
+Ground floor: imports nothing of the project but stats (the one percentile). Every agreement is
+0 or 1 (`agree`): a continuous score (a cosine) is cut at its metric's threshold here, never
+averaged as if it were a rate.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from .stats import percentile
+
 Metric = Literal["exact", "json", "similarity", "judge"]
 
 # Cosine at or above which two answers say the same thing. Paraphrases of one short answer sit
@@ -27,7 +30,7 @@ SIMILARITY_THRESHOLD = {"embeddings": 0.85, "ngrams": 0.6}
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
 _SPACE = re.compile(r"\s+")
 _NGRAMS = (2, 4)
-LOW_QUANTILE = 0.10  # the token-logprob quantile routed on (`stillhouse.confidence.p10`)
+LOW_PERCENTILE = 10  # the token-logprob percentile routed on (`stillhouse.confidence.p10`)
 
 
 # -- the text of an answer ------------------------------------------------------------------
@@ -274,17 +277,6 @@ def hallucinated(metric: Metric, answer: str, reference: Any) -> bool:
 
 
 # -- confidence ------------------------------------------------------------------------------
-def quantile(values: Sequence[float], q: float) -> float:
-    """The q-quantile with linear interpolation (numpy's default method)."""
-    if not values:
-        raise ValueError("quantile of no values")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 def token_confidence(logprobs: Sequence[float]) -> dict[str, float | None]:
     """min, mean and the 10th percentile of the generated tokens' logprobs (None when empty)."""
     if not logprobs:
@@ -292,7 +284,7 @@ def token_confidence(logprobs: Sequence[float]) -> dict[str, float | None]:
     return {
         "min": min(logprobs),
         "mean": sum(logprobs) / len(logprobs),
-        "p10": quantile(logprobs, LOW_QUANTILE),
+        "p10": percentile(logprobs, LOW_PERCENTILE),
     }
 
 

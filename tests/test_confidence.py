@@ -7,18 +7,18 @@ import math
 
 import pytest
 
-from stillhouse.answers import quantile, token_confidence
+from stillhouse.answers import token_confidence
 from stillhouse.engine.confidence import confidence, json_field_confidence, value_spans
+from stillhouse.stats import percentile
 
 
-def test_quantile_matches_numpy_linear_interpolation() -> None:
+def test_the_one_percentile_matches_numpy_linear_interpolation() -> None:
     values = [-3.0, -0.1, -0.2, -1.0, -0.05]
     # numpy.percentile(values, 10) == -2.2 (sorted: -3, -1, -0.2, -0.1, -0.05; pos 0.4)
-    assert quantile(values, 0.10) == pytest.approx(-2.2)
-    assert quantile(values, 0.0) == -3.0 and quantile(values, 1.0) == -0.05
-    assert quantile([-0.5], 0.1) == -0.5
-    with pytest.raises(ValueError):
-        quantile([], 0.1)
+    assert percentile(values, 10) == pytest.approx(-2.2)
+    assert percentile(values, 0) == -3.0 and percentile(values, 100) == -0.05
+    assert percentile([-0.5], 10) == -0.5
+    assert percentile([], 10) is None
 
 
 def test_token_confidence_min_mean_p10() -> None:
