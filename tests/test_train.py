@@ -186,7 +186,11 @@ def test_training_stops_early_when_the_holdout_loss_rises(tiny_base: Path, tmp_p
 
 
 def test_the_toml_defaults_are_the_trainers() -> None:
-    assert TrainSettings.from_mapping(TrainConfig().model_dump()) == TrainSettings()
+    assert TrainSettings.of(TrainConfig()) == TrainSettings()
+    # one settings type per concern: the run's settings are the table's keys, no more, no fewer
+    from dataclasses import fields
+
+    assert {f.name for f in fields(TrainSettings)} == set(TrainConfig.model_fields)
     assert TrainSettings().r == 16 and TrainSettings().alpha == 32
     assert TrainSettings().target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
 

@@ -1,5 +1,5 @@
-"""The settings one training run uses: the design's LoRA defaults, overridden per task by the
-`[tasks.<task>.train]` table of stillhouse.toml.
+"""The settings one training run uses: the `[tasks.<task>.train]` table of stillhouse.toml
+(taskconfig.TrainConfig, where the design's LoRA defaults are written) as plain data.
 
 Plain data, no torch: the CLI and the registry hash these settings without importing ML code.
 """
@@ -9,42 +9,58 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ..taskconfig import TrainConfig
+
 Backend = str  # local | openai | azure
 
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# The defaults are written once, in the [tasks.<t>.train] table's model; a run's settings are that
+# table as plain data (TrainSettings.of), so the two cannot drift apart.
+_DEFAULTS = TrainConfig()
+DEFAULT_TARGETS = tuple(_DEFAULTS.target_modules)
 
 
 @dataclass(frozen=True, slots=True)
 class TrainSettings:
-    """One run's settings; the defaults are the design's (r=16, alpha=32, q/k/v/o, 3 epochs)."""
+    """One run's settings: the task's train table as plain data. The defaults are the table's
+    (the design's r=16, alpha=32, q/k/v/o, 3 epochs)."""
 
-    backend: Backend = "local"
-    base_model: str | None = None  # local: a model spec; remote: the model to fine-tune
-    account: str | None = None  # remote: the [models.x] whose endpoint and key are used
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    epochs: int = 3
-    learning_rate: float = 2e-4
-    batch_size: int = 8
-    warmup: float = 0.1  # share of the steps spent warming the learning rate up
-    max_steps: int | None = None
-    max_length: int = 1024
-    turns: str = "last"  # last | all: the assistant turns that get the loss
-    seed: int = 0
-    eval_every: int | None = None  # steps between holdout evaluations; None: once per epoch
-    patience: int = 2  # evaluations without improvement before stopping early
-    checkpoint_every: int | None = None  # steps between checkpoints; None: at each evaluation
-    merge: bool = False
-    threads: int | None = None
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (GPU bfloat16, CPU float32) | float32 | bfloat16
-    output_dir: str | None = None
-    suffix: str | None = None  # remote
-    learning_rate_multiplier: float | None = None  # remote
-    poll_interval: float = 2.0  # remote: first wait between status polls (doubles, max 60 s)
-    timeout: float = 86_400.0  # remote: give up waiting after this many seconds
+    backend: Backend = _DEFAULTS.backend
+    # local: a model spec; remote: the model to fine-tune
+    base_model: str | None = _DEFAULTS.base_model
+    # remote: the [models.x] whose endpoint and key are used
+    account: str | None = _DEFAULTS.account
+    r: int = _DEFAULTS.r
+    alpha: int = _DEFAULTS.alpha
+    dropout: float = _DEFAULTS.dropout
+    target_modules: tuple[str, ...] = tuple(_DEFAULTS.target_modules)
+    epochs: int = _DEFAULTS.epochs
+    learning_rate: float = _DEFAULTS.learning_rate
+    batch_size: int = _DEFAULTS.batch_size
+    warmup: float = _DEFAULTS.warmup  # share of the steps spent warming the learning rate up
+    max_steps: int | None = _DEFAULTS.max_steps
+    max_length: int = _DEFAULTS.max_length
+    turns: str = _DEFAULTS.turns  # last | all: the assistant turns that get the loss
+    seed: int = _DEFAULTS.seed
+    # steps between holdout evaluations; None: once per epoch
+    eval_every: int | None = _DEFAULTS.eval_every
+    patience: int = _DEFAULTS.patience  # evaluations without improvement before stopping early
+    # steps between checkpoints; None: at each evaluation
+    checkpoint_every: int | None = _DEFAULTS.checkpoint_every
+    merge: bool = _DEFAULTS.merge
+    threads: int | None = _DEFAULTS.threads
+    device: str = _DEFAULTS.device  # auto | cpu | cuda
+    precision: str = _DEFAULTS.precision  # auto (GPU bfloat16, CPU float32) | float32 | bfloat16
+    output_dir: str | None = _DEFAULTS.output_dir
+    suffix: str | None = _DEFAULTS.suffix  # remote
+    learning_rate_multiplier: float | None = _DEFAULTS.learning_rate_multiplier  # remote
+    # remote: first wait between status polls (doubles, max 60 s)
+    poll_interval: float = _DEFAULTS.poll_interval
+    timeout: float = _DEFAULTS.timeout  # remote: give up waiting after this many seconds
+
+    @classmethod
+    def of(cls, table: TrainConfig) -> TrainSettings:
+        """The settings a `[tasks.<t>.train]` table gives."""
+        return cls.from_mapping(table.model_dump())
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> TrainSettings:

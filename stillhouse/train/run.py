@@ -24,7 +24,7 @@ def settings_for(config: Config, task_name: str, backend: str | None = None) -> 
     """The task's `[tasks.<task>.train]` table as settings, with the base model and account
     filled in from the task's student (and teacher) when not set."""
     task = config.task(task_name)
-    settings = TrainSettings.from_mapping(task.train.model_dump())
+    settings = TrainSettings.of(task.train)
     backend = backend or settings.backend
     student = config.models.get(task.student) if task.student else None
     account = settings.account
