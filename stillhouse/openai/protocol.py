@@ -7,7 +7,7 @@ Validation only rejects what is malformed: unknown fields are kept and passed up
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -17,6 +17,8 @@ from ..errors import BadRequest
 # orjson reads 1,024 levels but writes only 254, and a stored call wraps the body in a few more:
 # a deeper body parsed, reached the upstream and then failed to be answered or captured.
 MAX_DEPTH = 128
+
+M = TypeVar("M", bound=BaseModel)
 
 
 # strict: a field of the wrong JSON type is a 400, never coerced (`"top_p": false` is not 0),
@@ -66,8 +68,8 @@ def _param(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def parse_request(raw: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
-    """The body as sent (to forward) and as checked; BadRequest names the first bad field."""
+def load_body(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, not nested deeper than MAX_DEPTH; else BadRequest."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as err:
@@ -77,14 +79,24 @@ def parse_request(raw: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
     # Only a body with that many brackets can nest that deep: the walk is skipped for nearly all.
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(body) > MAX_DEPTH:
         raise BadRequest(f"request body nests deeper than {MAX_DEPTH} levels", code="invalid_json")
+    return body
+
+
+def validated(model: type[M], body: dict[str, Any]) -> M:
+    """`body` checked against `model`; BadRequest names the first bad field (`param`)."""
     try:
-        checked = ChatCompletionRequest.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as err:
         first = err.errors()[0]
         param = _param(tuple(first["loc"]))
         kind = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
         raise BadRequest(f"{param}: {first['msg']}", param=param, code=kind) from None
-    return body, checked
+
+
+def parse_request(raw: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
+    """The body as sent (to forward) and as checked; BadRequest names the first bad field."""
+    body = load_body(raw)
+    return body, validated(ChatCompletionRequest, body)
 
 
 def _depth(value: Any) -> int:
