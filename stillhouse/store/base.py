@@ -21,6 +21,7 @@ from .records import (
     DATASET_COLUMNS,
     EVAL_RUN_COLUMNS,
     RELEASE_COLUMNS,
+    RESPONSE_COLUMNS,
     SCORE_COLUMNS,
     Call,
     Candidate,
@@ -29,11 +30,14 @@ from .records import (
     EvalRun,
     Release,
     Score,
+    StoredResponse,
 )
 from .reports import ReportQueries
 from .review import ReviewQueries
 
 CALL_JSON = JSON_COLUMNS_OF["calls"]
+# The JSON columns of the records `_insert` writes (calls, scores, responses): no name collides.
+RECORD_JSON = CALL_JSON | JSON_COLUMNS_OF["responses"]
 
 
 class TraceStore(LifecycleQueries, ReviewQueries, ReportQueries):
@@ -42,7 +46,7 @@ class TraceStore(LifecycleQueries, ReviewQueries, ReportQueries):
     # -- writes -----------------------------------------------------------------------------
     def _value(self, column: str, value: Any) -> Any:
         """A record's field as its column holds it."""
-        if column in CALL_JSON:
+        if column in RECORD_JSON:
             return codec.encode(value)
         return int(value) if column == "stream" else value
 
@@ -64,6 +68,9 @@ class TraceStore(LifecycleQueries, ReviewQueries, ReportQueries):
 
     def insert_scores(self, scores: Iterable[Score]) -> int:
         return self._insert("scores", SCORE_COLUMNS, (s.to_dict() for s in scores))
+
+    def insert_responses(self, responses: Iterable[StoredResponse]) -> int:
+        return self._insert("responses", RESPONSE_COLUMNS, (r.to_dict() for r in responses))
 
     def add_counter(self, name: str, delta: int) -> None:
         with self.transaction() as conn:
@@ -94,6 +101,18 @@ class TraceStore(LifecycleQueries, ReviewQueries, ReportQueries):
     def get_call(self, call_id: str) -> Call | None:
         found = self._calls("WHERE id = ?", (call_id,))
         return found[0] if found else None
+
+    def get_response(self, response_id: str) -> StoredResponse | None:
+        """A kept Responses answer by its id (`resp_…`)."""
+        rows = self.query(
+            f"SELECT {', '.join(RESPONSE_COLUMNS)} FROM responses WHERE id = ?", (response_id,)
+        )
+        if not rows:
+            return None
+        data = dict(zip(RESPONSE_COLUMNS, rows[0], strict=True))
+        for c in JSON_COLUMNS_OF["responses"]:
+            data[c] = codec.decode(data[c])
+        return StoredResponse.from_dict(data)
 
     def list_calls(
         self,

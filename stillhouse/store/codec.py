@@ -20,6 +20,7 @@ JSON_COLUMNS_OF: dict[str, frozenset[str]] = {
     "eval_runs": frozenset({"metrics"}),
     "releases": frozenset({"config"}),
     "lifecycle_events": frozenset({"detail"}),
+    "responses": frozenset({"conversation", "response"}),
 }
 
 

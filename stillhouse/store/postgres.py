@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import StoreError
 from . import codec
-from .base import CALL_JSON, TraceStore
+from .base import RECORD_JSON, TraceStore
 
 # Any fixed 64-bit numbers: the advisory locks that serialise schema migrations, and that let
 # exactly one lifecycle controller act on the database.
@@ -38,7 +38,7 @@ class PostgresStore(TraceStore):
         carrying it is still captured (and does not fail the batch it is written with)."""
         out = super()._value(column, value)
         if isinstance(out, str) and ("\x00" in out or "\\u0000" in out):
-            out = codec.encode(_without_nul(value)) if column in CALL_JSON else _without_nul(out)
+            out = codec.encode(_without_nul(value)) if column in RECORD_JSON else _without_nul(out)
         return out
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

@@ -212,3 +212,28 @@ class Release:
 CANDIDATE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Candidate))
 EVAL_RUN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(EvalRun))
 RELEASE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Release))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A Responses API answer kept for `GET /v1/responses/{id}` and `previous_response_id`: the
+    Response object as returned, and the chat turns so far (the answer's included, the
+    instructions not) that a later request continues from. Its call holds the rest."""
+
+    id: str
+    task: str
+    call_id: str
+    conversation: list[dict[str, Any]]
+    response: dict[str, Any]
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return shallow_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StoredResponse:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+RESPONSE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StoredResponse))

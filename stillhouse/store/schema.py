@@ -179,6 +179,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX review_items_task_status ON review_items (task, status, created_at)",
         ),
     ),
+    Migration(
+        6,
+        "responses kept for retrieval and previous_response_id",
+        (
+            # One row per answered POST /v1/responses with `store` not false, written once by the
+            # capture writer beside its call: the Response object as returned and the chat turns a
+            # later request continues from.
+            """CREATE TABLE responses (
+                id TEXT PRIMARY KEY,
+                task TEXT NOT NULL,
+                call_id TEXT NOT NULL,
+                created_at {real} NOT NULL,
+                conversation {json} NOT NULL,
+                response {json} NOT NULL
+            )""",
+        ),
+    ),
 )
 
 DIALECT_TYPES = {

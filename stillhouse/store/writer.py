@@ -23,11 +23,17 @@ import orjson
 
 from .base import TraceStore
 from .journal import Journal, Segment
-from .records import Call, Score
+from .records import Call, Score, StoredResponse
 
 log = logging.getLogger("stillhouse.capture")
 
-Record = Call | Score
+Record = Call | Score | StoredResponse
+KINDS: dict[str, type[Call] | type[Score] | type[StoredResponse]] = {
+    "call": Call,
+    "score": Score,
+    "response": StoredResponse,
+}
+KIND_OF = {cls: kind for kind, cls in KINDS.items()}
 _STOP = object()
 ORPHAN_SCAN_SECONDS = 5.0
 BATCH_WAIT = 0.05  # seconds the writer lets records gather before a transaction
@@ -35,14 +41,12 @@ MAX_UNJOURNALED = 100_000  # records held in memory while neither journal nor st
 
 
 def encode(record: Record) -> bytes:
-    kind = "call" if isinstance(record, Call) else "score"
-    return orjson.dumps({"kind": kind, "data": record.to_dict()}) + b"\n"
+    return orjson.dumps({"kind": KIND_OF[type(record)], "data": record.to_dict()}) + b"\n"
 
 
 def decode(line: bytes) -> Record:
     item = orjson.loads(line)
-    cls = Call if item["kind"] == "call" else Score
-    return cls.from_dict(item["data"])
+    return KINDS[item["kind"]].from_dict(item["data"])
 
 
 class CaptureWriter:
@@ -219,12 +223,15 @@ class CaptureWriter:
                 self._store = self._open_store()
             calls = [r for r in records if isinstance(r, Call)]
             scores = [r for r in records if isinstance(r, Score)]
+            responses = [r for r in records if isinstance(r, StoredResponse)]
             delta = self.dropped - self._dropped_saved
             with self._store.transaction():  # one BEGIN IMMEDIATE ... COMMIT for the batch
                 if calls:
                     self._store.insert_calls(calls)
                 if scores:
                     self._store.insert_scores(scores)
+                if responses:
+                    self._store.insert_responses(responses)
                 if delta > 0:
                     self._store.add_counter("captures_dropped", delta)
             if delta > 0:
