@@ -28,6 +28,7 @@ from ..store import CaptureWriter, open_store
 from .chat import ChatCompletions
 from .metrics import CONTENT_TYPE, GatewayMetrics
 from .openapi import openapi_spec
+from .responses import ResponseLog, Responses
 from .security import SecurityMiddleware, allowed_hosts, require_json
 
 
@@ -77,6 +78,7 @@ def create_app(
         name: build_provider(name, model, client) for name, model in config.models.items()
     }
     chat = ChatCompletions(config, providers, writer, metrics, routing, session=client)
+    responses = Responses(chat, ResponseLog(config.store.url, writer))
 
     def authorise(request: Request) -> None:
         if not keys:
@@ -93,6 +95,15 @@ def create_app(
         authorise(request)
         require_json(request)
         return await chat(request)
+
+    async def create_response(request: Request) -> Response:
+        authorise(request)
+        require_json(request)
+        return await responses.create(request)
+
+    async def retrieve_response(request: Request) -> Response:
+        authorise(request)
+        return await responses.retrieve(request)
 
     async def models(request: Request) -> Response:
         authorise(request)
@@ -138,6 +149,8 @@ def create_app(
     app = openai_app(
         [
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/responses", create_response, methods=["POST"]),
+            Route("/v1/responses/{response_id}", retrieve_response, methods=["GET"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),

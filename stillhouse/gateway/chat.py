@@ -20,15 +20,16 @@ from ..answers import routing_confidence
 from ..config import Config
 from ..errors import UpstreamError
 from ..openai.http import error_response, read_body
-from ..openai.protocol import parse_request
+from ..openai.protocol import ChatCompletionRequest, parse_request
 from ..providers import Provider, SharedSession
 from ..routing import RoutingTable, needs_fallback
 from ..store.writer import CaptureWriter
 from .capture import Capture
 from .deploy import Deployments
 from .metrics import GatewayMetrics
-from .plan import Exchange, Planner, shown
+from .plan import Exchange, Planner
 from .shadow import Shadows
+from .shape import CHAT, Shape
 from .streaming import Streams
 
 
@@ -60,12 +61,26 @@ class ChatCompletions:
         gateway = self.config.gateway
         raw = await read_body(request, gateway.max_body_bytes, gateway.read_timeout)
         body, checked = parse_request(raw)
-        x = self.planner.plan(body, checked, request.headers, started, created_at)
+        return await self.answer(body, checked, request.headers, started, created_at)
+
+    async def answer(
+        self,
+        body: dict[str, Any],
+        checked: ChatCompletionRequest,
+        request_headers: Any,
+        started: float,
+        created_at: float,
+        shape: Shape = CHAT,
+        own: dict[str, Any] | None = None,
+    ) -> Response:
+        """A parsed chat body answered and captured, shown to the client as `shape` has it;
+        `own` is metadata of the gateway's for the call (see Planner.plan)."""
+        x = self.planner.plan(body, checked, request_headers, started, created_at, own)
         if checked.stream:
             held = self.config.tasks[x.call.task].routing.stream_fallback == "buffer"
             if held and x.threshold is not None:
-                return await self.streams.held(x)
-            return await self.streams.relay(x)
+                return await self.streams.held(x, shape)
+            return await self.streams.relay(x, shape)
         try:
             response = await x.provider.complete(x.forward)
         except UpstreamError as err:
@@ -73,11 +88,11 @@ class ChatCompletions:
             return error_response(err, x.headers)
         task = self.config.tasks[x.call.task]
         if needs_fallback(task, x.entry, x.route, routing_confidence(response)):
-            return await self._fallback(x, response)
+            return await self._fallback(x, response, shape)
         self.capture.answer(x.call, response, started)
-        return _json(shown(x, response), x.headers)
+        return _json(shape.whole(x, response), x.headers)
 
-    async def _fallback(self, x: Exchange, response: dict[str, Any]) -> Response:
+    async def _fallback(self, x: Exchange, response: dict[str, Any], shape: Shape) -> Response:
         """The student was unsure: the teacher answers. Both calls are captured; the teacher's
         answer is a teacher call like any other, so curation learns from it. The teacher's call
         is stamped with what the user waited (student, then teacher): it is the call they got."""
@@ -89,6 +104,6 @@ class ChatCompletions:
         except UpstreamError as err:
             # The teacher failed: the student's answer is better than an error.
             self.capture.error(teacher.call, err, x.started)
-            return _json(shown(x, response), x.headers)
+            return _json(shape.whole(x, response), x.headers)
         self.capture.answer(teacher.call, answer, x.started)
-        return _json(answer, teacher.headers)
+        return _json(shape.whole(teacher, answer), teacher.headers)

@@ -87,7 +87,10 @@ class Planner:
         request_headers: Any,
         started: float,
         created_at: float,
+        own: dict[str, Any] | None = None,
     ) -> Exchange:
+        """`own`: metadata keys of the gateway's for the call (e.g. the Responses API's id),
+        set over the caller's after their reserved keys were moved under `client`."""
         task_name = task_of(checked, request_headers)
         task = self.config.tasks.get(task_name)
         if task is None:
@@ -112,6 +115,7 @@ class Planner:
                 route = Route("teacher", task.teacher, "deploying")
         model = self.config.models[route.model]
         metadata = call_metadata(checked.metadata)  # a caller's reserved keys: under `client`
+        metadata.update(own or {})
         if deployed is not None and deployed.candidate is not None:
             metadata["candidate"] = deployed.candidate
         if intent is not None and "intent" not in metadata:  # the caller's own is kept as sent

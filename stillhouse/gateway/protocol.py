@@ -17,7 +17,15 @@ OWN_METADATA = ("task", "session_id")
 # a fallback or shadow answer belongs to, ...). The rollout gate and curation trust them, so a
 # caller's values never land there: they are kept under `metadata.client` instead.
 RESERVED_METADATA = frozenset(
-    {"candidate", "fallback_of", "shadow_of", "usage_estimated", "routed_intent", "client"}
+    {
+        "candidate",
+        "fallback_of",
+        "shadow_of",
+        "usage_estimated",
+        "routed_intent",
+        "response",
+        "client",
+    }
 )
 
 

@@ -18,12 +18,13 @@ from starlette.responses import Response, StreamingResponse
 from ..answers import routing_confidence
 from ..config import Config
 from ..errors import UpstreamError
-from ..openai.http import DONE, error_response, sse
+from ..openai.http import error_response
 from ..openai.stream import StreamAccumulator
 from ..providers import Chunk, Provider
 from ..routing import needs_fallback
 from .capture import Capture
-from .plan import Exchange, Planner, shown
+from .plan import Exchange, Planner
+from .shape import Shape
 
 
 class Replay:
@@ -58,7 +59,7 @@ class Streams:
         # usage is always asked for (the capture needs it); the client gets it only if it asked
         x.forward["stream_options"] = {**(x.checked.stream_options or {}), "include_usage": True}
 
-    async def held(self, x: Exchange) -> Response:
+    async def held(self, x: Exchange, shape: Shape) -> Response:
         """A student stream held whole until its confidence is known: then its events are
         sent, or, under the threshold, the teacher's stream is (route fallback), stamped with
         the time since the user asked. See docs/lifecycle.md for the time to first token."""
@@ -83,18 +84,18 @@ class Streams:
                 await chunks.aclose()  # type: ignore[attr-defined]
         task = self.config.tasks[x.call.task]
         if not needs_fallback(task, x.entry, x.route, routing_confidence(acc.response())):
-            return await self.relay(x.replace(provider=Replay(chunks_held, x.provider)))
+            return await self.relay(x.replace(provider=Replay(chunks_held, x.provider)), shape)
         replaced = dataclasses.replace(x.call, route_reason="fallback:replaced")
         self.capture.stream(replaced, acc, x.started, None, 200)
         teacher = self.planner.teacher(x, "fallback", "fallback_of")
         teacher.headers.pop("x-stillhouse-candidate", None)
         teacher.forward["stream"] = True
         return await self.relay(
-            teacher.replace(call=dataclasses.replace(teacher.call, stream=True))
+            teacher.replace(call=dataclasses.replace(teacher.call, stream=True)), shape
         )
 
-    async def relay(self, x: Exchange) -> Response:
-        """Each chunk to the client as it comes (logprobs the gateway asked for taken out)."""
+    async def relay(self, x: Exchange, shape: Shape) -> Response:
+        """Each chunk to the client as it comes, as `shape` shows it."""
         wants_usage = bool((x.checked.stream_options or {}).get("include_usage"))
         self._options(x)
         chunks = x.provider.stream(x.forward)
@@ -118,6 +119,8 @@ class Streams:
                     self.capture.stream(x.call, acc, x.started, error, http_status)
 
             try:
+                if opening := shape.opening(x):
+                    yield opening
                 pending = [first] if first is not None else []
                 while True:
                     if pending:
@@ -128,14 +131,14 @@ class Streams:
                         except StopAsyncIteration:
                             break
                     acc.add(chunk)
-                    if wants_usage or chunk.get("choices"):
-                        yield sse(shown(x, chunk))
+                    if shown := shape.chunk(x, chunk, wants_usage):
+                        yield shown
                 capture()
-                yield DONE
+                yield shape.closing(x, acc)
             except UpstreamError as err:
                 self.capture.metrics.upstream_errors.labels(x.call.model).inc()
                 capture(err.message, err.status)
-                yield sse(err.to_body())
+                yield shape.failed(x, err)
             except (asyncio.CancelledError, GeneratorExit):
                 capture("client disconnected before the stream ended", 499)
                 raise
