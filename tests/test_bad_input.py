@@ -259,10 +259,11 @@ def _described() -> dict[str, Any]:
     """The gateway's description, with `model` pinned to the test's task so generated requests
     reach the upstream (otherwise nearly all are 404s for unknown tasks)."""
     spec = copy.deepcopy(openapi_spec(make_config(Path("."), "http://unused/v1")))
-    spec["components"]["schemas"]["ChatCompletionRequest"]["properties"]["model"] = {
-        "type": "string",
-        "enum": ["support"],
-    }
+    for request in ("ChatCompletionRequest", "ResponsesRequest"):
+        spec["components"]["schemas"][request]["properties"]["model"] = {
+            "type": "string",
+            "enum": ["support"],
+        }
     return spec
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import Config
+from ..openai.responses import ResponsesRequest
 from .protocol import ChatCompletionRequest
 
 ERROR = {
@@ -41,6 +42,19 @@ CHAT_COMPLETION = {
 }
 
 
+RESPONSE = {
+    "type": "object",
+    "required": ["id", "object", "output"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "response"},
+        "status": {"type": "string"},
+        "output": {"type": "array", "items": {"type": "object"}},
+        "usage": {"type": ["object", "null"]},
+    },
+}
+
+
 # One server-sent event: `data:` a chat.completion.chunk, an error object, or [DONE].
 SSE_EVENT = {
     "type": "object",
@@ -65,6 +79,12 @@ def openapi_spec(config: Config) -> dict[str, Any]:
     request = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas: dict[str, Any] = dict(request.pop("$defs", {}))
     schemas["ChatCompletionRequest"] = request
+    responses_request = ResponsesRequest.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
+    schemas.update(responses_request.pop("$defs", {}))
+    schemas["ResponsesRequest"] = responses_request
+    schemas["Response"] = RESPONSE
     schemas["Error"] = ERROR
     schemas["ChatCompletion"] = CHAT_COMPLETION
     keyed = bool(config.gateway.api_keys)
@@ -114,6 +134,52 @@ def openapi_spec(config: Config) -> dict[str, Any]:
             },
         }
     }
+    responses = {
+        "post": {
+            "operationId": "createResponse",
+            "summary": "A Responses API answer, bridged onto the chat route and captured",
+            "security": security,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/ResponsesRequest"},
+                        "examples": {t: {"value": {"model": t, "input": "hi"}} for t in tasks},
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "the Response (JSON), or its events as server-sent events",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Response"}},
+                        "text/event-stream": {"schema": SSE_EVENT},
+                    },
+                },
+                **errors,
+            },
+        }
+    }
+    retrieve = {
+        "get": {
+            "operationId": "getResponse",
+            "summary": "A kept response by its id",
+            "security": security,
+            "parameters": [
+                {
+                    "name": "response_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            ],
+            "responses": {
+                "200": _json("the Response", {"$ref": "#/components/schemas/Response"}),
+                "404": _error("no response kept under that id"),
+                **({"401": errors["401"]} if keyed else {}),
+            },
+        }
+    }
     models = {
         "get": {
             "operationId": "listModels",
@@ -141,6 +207,8 @@ def openapi_spec(config: Config) -> dict[str, Any]:
         "info": {"title": "Stillhouse gateway", "version": "1"},
         "paths": {
             "/v1/chat/completions": chat,
+            "/v1/responses": responses,
+            "/v1/responses/{response_id}": retrieve,
             "/v1/models": models,
             "/healthz": {"get": {"responses": {"200": _json("capture health", plain)}}},
             "/metrics": {

@@ -49,11 +49,21 @@ def parse_responses_request(raw: bytes) -> ResponsesRequest:
     return validated(ResponsesRequest, load_body(raw))
 
 
+def _text(item: dict[str, Any], key: str, param: str, default: str | None = "") -> Any:
+    """`item[key]`, which must be a string (or absent: `default`); else BadRequest naming it."""
+    value = item.get(key, default)
+    if value is not default and not isinstance(value, str):
+        raise BadRequest(
+            f"{param}.{key}: must be a string", param=f"{param}.{key}", code="invalid_type"
+        )
+    return value
+
+
 def _part(part: Any, param: str) -> dict[str, Any]:
     kind = part.get("type") if isinstance(part, dict) else None
     if kind in TEXT_PARTS:
-        return {"type": "text", "text": part.get("text", "")}
-    if kind == "input_image" and part.get("image_url"):
+        return {"type": "text", "text": _text(part, "text", param)}
+    if kind == "input_image" and isinstance(part.get("image_url"), str):
         image = {"url": part["image_url"]}
         if "detail" in part:
             image["detail"] = part["detail"]
@@ -98,9 +108,12 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append({"role": role, "content": _content(item.get("content"), role, param)})
         elif kind == "function_call":
             call = {
-                "id": item.get("call_id") or item.get("id"),
+                "id": _text(item, "call_id", param, None) or _text(item, "id", param, None),
                 "type": "function",
-                "function": {"name": item.get("name"), "arguments": item.get("arguments", "")},
+                "function": {
+                    "name": _text(item, "name", param),
+                    "arguments": _text(item, "arguments", param),
+                },
             }
             last = out[-1] if out else None
             if last is not None and last["role"] == "assistant" and "tool_calls" in last:
@@ -112,7 +125,8 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif kind == "function_call_output":
             output = item.get("output", "")
             text = output if isinstance(output, str) else _content(output, "tool", param)
-            out.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
+            call_id = _text(item, "call_id", param, None)
+            out.append({"role": "tool", "tool_call_id": call_id, "content": text})
         elif kind != "reasoning":
             raise BadRequest(
                 f"{param}.type: unknown input item type {kind!r} "
@@ -149,6 +163,8 @@ def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
 
 def _response_format(text: dict[str, Any]) -> dict[str, Any] | None:
     fmt = text.get("format")
+    if fmt is not None and not isinstance(fmt, dict):
+        raise BadRequest("text.format: must be an object", param="text.format", code="invalid_type")
     if fmt is None or fmt.get("type") == "text":
         return None
     if fmt.get("type") == "json_object":
@@ -179,7 +195,7 @@ def chat_body(request: ResponsesRequest, history: list[dict[str, Any]]) -> dict[
         body["response_format"] = fmt
     if request.max_output_tokens is not None:
         body["max_tokens"] = request.max_output_tokens
-    if request.reasoning and request.reasoning.get("effort"):
+    if request.reasoning and isinstance(request.reasoning.get("effort"), str):
         body["reasoning_effort"] = request.reasoning["effort"]
     for same in ("metadata", "parallel_tool_calls", "temperature", "top_p", "user", "stream"):
         if getattr(request, same) is not None:
