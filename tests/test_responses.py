@@ -346,3 +346,24 @@ def test_a_kept_response_survives_the_journal_round_trip() -> None:
         response={"id": "resp_1", "object": "response"},
     )
     assert decode(encode(kept)) == kept
+
+
+def test_a_stream_that_fails_midway_ends_failed_and_keeps_nothing(
+    gateway: Gateway, upstream
+) -> None:
+    _, behaviour = upstream
+    behaviour.error_stream_after = 2
+    events = list(client(gateway).responses.create(model="support", input="a b c", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-2:] == ["error", "response.failed"]
+    assert events[-2].message == "scripted stream error"
+    failed = events[-1].response
+    assert failed.status == "failed" and failed.error is not None
+    with pytest.raises(openai.NotFoundError):
+        client(gateway).responses.retrieve(failed.id)
+    gateway.flush()
+    with gateway.store() as store:
+        (call,) = store.list_calls(task="support")
+        assert store.get_response(failed.id) is None
+    assert call.status == "error" and call.metadata["response"]["id"] == failed.id
