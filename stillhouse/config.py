@@ -205,10 +205,35 @@ class StoreConfig(Table):
         return value
 
 
+class TelemetryConfig(Table):
+    """OpenTelemetry spans of the gateway's calls, sent over OTLP/HTTP (the `otel` extra)."""
+
+    otlp_endpoint: str | None = Field(
+        None, description="an OTLP/HTTP collector, e.g. http://collector:4318 (unset: no spans)"
+    )
+    service_name: str = Field("stillhouse", min_length=1)
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (OTLP over HTTP)")
+        return value
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _secrets(cls, value: Any) -> dict[str, Secret]:
+        if not isinstance(value, dict):
+            raise ValueError("must be a table of header names to values, e.g. 'env::OTLP_KEY'")
+        return {str(k): _to_secret(v) for k, v in value.items()}
+
+
 class Config(Table):
     store: StoreConfig = Field(default_factory=StoreConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     tasks: dict[str, TaskConfig] = Field(default_factory=dict)
 

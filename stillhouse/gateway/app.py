@@ -6,6 +6,7 @@ on a request's path reads the store.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -30,6 +31,7 @@ from .metrics import CONTENT_TYPE, GatewayMetrics
 from .openapi import openapi_spec
 from .responses import ResponseLog, Responses
 from .security import SecurityMiddleware, allowed_hosts, require_json
+from .telemetry import Tracer
 
 
 def default_writer(config: Config) -> CaptureWriter:
@@ -77,7 +79,11 @@ def create_app(
     providers: dict[str, Provider] = {
         name: build_provider(name, model, client) for name, model in config.models.items()
     }
-    chat = ChatCompletions(config, providers, writer, metrics, routing, session=client)
+    # opentelemetry is imported only here, when configured (a ConfigError if not installed)
+    tracer = Tracer(config.telemetry) if config.telemetry.otlp_endpoint else None
+    chat = ChatCompletions(
+        config, providers, writer, metrics, routing, session=client, tracer=tracer
+    )
     responses = Responses(chat, ResponseLog(config.store.url, writer))
 
     def authorise(request: Request) -> None:
@@ -145,6 +151,8 @@ def create_app(
                 refresher.stop()
             await client.close()
             writer.close()
+            if tracer is not None:
+                await asyncio.to_thread(tracer.close)  # exports what is queued
 
     app = openai_app(
         [

@@ -2,7 +2,8 @@
 cost, latency (from when the user asked), confidence, or its error.
 
 Never waits on the store: `CaptureWriter.submit` is a non-blocking put. A student's call, once
-captured, is offered to the shadow sampler (`after_student`).
+captured, is offered to the shadow sampler (`after_student`); every call, to the tracer when
+`[telemetry]` is set (a span queued for its exporter's thread, telemetry.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..pricing import call_cost, price_for
 from ..store.records import Call
 from ..store.writer import CaptureWriter
 from .metrics import GatewayMetrics
+from .telemetry import Tracer
 
 
 def usage_of(response: dict[str, Any] | None) -> tuple[int | None, int | None, int]:
@@ -41,16 +43,25 @@ def estimate_input_tokens(body: dict[str, Any]) -> int:
 
 
 class Capture:
-    def __init__(self, config: Config, writer: CaptureWriter, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        config: Config,
+        writer: CaptureWriter,
+        metrics: GatewayMetrics,
+        tracer: Tracer | None = None,
+    ) -> None:
         self.config = config
         self.writer = writer
         self.metrics = metrics
+        self.tracer = tracer
         self.after_student: Callable[[Call], None] = lambda call: None
 
     def _finish(self, call: Call, started: float, **fields: Any) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
         final = dataclasses.replace(call, latency_ms=latency_ms, **fields)
         self.writer.submit(final)
+        if self.tracer is not None:
+            self.tracer.record(final)
         if final.role == "student":
             self.after_student(final)
         self.metrics.requests.labels(call.task, call.role, str(final.http_status)).inc()

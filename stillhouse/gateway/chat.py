@@ -27,10 +27,12 @@ from ..store.writer import CaptureWriter
 from .capture import Capture
 from .deploy import Deployments
 from .metrics import GatewayMetrics
+from .overhead import stamped
 from .plan import Exchange, Planner
 from .shadow import Shadows
 from .shape import CHAT, Shape
 from .streaming import Streams
+from .telemetry import Tracer
 
 
 def _json(payload: dict[str, Any], headers: dict[str, str]) -> Response:
@@ -46,12 +48,14 @@ class ChatCompletions:
         metrics: GatewayMetrics,
         routing: RoutingTable | None = None,
         session: SharedSession | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.routing = routing or RoutingTable()
         self.deployments = Deployments(config, providers, session or SharedSession())
         self.planner = Planner(config, providers, self.routing, self.deployments)
-        self.capture = Capture(config, writer, metrics)
+        self.capture = Capture(config, writer, metrics, tracer)
         self.shadows = Shadows(config, self.planner, self.capture)
         self.capture.after_student = self.shadows.maybe
         self.streams = Streams(config, self.planner, self.capture)
@@ -82,15 +86,19 @@ class ChatCompletions:
                 return await self.streams.held(x, shape)
             return await self.streams.relay(x, shape)
         try:
-            response = await x.provider.complete(x.forward)
+            with x.clock.timing():
+                response = await x.provider.complete(x.forward)
         except UpstreamError as err:
             self.capture.error(x.call, err, started)
-            return error_response(err, x.headers)
+            return self._stamped(x, error_response(err, x.headers))
         task = self.config.tasks[x.call.task]
         if needs_fallback(task, x.entry, x.route, routing_confidence(response)):
-            return await self._fallback(x, response, shape)
+            return self._stamped(x, await self._fallback(x, response, shape))
         self.capture.answer(x.call, response, started)
-        return _json(shape.whole(x, response), x.headers)
+        return self._stamped(x, _json(shape.whole(x, response), x.headers))
+
+    def _stamped(self, x: Exchange, response: Response) -> Response:
+        return stamped(response, x.started, x.clock, self.metrics.overhead.labels(x.call.task))
 
     async def _fallback(self, x: Exchange, response: dict[str, Any], shape: Shape) -> Response:
         """The student was unsure: the teacher answers. Both calls are captured; the teacher's
@@ -100,7 +108,8 @@ class ChatCompletions:
         self.capture.answer(replaced, response, x.started)
         teacher = self.planner.teacher(x, "fallback", "fallback_of")
         try:
-            answer = await teacher.provider.complete(teacher.forward)
+            with x.clock.timing():
+                answer = await teacher.provider.complete(teacher.forward)
         except UpstreamError as err:
             # The teacher failed: the student's answer is better than an error.
             self.capture.error(teacher.call, err, x.started)

@@ -57,6 +57,14 @@ class GatewayMetrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
+        self.overhead = Histogram(
+            "stillhouse_overhead_seconds",
+            "The gateway's own time before an answer's headers, upstream waits excluded "
+            "(x-stillhouse-overhead-ms)",
+            ["task"],
+            registry=self.registry,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+        )
         self.upstream_errors = Counter(
             "stillhouse_upstream_errors",
             "Upstream failures after retries",

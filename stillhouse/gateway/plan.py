@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config
@@ -19,6 +19,7 @@ from ..providers import Provider
 from ..routing import Route, RoutingTable, TaskRoute, choose_route, fallback_threshold, intent_rules
 from ..store.records import Call, new_id
 from .deploy import Deployed, Deployments
+from .overhead import UpstreamClock
 from .protocol import call_metadata, header_value, session_of, task_of, upstream_body
 
 
@@ -37,6 +38,7 @@ class Exchange:
     entry: TaskRoute | None = None
     threshold: float | None = None
     hide_logprobs: bool = False  # the gateway asked for logprobs the client did not
+    clock: UpstreamClock = field(default_factory=UpstreamClock)  # kept by replace(): shared
 
     def replace(self, **changes: Any) -> Exchange:
         return dataclasses.replace(self, **changes)

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
+from prometheus_client import Histogram
 from starlette.responses import Response, StreamingResponse
 
 from ..answers import routing_confidence
@@ -23,6 +24,7 @@ from ..openai.stream import StreamAccumulator
 from ..providers import Chunk, Provider
 from ..routing import needs_fallback
 from .capture import Capture
+from .overhead import stamp, stamped
 from .plan import Exchange, Planner
 from .shape import Shape
 
@@ -55,6 +57,9 @@ class Streams:
         self.planner = planner
         self.capture = capture
 
+    def _overhead(self, x: Exchange) -> Histogram:
+        return self.capture.metrics.overhead.labels(x.call.task)
+
     def _options(self, x: Exchange) -> None:
         # usage is always asked for (the capture needs it); the client gets it only if it asked
         x.forward["stream_options"] = {**(x.checked.stream_options or {}), "include_usage": True}
@@ -68,12 +73,13 @@ class Streams:
         chunks_held: list[Chunk] = []
         chunks = x.provider.stream(x.forward)
         try:
-            async for chunk in chunks:
-                acc.add(chunk)
-                chunks_held.append(chunk)
+            with x.clock.timing():
+                async for chunk in chunks:
+                    acc.add(chunk)
+                    chunks_held.append(chunk)
         except UpstreamError as err:
             self.capture.error(x.call, err, x.started)  # nothing was sent: a proper HTTP error
-            return error_response(err, x.headers)
+            return stamped(error_response(err, x.headers), x.started, x.clock, self._overhead(x))
         except asyncio.CancelledError:
             self.capture.stream(
                 x.call, acc, x.started, "client disconnected before the answer", 499
@@ -100,14 +106,16 @@ class Streams:
         self._options(x)
         chunks = x.provider.stream(x.forward)
         acc = StreamAccumulator(x.started)
+        first: Chunk | None = None
         try:
-            first: Chunk | None = await anext(chunks)
+            with x.clock.timing():
+                first = await anext(chunks)
         except StopAsyncIteration:
-            first = None
+            pass
         except UpstreamError as err:
             # Nothing sent yet: the client gets a proper HTTP error status.
             self.capture.error(x.call, err, x.started)
-            return error_response(err, x.headers)
+            return stamped(error_response(err, x.headers), x.started, x.clock, self._overhead(x))
 
         async def events() -> AsyncIterator[bytes]:
             captured = False
@@ -148,4 +156,5 @@ class Streams:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await chunks.aclose()  # type: ignore[attr-defined]
 
-        return StreamingResponse(events(), 200, x.headers, media_type="text/event-stream")
+        headers = stamp(x.headers, x.started, x.clock, self._overhead(x))
+        return StreamingResponse(events(), 200, headers, media_type="text/event-stream")
