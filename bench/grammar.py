@@ -130,7 +130,7 @@ def bench_library(name: str, tok: Any, vocab: int, rounds: int) -> dict[str, Any
     compiled = compile_(context)
     compile_s = time.perf_counter() - started
     answers = [json.dumps({"intent": i, "priority": p}) for i, (p, _) in list(INTENTS.items())[:4]]
-    sequences = [tok.encode(a) + [tok.eos_token_id] for a in answers]
+    sequences = [[*tok.encode(a), tok.eos_token_id] for a in answers]
     bitmask = torch.full((1, (vocab + 31) // 32), -1, dtype=torch.int32)
     logits = torch.randn(1, vocab)
     fills, totals = [], []
