@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import BadRequest
 from ..openai.protocol import ChatCompletionRequest
 from .confidence import confidence
+from .grammar import response_schema
 from .runtime import Engine
 from .sequence import (
     DEFAULT_MAX_TOKENS,
@@ -47,6 +48,7 @@ def sampling_params(request: ChatCompletionRequest) -> SamplingParams:
         top_logprobs=(request.top_logprobs or 0) if request.logprobs else 0,
         stop=stops,
         seed=request.seed,
+        json_schema=response_schema(request.response_format),
     )
 
 
@@ -134,7 +136,8 @@ class LocalCompletions:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
-        return engine.submit(prompt, params, emit), events
+        # in a thread: submitting compiles the request's grammar, if it has one
+        return await asyncio.to_thread(engine.submit, prompt, params, emit), events
 
     @staticmethod
     async def _follow(handle: Request, events: asyncio.Queue[Event]) -> AsyncIterator[Event]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadRequest
+from .grammar import Grammars, advance, mask_rows, matcher
 from .kvcache import (
     PrefixCache,
     cache_kwarg,
@@ -71,6 +72,7 @@ class Engine:
             eos_ids.add(tokenizer.eos_token_id)
         self.eos_ids = eos_ids
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+        self.grammars = Grammars(tokenizer, int(model.config.vocab_size), eos_ids)
         self._queue: queue.Queue[Request | None] = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
@@ -107,7 +109,8 @@ class Engine:
         self, prompt_ids: list[int], params: SamplingParams, emit: Callable[[Event], None]
     ) -> Request:
         """Queue a request; `emit` is called from the worker thread with each Delta, then one
-        Finished (or an exception)."""
+        Finished (or an exception). A JSON Schema is compiled here (milliseconds; cached), so a
+        refused one is a BadRequest now, not an error in the decode loop."""
         if self._closed:
             raise RuntimeError("engine is closed")
         if len(prompt_ids) >= self.context:
@@ -116,7 +119,8 @@ class Engine:
                 param="messages",
                 code="context_length_exceeded",
             )
-        request = Request(prompt_ids, params, emit)
+        grammar = self.grammars.compile(params.json_schema) if params.json_schema else None
+        request = Request(prompt_ids, params, emit, grammar)
         self._queue.put(request)
         return request
 
@@ -237,7 +241,10 @@ class Engine:
 
     def _sequence(self, request: Request) -> Decoding:
         room = self.context - len(request.prompt_ids)
-        return Decoding(request, self.tokenizer, self.eos_ids, room)
+        seq = Decoding(request, self.tokenizer, self.eos_ids, room)
+        if request.grammar is not None:
+            seq.matcher = matcher(request.grammar)
+        return seq
 
     def _prefill(self, seqs: list[Decoding]) -> tuple[Any, Any, Any, Any]:
         """Run the prompts through the model: (last logits, cache, mask, last positions). The
@@ -268,12 +275,16 @@ class Engine:
         return out.logits[:, -1, :], cache_of(out), mask, positions[:, -1:]
 
     def _pick(self, logits: Any, seqs: list[Decoding]) -> Any:
-        """Choose each row's next token, record its logprob (and the top ones) on its sequence."""
+        """Choose each row's next token, record its logprob (and the top ones) on its sequence.
+
+        A constrained row chooses among the tokens its grammar allows (so it can end only where
+        the grammar accepts), but its logprobs are the model's own, unmasked: the confidence then
+        still says how much the model wanted what it was made to say."""
         import torch
 
         self.stats.step(len(seqs))
         logits = logits.float()
-        chosen = self._choose(logits, seqs)
+        chosen = self._choose(mask_rows(logits, [seq.matcher for seq in seqs]), seqs)
         logprobs = torch.log_softmax(logits, dim=-1)
         picked = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
         k = max(seq.request.params.top_logprobs for seq in seqs)
@@ -286,6 +297,8 @@ class Engine:
             if seq.request.cancelled:
                 seq.done = True
                 continue
+            if seq.matcher is not None:
+                advance(seq.matcher, token)
             want = seq.request.params.top_logprobs
             pairs = list(zip(top_ids[row][:want], top_lps[row][:want], strict=True)) if want else []
             seq.add(token, picked[row], pairs)

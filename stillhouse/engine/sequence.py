@@ -23,6 +23,8 @@ class SamplingParams:
     top_logprobs: int = 0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # The JSON Schema (as text) the answer must follow, token by token (grammar.py); None: free.
+    json_schema: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class Request:
     prompt_ids: list[int]
     params: SamplingParams
     emit: Callable[[Event], None]
+    grammar: Any = None  # params.json_schema compiled for the engine's tokenizer
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -119,6 +122,7 @@ class Decoding:
         self.sent_tokens = 0
         self.generated = 0
         self.done = False
+        self.matcher: Any = None  # where the row stands in its grammar, when it has one
         self.generator: Any = None
         if request.params.seed is not None:
             import torch
