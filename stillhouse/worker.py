@@ -22,7 +22,10 @@ class DefaultSteps:
     clustering and the review queue; `progress`: a training progress bar on stderr (the demo)."""
 
     def __init__(self, progress: bool = False) -> None:
+        from .curate.readiness import GraceCounter
+
         self.progress = progress
+        self.grace = GraceCounter()  # counts kept between ticks
 
     def curate(self, store: TraceStore, config: Config, task: str) -> str:
         from .curate.pipeline import curate
@@ -54,7 +57,10 @@ class DefaultSteps:
     def readiness(self, store: TraceStore, config: Config, now: float) -> dict[str, Any]:
         from .curate.readiness import grace_readiness
 
-        return grace_readiness(store, config, now)
+        return grace_readiness(store, config, now, self.grace)
+
+    def new_examples(self, store: TraceStore, config: Config, task: str, since: float) -> int:
+        return self.grace.new_distinct(store, task, since)
 
     def after_tick(self, store: TraceStore, config: Config) -> None:
         from .review import enqueue

@@ -14,6 +14,7 @@ from stillhouse.curate.dedupe import dedupe, lsh_params
 from stillhouse.curate.intents import assign_intents
 from stillhouse.curate.pii import luhn_ok, scrub
 from stillhouse.curate.pipeline import curate, curate_calls
+from stillhouse.curate.readiness import GraceCounter, grace_readiness
 from stillhouse.curate.split import cap_per_intent, stratified_split
 from stillhouse.errors import StillhouseError
 from stillhouse.store import Call, Score, new_id, open_store
@@ -299,6 +300,77 @@ def test_intents_from_metadata_else_clusters() -> None:
     assert all(i.startswith("cluster:") for i in intents[1:])
     assert assign_intents(known, texts, seed=0) == (intents, method)
     assert assign_intents(["a", "b"], ["x", "y"]) == (["a", "b"], "metadata")
+
+
+TOPICS = ("refund", "delivery", "password", "invoice", "address", "loan", "pin", "transfer")
+
+
+def unlabelled(texts: list[str]) -> list[Call]:
+    """Teacher calls whose callers send no metadata.intent."""
+    return [call(text, created_at=1000.0 + i) for i, text in enumerate(texts)]
+
+
+def test_grace_counts_clustered_intents_of_callers_without_metadata(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Without metadata.intent grace counted 0 intents until a dataset existed, and the first
+    dataset is made only after grace: such a task waited max_days whatever its traffic."""
+    grace = {"min_conversations": 80, "min_unique_intents": 6, "max_days": 9999}
+    cfg = config(tmp_path, store_url, grace=grace)
+    texts = [f"{t} question number {i}: my {t} {t} again" for t in TOPICS for i in range(10)]
+    with open_store(store_url) as store:
+        store.insert_calls(unlabelled(texts))
+        ready = grace_readiness(store, cfg, now=2000.0)["support"]
+    # 80 distinct requests: curation's k-means makes round(sqrt(80 / 2)) = 6 clusters of them
+    assert ready["intent_method"] == "tfidf" and ready["unique_intents"] == 6
+    assert ready["met"]["min_unique_intents"] and ready["ready"]
+
+
+def test_grace_counts_repeated_requests_once(store_url: str, tmp_path: Path) -> None:
+    grace = {"min_conversations": 80, "min_unique_intents": 6, "max_days": 9999}
+    cfg = config(tmp_path, store_url, grace=grace)
+    texts = [f"my {t} {t} again please" for t in TOPICS] * 10  # 80 calls, 8 distinct requests
+    with open_store(store_url) as store:
+        store.insert_calls(unlabelled(texts))
+        ready = grace_readiness(store, cfg, now=2000.0)["support"]
+    assert ready["conversations"] == 80 and ready["unique_intents"] == 2  # k = sqrt(8 / 2)
+    assert not ready["met"]["min_unique_intents"] and not ready["ready"]
+
+
+def test_grace_counts_again_only_when_new_calls_arrived(store_url: str, tmp_path: Path) -> None:
+    cfg = config(tmp_path, store_url, curate={"intents": "metadata"})
+    counter = GraceCounter()
+    with open_store(store_url) as store:
+        store.insert_calls([call(f"{t} please", intent=t) for t in TOPICS[:3]])
+        reads = []
+        teacher_requests = store.teacher_requests
+
+        def counted(*args: Any, **kw: Any) -> Any:
+            reads.append(kw)
+            return teacher_requests(*args, **kw)
+
+        store.teacher_requests = counted  # type: ignore[method-assign]
+        first = grace_readiness(store, cfg, counter=counter)["support"]
+        assert grace_readiness(store, cfg, counter=counter)["support"] == first
+        assert first["unique_intents"] == 3 and first["intent_method"] == "metadata"
+        assert len(reads) == 1  # the second tick found no new call: nothing read again
+        store.insert_calls([call("pin please", intent="pin")])
+        assert grace_readiness(store, cfg, counter=counter)["support"]["unique_intents"] == 4
+        assert len(reads) == 2
+
+
+def test_new_distinct_requests_leave_out_repeats(store_url: str, tmp_path: Path) -> None:
+    counter = GraceCounter()
+    with open_store(store_url) as store:
+        store.insert_calls([call(f"my {t} please", created_at=100.0) for t in TOPICS[:4]])
+        assert counter.new_distinct(store, "support", 200.0) == 0
+        # the same requests again (spacing and case are no difference), one of them twice
+        again = ["My refund, please!", "my delivery please", "my delivery   please"]
+        store.insert_calls([call(t, created_at=300.0 + i) for i, t in enumerate(again)])
+        assert counter.new_distinct(store, "support", 200.0) == 0
+        store.insert_calls([call("my loan please", created_at=400.0 + i) for i in range(2)])
+        assert counter.new_distinct(store, "support", 200.0) == 1
+        assert counter.new_distinct(store, "support", 350.0) == 1  # a new wait, counted anew
 
 
 # -- snapshots ----------------------------------------------------------------

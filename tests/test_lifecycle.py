@@ -196,6 +196,25 @@ class World:
         self.settle()
         return out
 
+    def send(self, texts: list[str], intent: str | None = None) -> None:
+        """These user messages as they are, with `metadata.intent` only when given."""
+        for text in texts:
+            self.client.chat.completions.create(
+                model="support",
+                messages=[{"role": "user", "content": text}],
+                **({"metadata": {"intent": intent}} if intent else {}),  # type: ignore[arg-type]
+            )
+        self.settle()
+
+    def configure(self, **tables: dict[str, Any]) -> None:
+        """The controller's task with these tables updated (the gateway keeps its config)."""
+        task = self.config.tasks["support"]
+        update = {k: getattr(task, k).model_copy(update=v) for k, v in tables.items()}
+        self.config = self.config.model_copy(
+            update={"tasks": {"support": task.model_copy(update=update)}}
+        )
+        self.controller.config = self.config
+
     def settle(self) -> None:
         """Wait for the background shadow calls, then for the captures to reach the store."""
         deadline = time.monotonic() + 10
@@ -302,8 +321,44 @@ def test_a_bad_candidate_is_stopped_at_the_gate(world: World) -> None:
     assert [w.tick() for _ in range(5)][-1] is State.GRACE
     state = w.state()
     assert state.share == 0 and "failed the gate" in state.reason
+    # the same 8 messages again are 8 teacher calls but nothing the dataset lacks: keep waiting
+    w.send([f"{INTENTS[i % 4]} request {i + 1}" for i in range(8)])
+    assert w.tick() is State.GRACE and "failed the gate" in w.state().reason
     assert all(r.headers["x-stillhouse-route"] == "teacher" for r in w.ask(8))
-    assert w.tick() is State.CURATING  # 8 fresh teacher calls: try again
+    assert w.tick() is State.CURATING  # 8 new distinct examples: try again
+    assert w.state().reason.startswith("8 new distinct examples")
+
+
+def test_an_identical_snapshot_is_not_trained_again(world: World) -> None:
+    w = world
+    w.steps.passes = False
+    w.ask(8)
+    assert [w.tick() for _ in range(5)][-1] is State.GRACE
+    with open_store(w.config.store.url) as store:
+        failed = store.list_datasets("support")[0].id
+    # max_days pass with nothing new: curated again, the same snapshot comes back
+    days = w.config.tasks["support"].grace.max_days
+    later = Controller(w.config, steps=w.steps, clock=lambda: time.time() + days * 86400 + 1)
+    assert later.tick()["support"].state is State.CURATING
+    assert later.tick()["support"].state is State.GRACE
+    state = w.state()
+    assert f"curated {failed} again" in state.reason and state.detail["dataset"] == failed
+    assert len(w.steps.prompts) == 1 and len(w.steps.trained) == 1  # nothing trained again
+    assert later.tick()["support"].state is State.GRACE  # and it waits again
+
+
+def test_callers_without_metadata_intent_leave_grace(world: World) -> None:
+    """Their intents are clustered while grace waits, as curation will cluster them; before,
+    such a task counted no intent until a dataset existed and so waited max_days."""
+    w = world
+    w.configure(
+        grace={"min_conversations": 40, "min_unique_intents": 4}, curate={"intents": "auto"}
+    )
+    w.send(["where is my parcel", "refund my order"] * 20)  # 40 calls, 2 distinct requests
+    assert w.tick() is State.GRACE
+    w.send([f"{topic} question {i}" for topic in INTENTS for i in range(10)])
+    assert w.tick() is State.CURATING
+    assert w.state().reason == "grace met: min_conversations, min_unique_intents"
 
 
 def test_a_prompt_that_passes_the_gate_alone_rolls_out_without_training(world: World) -> None:

@@ -142,6 +142,21 @@ def test_one_controller_holds_the_lock(store_url: str) -> None:
             assert held
 
 
+def test_teacher_requests_newest_first_within_bounds(store_url: str) -> None:
+    call, later = make_call(created_at=100.0), make_call(created_at=102.0)
+    student = make_call(role="student", created_at=101.0)
+    with open_store(store_url) as store:
+        store.insert_calls([call, student, later])
+        assert store.teacher_requests("support") == [
+            (102.0, later.request, later.metadata),
+            (100.0, call.request, call.metadata),
+        ]
+        assert [r[0] for r in store.teacher_requests("support", since=101.0)] == [102.0]
+        assert [r[0] for r in store.teacher_requests("support", before=102.0)] == [100.0]
+        assert [r[0] for r in store.teacher_requests("support", limit=1)] == [102.0]
+        assert store.task_readiness()["support"]["calls"] == 2
+
+
 def test_named_questions_answer_with_json_decoded(store_url: str) -> None:
     call = make_call(created_at=100.0)
     student = make_call(role="student", created_at=101.0)

@@ -24,6 +24,11 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def content_key(doc: Sequence[str]) -> bytes:
+    """The exact-duplicate key of normalised words: equal keys, equal text to dedupe."""
+    return hashlib.blake2b(" ".join(doc).encode(), digest_size=16).digest()
+
+
 @dataclass(frozen=True, slots=True)
 class DedupeResult:
     kept: tuple[int, ...]  # indices into the input, in input order
@@ -257,7 +262,7 @@ def dedupe(
     seen: dict[bytes, int] = {}
     survivors: list[int] = []
     for i in newest:
-        digest = hashlib.blake2b(" ".join(docs[i]).encode(), digest_size=16).digest()
+        digest = content_key(docs[i])
         if digest in seen:
             duplicate_of[i] = seen[digest]
         else:

@@ -40,12 +40,22 @@ class Example:
         return "\n".join(message_text(m) for m in self.messages)
 
     def dedupe_text(self) -> str:
-        """The turns without the system prompt: one long shared system prompt would otherwise
-        make every pair of conversations look alike."""
-        return "\n".join(message_text(m) for m in self.messages if m["role"] != "system")
+        return dedupe_text(self.messages)
 
     def user_text(self) -> str:
         return user_text(self.messages)
+
+
+def dedupe_text(messages: Sequence[dict[str, Any]]) -> str:
+    """The turns without the system prompt: one long shared system prompt would otherwise
+    make every pair of conversations look alike."""
+    return "\n".join(message_text(m) for m in messages if m["role"] != "system")
+
+
+def request_messages(request: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """A request's turns in fine-tuning shape, before the teacher answered them."""
+    messages = request.get("messages") if isinstance(request, dict) else None
+    return tuple(normalize_message(m) for m in messages or () if isinstance(m, dict))
 
 
 def user_text(messages: Sequence[dict[str, Any]]) -> str:

@@ -81,24 +81,49 @@ class Controller:
     def _grace(
         self, store: TraceStore, name: str, task: TaskConfig, state: TaskState, now: float
     ) -> TaskState | None:
-        since = state.detail.get("collect_since")
-        if since is None:
+        if state.detail.get("collect_since") is None:
             ready = self.steps.readiness(store, self.config, now)[name]
             if not ready["ready"]:
                 return None
             met = ", ".join(k for k, v in ready["met"].items() if v)
             return state.moved(State.CURATING, f"grace met: {met}", detail={})
-        fresh = store.new_teacher_calls(name, since)
+        since = float(state.detail["collect_since"])
+        return self._collected(store, name, task, state, now, f"since {since:.0f}")
+
+    def _collected(
+        self,
+        store: TraceStore,
+        name: str,
+        task: TaskConfig,
+        state: TaskState,
+        now: float,
+        when: str,
+    ) -> TaskState | None:
+        """After a failed gate or a rollback: curate again once `grace.min_conversations` new
+        distinct examples arrived (or `grace.max_days` passed). The same messages again would
+        only retell the dataset the candidate failed on."""
+        since = float(state.detail.get("collect_since") or state.created_at)
+        fresh = self.steps.new_examples(store, self.config, name, since)
         if fresh < task.grace.min_conversations and now - since < task.grace.max_days * 86400:
             return None
+        failed_on = state.detail.get("dataset")
         return state.moved(
-            State.CURATING, f"{fresh} new teacher calls since {since:.0f}", detail={}
+            State.CURATING,
+            f"{fresh} new distinct examples {when}",
+            detail={"failed_on": failed_on} if failed_on else {},
         )
 
     def _curating(
         self, store: TraceStore, name: str, task: TaskConfig, state: TaskState, now: float
     ) -> TaskState | None:
         dataset = self.steps.curate(store, self.config, name)
+        if dataset == state.detail.get("failed_on"):
+            return state.moved(
+                State.GRACE,
+                f"curated {dataset} again, the dataset the last candidate failed on: "
+                "collecting new distinct examples",
+                detail={"collect_since": now, "dataset": dataset},
+            )
         # the cheap first candidate (a retrain of a serving student goes straight to training)
         return state.moved(
             State.OPTIMIZING if task.optimize.prompt else State.TRAINING,
@@ -157,7 +182,9 @@ class Controller:
                 detail={**state.detail["incumbent_detail"], "serving_since": now, **checked},
             )
         return state.moved(
-            State.GRACE, f"{reason}; collecting more data", detail={"collect_since": now, **checked}
+            State.GRACE,
+            f"{reason}; collecting new distinct examples",
+            detail={"collect_since": now, "dataset": state.detail.get("dataset"), **checked},
         )
 
     def _rollout(
@@ -223,13 +250,7 @@ class Controller:
     def _rolled_back(
         self, store: TraceStore, name: str, task: TaskConfig, state: TaskState, now: float
     ) -> TaskState | None:
-        since = float(state.detail.get("collect_since") or state.created_at)
-        fresh = store.new_teacher_calls(name, since)
-        if fresh < task.grace.min_conversations and now - since < task.grace.max_days * 86400:
-            return None
-        return state.moved(
-            State.CURATING, f"{fresh} new teacher calls since the rollback", detail={}
-        )
+        return self._collected(store, name, task, state, now, "since the rollback")
 
     def _paused(
         self, store: TraceStore, name: str, task: TaskConfig, state: TaskState, now: float

@@ -1,7 +1,8 @@
 """What the controller asks of the rest of the product, as one protocol: the long steps (curate,
-optimize, train, validate) and what it asks of curation and review (grace readiness, intent
-clustering for drift, the review queue). The lifecycle stays a state machine over the store;
-`stillhouse.worker.DefaultSteps` composes the real parts, tests pass small fakes.
+optimize, train, validate) and what it asks of curation and review (grace readiness, new distinct
+examples after a failed gate, intent clustering for drift, the review queue). The lifecycle stays
+a state machine over the store; `stillhouse.worker.DefaultSteps` composes the real parts, tests
+pass small fakes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ class Steps(Protocol):
 
     def readiness(self, store: TraceStore, config: Config, now: float) -> dict[str, Any]:
         """Each task's grace readiness: {task: {"ready": bool, "met": {criterion: bool}, ...}}."""
+        ...
+
+    def new_examples(self, store: TraceStore, config: Config, task: str, since: float) -> int:
+        """Distinct requests among the task's teacher calls since `since` that no earlier call
+        made (curation's duplicate key): what a failed gate or a rollback waits for."""
         ...
 
     def after_tick(self, store: TraceStore, config: Config) -> None:

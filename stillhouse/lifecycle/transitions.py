@@ -68,5 +68,10 @@ def rolled_back(state: TaskState, reason: str, evidence: dict[str, Any], now: fl
         reason,
         stage=-1,
         share=0.0,
-        detail={"collect_since": now, "evidence": evidence, "rolled_back": state.candidate_id},
+        detail={
+            "collect_since": now,
+            "evidence": evidence,
+            "rolled_back": state.candidate_id,
+            "dataset": state.detail.get("dataset"),  # what it learnt from: not to be trained again
+        },
     )

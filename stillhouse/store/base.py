@@ -173,17 +173,22 @@ class TraceStore(LifecycleQueries, ReviewQueries, ReportQueries):
 
     def task_readiness(self) -> dict[str, dict[str, Any]]:
         """Per task, over successful teacher calls: conversations (distinct
-        metadata.conversation_id, else one per call), distinct metadata.intent values, and
-        the first call's time."""
+        metadata.conversation_id, else one per call), distinct metadata.intent values, the
+        calls, and the first call's time."""
         conv = f"COALESCE({self._json_text('metadata', 'conversation_id')}, id)"
         intent = self._json_text("metadata", "intent")
         rows = self.query(
-            f"SELECT task, COUNT(DISTINCT {conv}), COUNT(DISTINCT {intent}), MIN(created_at) "
-            "FROM calls WHERE status = 'ok' AND role = 'teacher' GROUP BY task"
+            f"SELECT task, COUNT(DISTINCT {conv}), COUNT(DISTINCT {intent}), COUNT(*), "
+            "MIN(created_at) FROM calls WHERE status = 'ok' AND role = 'teacher' GROUP BY task"
         )
         return {
-            task: {"conversations": int(c), "intents": int(i), "first_call_at": float(first)}
-            for task, c, i, first in rows
+            task: {
+                "conversations": int(c),
+                "intents": int(i),
+                "calls": int(n),
+                "first_call_at": float(first),
+            }
+            for task, c, i, n, first in rows
         }
 
     # -- datasets -----------------------------------------------------------------------------

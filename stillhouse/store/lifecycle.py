@@ -120,6 +120,32 @@ class LifecycleQueries(SQLStore):
         )
         return int(rows[0][0])
 
+    def teacher_requests(
+        self,
+        task: str,
+        *,
+        since: float | None = None,
+        before: float | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[float, Any, Any]]:
+        """(created_at, request, metadata) of the task's successful teacher calls created at or
+        after `since` and before `before` (None: no bound), newest first, at most `limit`."""
+        sql = "SELECT created_at, request, metadata FROM calls WHERE task = ? "
+        sql += "AND role = 'teacher' AND status = 'ok'"
+        params: list[Any] = [task]
+        if since is not None:
+            sql += " AND created_at >= ?"
+            params.append(since)
+        if before is not None:
+            sql += " AND created_at < ?"
+            params.append(before)
+        sql += " ORDER BY created_at DESC, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        rows = self.query(sql, params)
+        return [(float(t), codec.decode(request), codec.decode(meta)) for t, request, meta in rows]
+
     def served_requests(self, task: str, since: float) -> list[tuple[Any, Any]]:
         """(request, metadata) of the task's calls since `since` that answered a user (no
         shadow or fallback teacher calls)."""
