@@ -124,6 +124,11 @@ class ModelConfig(Table):
         "natively (AVX512-BF16 or AMX) or on a GPU, else float32",
     )
     max_batch: int = Field(8, ge=1, le=256, description="local: requests decoded together")
+    engine: Literal["torch", "llama-cpp"] = Field(
+        "torch",
+        description="local: torch (transformers; batches requests, serves HF folders) or "
+        "llama-cpp (llama-cpp-python, the cpu extra: GGUF models, several times faster on a CPU)",
+    )
 
     @field_validator("api_key", mode="before")
     @classmethod
