@@ -21,7 +21,7 @@ MAGIC = b"GGUF"
 
 # peft module names -> llama.cpp's tensor names (the architectures llama.cpp's converter maps the
 # same way: Llama, Qwen2, Mistral, ...).
-_MODULES = {
+PEFT_MODULES = {
     "self_attn.q_proj": "attn_q",
     "self_attn.k_proj": "attn_k",
     "self_attn.v_proj": "attn_v",
@@ -86,7 +86,7 @@ def base_shapes(reader: Any) -> dict[str, tuple[int, ...]]:
     return {t.name: tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors}
 
 
-def _permute(weights: Any, n_head: int) -> Any:
+def permute_rotary(weights: Any, n_head: int) -> Any:
     """llama.cpp's rotary layout for q/k rows (convert_hf_to_gguf's LlamaModel.permute)."""
     rows = weights.shape[0]
     return (
@@ -94,6 +94,37 @@ def _permute(weights: Any, n_head: int) -> Any:
         .swapaxes(1, 2)
         .reshape(weights.shape)
     )
+
+
+def read_lora(adapter: str | Path) -> tuple[Path, float, dict[str, dict[str, Any]]]:
+    """(folder, lora_alpha, {GGUF tensor name: {"lora_A": array, "lora_B": array}}) of a peft
+    LoRA adapter, read with numpy; AdapterError for a tensor llama.cpp has no name for."""
+    import numpy as np
+    from safetensors import safe_open
+
+    folder = check_adapter(adapter)
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise AdapterError(f"adapter {folder}: GGUF export reads adapter_model.safetensors only")
+    alpha = float(config.get("lora_alpha") or config.get("r") or 8)
+    pairs: dict[str, dict[str, Any]] = {}
+    with safe_open(str(weights), framework="np") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+            # base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight
+            parts = key.split(".")
+            if "layers" not in parts or parts[-2] not in ("lora_A", "lora_B"):
+                raise AdapterError(f"adapter {folder}: cannot export the tensor {key} to GGUF")
+            layer = int(parts[parts.index("layers") + 1])
+            module = ".".join(parts[parts.index("layers") + 2 : -2])
+            if module not in PEFT_MODULES:
+                raise AdapterError(f"adapter {folder}: no GGUF name for the module {module}")
+            name = f"blk.{layer}.{PEFT_MODULES[module]}.weight"
+            pairs.setdefault(name, {})[parts[-2]] = np.asarray(f.get_tensor(key), np.float32)
+    for name, pair in pairs.items():
+        if set(pair) != {"lora_A", "lora_B"}:
+            raise AdapterError(f"adapter {folder}: {name} lacks its lora_A or lora_B")
+    return folder, alpha, pairs
 
 
 def lora_to_gguf(adapter: str | Path, base: Path, out: Path) -> Path:
@@ -105,50 +136,29 @@ def lora_to_gguf(adapter: str | Path, base: Path, out: Path) -> Path:
     """
     import gguf
     import numpy as np
-    from safetensors import safe_open
 
-    folder = check_adapter(adapter)
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    weights = folder / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise AdapterError(f"adapter {folder}: GGUF export reads adapter_model.safetensors only")
+    folder, alpha, pairs = read_lora(adapter)
     reader = read_gguf(base, "base model")
     arch = str(_field(reader, "general.architecture"))
     n_head = int(_field(reader, f"{arch}.attention.head_count"))
     n_head_kv = int(_field(reader, f"{arch}.attention.head_count_kv") or n_head)
     shapes = base_shapes(reader)
-    alpha = float(config.get("lora_alpha") or config.get("r") or 8)
-    pairs: dict[str, dict[str, Any]] = {}
-    with safe_open(str(weights), framework="np") as f:
-        for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-            # base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight
-            parts = key.split(".")
-            if "layers" not in parts or parts[-2] not in ("lora_A", "lora_B"):
-                raise AdapterError(f"adapter {folder}: cannot export the tensor {key} to GGUF")
-            layer = int(parts[parts.index("layers") + 1])
-            module = ".".join(parts[parts.index("layers") + 2 : -2])
-            if module not in _MODULES:
-                raise AdapterError(f"adapter {folder}: no GGUF name for the module {module}")
-            name = f"blk.{layer}.{_MODULES[module]}.weight"
-            pairs.setdefault(name, {})[parts[-2]] = np.asarray(f.get_tensor(key), np.float32)
+    for name, pair in sorted(pairs.items()):
+        want, got = shapes.get(name), (pair["lora_B"].shape[0], pair["lora_A"].shape[1])
+        if want != got:
+            raise AdapterError(
+                f"adapter {folder} does not fit the base {base.name}: {name} is {want} in the "
+                f"base, {got} in the adapter"
+            )
     partial = out.with_name(out.name + f".partial-{os.getpid()}")
     writer = gguf.GGUFWriter(str(partial), arch)
     writer.add_string("general.type", "adapter")
     writer.add_string("adapter.type", "lora")
     writer.add_float32("adapter.lora.alpha", alpha)
     for name, pair in sorted(pairs.items()):
-        a, b = pair.get("lora_A"), pair.get("lora_B")
-        if a is None or b is None:
-            raise AdapterError(f"adapter {folder}: {name} lacks its lora_A or lora_B")
-        want = shapes.get(name)
-        if want is None or want != (b.shape[0], a.shape[1]):
-            got = (b.shape[0], a.shape[1])
-            raise AdapterError(
-                f"adapter {folder} does not fit the base {base.name}: {name} is {want} in the "
-                f"base, {got} in the adapter"
-            )
+        a, b = pair["lora_A"], pair["lora_B"]
         if arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
-            b = _permute(b, n_head if "attn_q" in name else n_head_kv)
+            b = permute_rotary(b, n_head if "attn_q" in name else n_head_kv)
         writer.add_tensor(name + ".lora_a", np.ascontiguousarray(a))
         writer.add_tensor(name + ".lora_b", np.ascontiguousarray(b))
     writer.write_header_to_file()
