@@ -157,7 +157,7 @@ class ModelConfig(Table):
             raise ValueError("adapter is only for provider 'local' (vLLM names its own)")
         if self.provider != "local":
             # a table dumped with its defaults (a candidate's serving table) is fine
-            for key in ("dtype", "max_batch"):
+            for key in ("dtype", "max_batch", "engine"):
                 if getattr(self, key) != type(self).model_fields[key].default:
                     raise ValueError(f"{key} is only for provider 'local'")
         return self

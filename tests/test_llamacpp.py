@@ -240,6 +240,18 @@ def test_a_hugging_face_folder_is_refused_by_llama_cpp(tmp_path: Path) -> None:
         model_gguf(str(tmp_path))
 
 
+def test_engine_is_a_local_key() -> None:
+    from stillhouse.config import parse_config
+
+    local = {"provider": "local", "model": MODEL, "engine": "llama-cpp"}
+    assert parse_config({"models": {"m": local}}).models["m"].engine == "llama-cpp"
+    remote = {"provider": "openai", "model": "x", "engine": "llama-cpp"}
+    with pytest.raises(ConfigError, match=r"models.m: engine is only for provider 'local'"):
+        parse_config({"models": {"m": remote}})
+    with pytest.raises(ConfigError, match=r"models.m.engine"):
+        parse_config({"models": {"m": {**local, "engine": "vllm"}}})
+
+
 def test_missing_llama_cpp_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from stillhouse.engine.llamacpp import LlamaCppEngine
 
