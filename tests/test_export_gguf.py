@@ -163,3 +163,28 @@ def test_export_a_candidate_from_the_command_line(tmp_path: Path) -> None:
         engine.close()
     wrong = run("export", "--candidate", "cand_nope", "--out", str(out), cwd=tmp_path, check=False)
     assert wrong.returncode == 1 and "no candidate 'cand_nope'" in wrong.stderr
+
+
+@pytest.mark.slow
+async def test_a_candidate_served_on_llama_cpp_has_its_adapter(tmp_path: Path) -> None:
+    """A candidate's serving table (a llama-cpp student's, with the trained peft adapter) is
+    deployed as the gateway does it: the adapter becomes a GGUF adapter and changes the answer."""
+    _need_llama_cpp()
+    from stillhouse.config import ModelConfig
+    from stillhouse.providers import SharedSession, build_provider
+
+    adapter = lora(tmp_path / "adapter")
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 4, "logprobs": True}
+    answers = []
+    for serving in (
+        {"provider": "local", "model": MODEL, "engine": "llama-cpp"},
+        {"provider": "local", "model": MODEL, "engine": "llama-cpp", "adapter": str(adapter)},
+    ):
+        provider = build_provider("student@cand", ModelConfig.of_serving(serving), SharedSession())
+        try:
+            await provider.warm()
+            answers.append(await provider.complete(body))
+        finally:
+            await provider.aclose()
+    base, candidate = (a["choices"][0]["logprobs"]["content"][0]["token"] for a in answers)
+    assert (base, candidate) == ("The", "Two")  # as the torch engine answers with and without it
