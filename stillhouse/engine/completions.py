@@ -18,13 +18,13 @@ from ..errors import BadRequest
 from ..openai.protocol import ChatCompletionRequest
 from .confidence import confidence
 from .grammar import response_schema
-from .runtime import Engine
 from .sequence import (
     DEFAULT_MAX_TOKENS,
     Delta,
     Event,
     Finished,
     Request,
+    Runtime,
     SamplingParams,
     TokenLogprob,
 )
@@ -49,6 +49,7 @@ def sampling_params(request: ChatCompletionRequest) -> SamplingParams:
         stop=stops,
         seed=request.seed,
         json_schema=response_schema(request.response_format),
+        response_format=request.response_format,
     )
 
 
@@ -97,14 +98,14 @@ def extension(done: Finished) -> dict[str, Any]:
 class LocalCompletions:
     """Chat completions on an engine that is loaded on first use (in a worker thread)."""
 
-    def __init__(self, load: Callable[[], Engine], model_name: str) -> None:
+    def __init__(self, load: Callable[[], Runtime], model_name: str) -> None:
         self._load = load
         self.model_name = model_name
-        self._engine: Engine | None = None
+        self._engine: Runtime | None = None
         self._loading: asyncio.Lock | None = None
 
     @classmethod
-    def of(cls, engine: Engine, model_name: str | None = None) -> LocalCompletions:
+    def of(cls, engine: Runtime, model_name: str | None = None) -> LocalCompletions:
         completions = cls(lambda: engine, model_name or engine.name)
         completions._engine = engine
         return completions
@@ -115,7 +116,7 @@ class LocalCompletions:
         if engine is not None:
             engine.close()
 
-    async def engine(self) -> Engine:
+    async def engine(self) -> Runtime:
         if self._engine is None:
             self._loading = self._loading or asyncio.Lock()
             async with self._loading:

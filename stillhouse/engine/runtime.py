@@ -95,6 +95,10 @@ class Engine:
         model, tokenizer = load_model(spec, adapter=adapter, threads=threads, dtype=dtype)
         return cls(model, tokenizer, name=kwargs.pop("name", spec), **kwargs)
 
+    @property
+    def prefix_tokens_reused(self) -> int:
+        return self.prefixes.hits if self.prefixes else 0
+
     # -- requests ----------------------------------------------------------------------------
     def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
         """The chat template applied to `messages`, ending with the assistant's turn."""
@@ -244,6 +248,10 @@ class Engine:
         seq = Decoding(request, self.tokenizer, self.eos_ids, room)
         if request.grammar is not None:
             seq.matcher = matcher(request.grammar)
+        if request.params.seed is not None:
+            import torch
+
+            seq.generator = torch.Generator().manual_seed(request.params.seed)
         return seq
 
     def _prefill(self, seqs: list[Decoding]) -> tuple[Any, Any, Any, Any]:

@@ -8,9 +8,9 @@ No torch here: the runtime (runtime.py) owns the model and feeds token ids and l
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 DEFAULT_MAX_TOKENS = 512
 
@@ -25,6 +25,9 @@ class SamplingParams:
     seed: int | None = None
     # The JSON Schema (as text) the answer must follow, token by token (grammar.py); None: free.
     json_schema: str | None = None
+    # The request's `response_format` as sent, passed to an engine that constrains decoding
+    # to it (llama.cpp's grammar).
+    response_format: dict[str, Any] | None = field(default=None, hash=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,25 @@ class EngineStats:
         }
 
 
+class Runtime(Protocol):
+    """What the OpenAI layer (completions.py, server.py) needs of an engine: the torch engine
+    (runtime.Engine) and the llama.cpp engine (llamacpp.LlamaCppEngine) both offer it."""
+
+    name: str
+    stats: EngineStats
+
+    @property
+    def prefix_tokens_reused(self) -> int: ...
+
+    def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]: ...
+
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams, emit: Callable[[Event], None]
+    ) -> Request: ...
+
+    def close(self) -> None: ...
+
+
 def stop_holdback(text: str, stops: Sequence[str]) -> int:
     """How many trailing characters might be the start of a stop string (so not yet sent)."""
     keep = 0
@@ -109,7 +131,9 @@ def stop_holdback(text: str, stops: Sequence[str]) -> int:
 class Decoding:
     """One request's progress through a batch: its tokens, text and what was already sent."""
 
-    def __init__(self, request: Request, tokenizer: Any, eos_ids: set[int], limit: int) -> None:
+    def __init__(
+        self, request: Request, tokenizer: Any, eos_ids: Container[int], limit: int
+    ) -> None:
         self.request = request
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
@@ -123,11 +147,7 @@ class Decoding:
         self.generated = 0
         self.done = False
         self.matcher: Any = None  # where the row stands in its grammar, when it has one
-        self.generator: Any = None
-        if request.params.seed is not None:
-            import torch
-
-            self.generator = torch.Generator().manual_seed(request.params.seed)
+        self.generator: Any = None  # the torch engine's seeded generator (runtime._sequence)
 
     def _token_text(self, token_id: int) -> str:
         return str(self.tokenizer.decode([token_id]))

@@ -20,13 +20,13 @@ from ..errors import HTTPError, NotFound
 from ..openai.http import DONE, json_response, openai_app, read_body, sse
 from ..openai.protocol import parse_request
 from .completions import LocalCompletions
-from .runtime import Engine
+from .sequence import Runtime
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 def create_model_app(
-    engine: Engine, model_name: str | None = None, *, owns_engine: bool = False
+    engine: Runtime, model_name: str | None = None, *, owns_engine: bool = False
 ) -> Starlette:
     """The server for one loaded engine; it answers to `model_name` (default: engine.name)."""
     name = model_name or engine.name
@@ -64,7 +64,7 @@ def create_model_app(
 
     async def healthz(request: Request) -> Response:
         stats = engine.stats.as_dict()
-        stats["prefix_tokens_reused"] = engine.prefixes.hits if engine.prefixes else 0
+        stats["prefix_tokens_reused"] = engine.prefix_tokens_reused
         return json_response({"status": "ok", "model": name, "engine": stats})
 
     @contextlib.asynccontextmanager

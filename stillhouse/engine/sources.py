@@ -235,6 +235,19 @@ def local_directory(source: ModelSource) -> Path | str:
     return target
 
 
+def packaged_gguf(packaged: Packaged) -> Path:
+    """The packaged model as one GGUF file, for the llama.cpp engine: its installed file, or
+    its parts joined once (sha256 checked) and kept under models_dir()."""
+    paths = _installed_parts(packaged)
+    if len(paths) == 1:
+        return paths[0]
+    joined = models_dir() / packaged.gguf_name
+    if not joined.is_file():
+        joined.parent.mkdir(parents=True, exist_ok=True)
+        _join_parts(packaged, paths, joined)
+    return joined
+
+
 def list_models() -> list[dict[str, Any]]:
     """The packaged models and the converted copies in the cache, for `stillhouse models`."""
     rows = []

@@ -1,4 +1,5 @@
-"""Provider `local`: a model run in this process by the engine (transformers on CPU or GPU).
+"""Provider `local`: a model run in this process by an engine: torch (transformers, CPU or GPU)
+or llama.cpp (`engine = "llama-cpp"`, GGUF models).
 
 The model loads on the first request, in a worker thread; generation runs on the engine's own
 thread, so the gateway's event loop never waits on the model. Failures surface as UpstreamError,
@@ -45,6 +46,12 @@ class Local:
         self.completions = LocalCompletions(self._load, config.model)
 
     def _load(self) -> Any:
+        if self.config.engine == "llama-cpp":
+            from ..engine.llamacpp import LlamaCppEngine
+
+            return LlamaCppEngine.load(
+                self.config.model, adapter=self.config.adapter, name=self.config.model
+            )
         from ..engine.runtime import Engine
 
         return Engine.load(
