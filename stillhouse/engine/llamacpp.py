@@ -24,7 +24,15 @@ from typing import Any
 
 from ..errors import AdapterError, BadRequest, ConfigError
 from .gguf_files import adapter_gguf, model_gguf
-from .sequence import Decoding, Delta, EngineStats, Event, Finished, Request, SamplingParams
+from .sequence import (
+    Decoding,
+    EngineStats,
+    Event,
+    Finished,
+    Request,
+    SamplingParams,
+    run_to_end,
+)
 
 log = logging.getLogger("stillhouse.engine")
 
@@ -215,20 +223,7 @@ class LlamaCppEngine:
         self, messages: list[dict[str, Any]], params: SamplingParams | None = None
     ) -> Finished:
         """Blocking convenience for scripts and benchmarks."""
-        done = threading.Event()
-        result: list[Event] = []
-
-        def emit(event: Event) -> None:
-            if not isinstance(event, Delta):
-                result.append(event)
-                done.set()
-
-        self.submit(self.prompt_ids(messages), params or SamplingParams(), emit)
-        done.wait()
-        if isinstance(result[0], BaseException):
-            raise result[0]
-        assert isinstance(result[0], Finished)
-        return result[0]
+        return run_to_end(self.submit, self.prompt_ids(messages), params or SamplingParams())
 
     def close(self) -> None:
         if self._closed:

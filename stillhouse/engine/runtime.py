@@ -32,12 +32,12 @@ from .kvcache import (
 )
 from .sequence import (
     Decoding,
-    Delta,
     EngineStats,
     Event,
     Finished,
     Request,
     SamplingParams,
+    run_to_end,
 )
 from .sources import local_directory, resolve
 
@@ -132,20 +132,7 @@ class Engine:
         self, messages: list[dict[str, Any]], params: SamplingParams | None = None
     ) -> Finished:
         """Blocking convenience for scripts and benchmarks."""
-        done = threading.Event()
-        result: list[Event] = []
-
-        def emit(event: Event) -> None:
-            if not isinstance(event, Delta):
-                result.append(event)
-                done.set()
-
-        self.submit(self.prompt_ids(messages), params or SamplingParams(), emit)
-        done.wait()
-        if isinstance(result[0], BaseException):
-            raise result[0]
-        assert isinstance(result[0], Finished)
-        return result[0]
+        return run_to_end(self.submit, self.prompt_ids(messages), params or SamplingParams())
 
     def close(self) -> None:
         if self._closed:

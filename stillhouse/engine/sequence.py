@@ -7,6 +7,7 @@ No torch here: the runtime (runtime.py) owns the model and feeds token ids and l
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
@@ -210,3 +211,26 @@ class Decoding:
                 completion_tokens=self.generated,
             )
         )
+
+
+def run_to_end(
+    submit: Callable[[list[int], SamplingParams, Callable[[Event], None]], Any],
+    prompt_ids: list[int],
+    params: SamplingParams,
+) -> Finished:
+    """Submit one request to an engine (either engine's `submit`) and wait for how it finished:
+    the blocking `generate` both engines offer to scripts and benchmarks."""
+    done = threading.Event()
+    result: list[Event] = []
+
+    def emit(event: Event) -> None:
+        if not isinstance(event, Delta):
+            result.append(event)
+            done.set()
+
+    submit(prompt_ids, params, emit)
+    done.wait()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    assert isinstance(result[0], Finished)
+    return result[0]
