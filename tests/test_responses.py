@@ -312,7 +312,16 @@ def test_a_student_route_answers_a_responses_request(tmp_path: Path, upstream) -
                     "model": "student-model",
                 }
             },
-            tasks={"support": {"teacher": "teacher", "student": "small"}},
+            # mode student with no shadows: the teacher must see nothing (a 5% shadow sample of
+            # an auto task would reach it now and then)
+            tasks={
+                "support": {
+                    "teacher": "teacher",
+                    "student": "small",
+                    "mode": "student",
+                    "routing": {"shadow_rate": 0.0},
+                }
+            },
         )
         table = RoutingTable({"support": TaskRoute(state="serving", share=1.0)})
         app = create_app(config, routing=table)
