@@ -54,16 +54,6 @@ def first_message(response: dict[str, Any] | None) -> dict[str, Any]:
     return first.get("message") or {}
 
 
-def message_answer(message: dict[str, Any] | None) -> str:
-    """A message's answer as text: its content, then each tool call as name + arguments."""
-    message = message or {}
-    text = content_text(message.get("content"))
-    for call in message.get("tool_calls") or []:
-        fn = call.get("function") or {}
-        text += str(fn.get("name", "")) + str(fn.get("arguments", ""))
-    return text
-
-
 def message_text(message: dict[str, Any]) -> str:
     """A message as one line of words: its content, then each tool call's name and arguments
     (what curation dedupes and clusters, and the router classifies)."""
@@ -76,7 +66,7 @@ def message_text(message: dict[str, Any]) -> str:
 
 def answer_text(response: dict[str, Any] | None) -> str:
     """The first choice's answer as text ('' when there is none)."""
-    return message_answer(first_message(response))
+    return message_text(first_message(response))
 
 
 # -- normalisation and JSON -----------------------------------------------------------------

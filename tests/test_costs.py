@@ -210,6 +210,8 @@ def test_report_counts_spend_savings_latency_and_quality(tmp_path: Path, store_u
         store.insert_scores(
             [
                 Score(id="s1", call_id="call_0003", name="shadow_agreement", value=1.0),
+                # a score stored before agreement was 0/1 (a difflib ratio): the report reads
+                # it as the gates do, agreement only when perfect
                 Score(id="s2", call_id="call_0004", name="shadow_agreement", value=0.5),
             ]
         )
@@ -232,7 +234,7 @@ def test_report_counts_spend_savings_latency_and_quality(tmp_path: Path, store_u
     assert task["routes"]["shadow"]["calls"] == 1
     assert task["routes"]["teacher"]["calls"] == 3
     assert task["quality"] == {
-        "agreement": 0.75,
+        "agreement": 0.5,
         "agreement_samples": 2,
         "fallback_rate": 0.125,  # 1 of 8 student answers was replaced
         "student_answers": 8,

@@ -130,10 +130,10 @@ def task_status(config: Config) -> dict[str, Any]:
 
 def _drift(store: Any, name: str, task: Any, dataset: str | None) -> dict[str, Any]:
     """The drift monitor's reading now: drifted, insufficient evidence, or no drift."""
-    from ..curate.intents import cluster
     from ..lifecycle.monitor import check_drift
+    from ..worker import DefaultSteps
 
-    found = check_drift(store, name, task, dataset, lambda texts: cluster(texts, method="tfidf"))
+    found = check_drift(store, name, task, dataset, DefaultSteps().cluster)
     state = "drifted" if found.drifted else "insufficient evidence" if found.insufficient else "ok"
     return {"state": state, "reason": found.reason, **found.detail}
 

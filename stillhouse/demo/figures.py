@@ -103,11 +103,10 @@ def figures(store: TraceStore, config: Config, marks: dict[str, float]) -> dict[
         else:
             validation = validation or doc
     validation = validation or prompt
-    live_outcomes = [1.0 if v >= 1.0 else 0.0 for v in live]
     return {
         "gate": gate_in_force(config.tasks[TASK]),
-        "agreement": round(sum(live_outcomes) / len(live), 4) if live else None,
-        "agreement_ci": _ci(rate_interval(live_outcomes)),
+        "agreement": round(sum(live) / len(live), 4) if live else None,
+        "agreement_ci": _ci(rate_interval(live)),
         "agreement_samples": len(live),
         "teacher_off_schema": int(unscored),
         "holdout_agreement": validation.get("agreement"),

@@ -31,6 +31,7 @@ from .sequence import (
     Finished,
     Request,
     SamplingParams,
+    check_fits,
     run_to_end,
 )
 
@@ -208,12 +209,7 @@ class LlamaCppEngine:
         Finished (or an exception). A bad `response_format` raises BadRequest here."""
         if self._closed:
             raise RuntimeError("engine is closed")
-        if len(prompt_ids) >= self.context:
-            raise BadRequest(
-                f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.context}",
-                param="messages",
-                code="context_length_exceeded",
-            )
+        check_fits(prompt_ids, self.context)
         self._grammars(params.response_format)  # compiled now, so a bad one is a 400
         request = Request(prompt_ids, params, emit)
         self._queue.put(request)

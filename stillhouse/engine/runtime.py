@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadRequest
 from .grammar import Grammars, advance, mask_rows, matcher
 from .kvcache import (
     PrefixCache,
@@ -37,6 +36,7 @@ from .sequence import (
     Finished,
     Request,
     SamplingParams,
+    check_fits,
     run_to_end,
 )
 from .sources import local_directory, resolve
@@ -117,12 +117,7 @@ class Engine:
         refused one is a BadRequest now, not an error in the decode loop."""
         if self._closed:
             raise RuntimeError("engine is closed")
-        if len(prompt_ids) >= self.context:
-            raise BadRequest(
-                f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.context}",
-                param="messages",
-                code="context_length_exceeded",
-            )
+        check_fits(prompt_ids, self.context)
         grammar = self.grammars.compile(params.json_schema) if params.json_schema else None
         request = Request(prompt_ids, params, emit, grammar)
         self._queue.put(request)

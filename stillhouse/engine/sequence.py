@@ -13,6 +13,8 @@ from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..errors import BadRequest
+
 DEFAULT_MAX_TOKENS = 512
 
 
@@ -234,3 +236,13 @@ def run_to_end(
         raise result[0]
     assert isinstance(result[0], Finished)
     return result[0]
+
+
+def check_fits(prompt_ids: Sequence[int], context: int) -> None:
+    """A prompt that leaves no room to answer is the client's mistake: a 400 naming it."""
+    if len(prompt_ids) >= context:
+        raise BadRequest(
+            f"the prompt has {len(prompt_ids)} tokens; this model's context is {context}",
+            param="messages",
+            code="context_length_exceeded",
+        )

@@ -242,11 +242,6 @@ def _per_intent(
     return per_intent, curves
 
 
-def _kept_right(calibration: Any) -> int:
-    held = calibration.held_out
-    return round((held.kept_agreement or 0.0) * held.kept)
-
-
 def report_dir(candidate: Candidate, eval_id: str) -> Path:
     """Beside the candidate's training run when it has one, else under Stillhouse's home."""
     from ..engine.sources import home
@@ -375,7 +370,12 @@ def evaluate(
         "calibration": calibration.to_json(),
         "kept_agreement": (calibration.held_out.kept_agreement if calibration.held_out else None),
         "kept_agreement_ci": (
-            list(binomial_interval(_kept_right(calibration), calibration.held_out.kept))
+            list(
+                binomial_interval(
+                    (calibration.held_out.kept_agreement or 0.0) * calibration.held_out.kept,
+                    calibration.held_out.kept,
+                )
+            )
             if calibration.held_out and calibration.held_out.kept
             else None
         ),

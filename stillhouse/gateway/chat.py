@@ -12,14 +12,13 @@ import dataclasses
 import time
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..answers import routing_confidence
 from ..config import Config
 from ..errors import UpstreamError
-from ..openai.http import error_response, read_body
+from ..openai.http import error_response, json_response, read_body
 from ..openai.protocol import ChatCompletionRequest, parse_request
 from ..providers import Provider, SharedSession
 from ..routing import RoutingTable, needs_fallback
@@ -33,10 +32,6 @@ from .shadow import Shadows
 from .shape import CHAT, Shape
 from .streaming import Streams
 from .telemetry import Tracer
-
-
-def _json(payload: dict[str, Any], headers: dict[str, str]) -> Response:
-    return Response(orjson.dumps(payload), 200, headers, "application/json")
 
 
 class ChatCompletions:
@@ -95,7 +90,7 @@ class ChatCompletions:
         if needs_fallback(task, x.entry, x.route, routing_confidence(response)):
             return self._stamped(x, await self._fallback(x, response, shape))
         self.capture.answer(x.call, response, started)
-        return self._stamped(x, _json(shape.whole(x, response), x.headers))
+        return self._stamped(x, json_response(shape.whole(x, response), 200, x.headers))
 
     def _stamped(self, x: Exchange, response: Response) -> Response:
         return stamped(response, x.started, x.clock, self.metrics.overhead.labels(x.call.task))
@@ -113,6 +108,6 @@ class ChatCompletions:
         except UpstreamError as err:
             # The teacher failed: the student's answer is better than an error.
             self.capture.error(teacher.call, err, x.started)
-            return _json(shape.whole(x, response), x.headers)
+            return json_response(shape.whole(x, response), 200, x.headers)
         self.capture.answer(teacher.call, answer, x.started)
-        return _json(shape.whole(teacher, answer), teacher.headers)
+        return json_response(shape.whole(teacher, answer), 200, teacher.headers)

@@ -15,14 +15,8 @@ from typing import Any, Literal
 
 from ..answers import Metric, answer_text, hallucinated
 from ..config import TaskConfig
-from ..stats import percentile, rate_interval
+from ..stats import binomial_interval, percentile, rate_interval
 from ..store.base import TraceStore
-
-
-def outcome(value: float) -> float:
-    """A stored agreement score as a 0/1 outcome. Scores are stored 0/1 (answers.agree); one
-    stored before that (a difflib ratio) counts as agreement only when perfect."""
-    return 1.0 if value >= 1.0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +50,7 @@ class Evidence:
             "agreement": sum(self.shadow) / len(self.shadow) if self.shadow else None,
             "agreement_ci": [round(low, 4), round(high, 4)],
             "student_error_rate_ci": _rounded(
-                rate_interval([1.0] * self.student_errors + [0.0] * len(self.student_latency))
+                binomial_interval(self.student_errors, self.student_calls)
             ),
             "referenced": len(self.hallucinations),
             "hallucination_rate": (
@@ -111,7 +105,7 @@ def collect(
         teacher_latency=teacher,
         student_errors=errors["student"],
         teacher_errors=errors["teacher"],
-        shadow=[outcome(float(v)) for call_id, v in scores if candidate is None or call_id in mine],
+        shadow=[v for call_id, v in scores if candidate is None or call_id in mine],
         hallucinations=_hallucinations(store, referenced, metric),
     )
 

@@ -86,8 +86,10 @@ async def read_body(request: Request, limit: int, timeout: float | None = None) 
     return b"".join(parts)
 
 
-def json_response(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status, media_type="application/json")
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(payload), status, headers, media_type="application/json")
 
 
 def openai_app(

@@ -32,3 +32,10 @@ def encode(value: Any) -> str | None:
 def decode(value: Any) -> Any:
     """A JSON column's value as Python: text (SQLite) is parsed, JSONB (PostgreSQL) already is."""
     return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+def agreement(value: Any) -> float:
+    """A stored `shadow_agreement` score as a 0/1 outcome. Scores are stored 0/1 (answers.agree);
+    one stored before that (a difflib ratio) counts as agreement only when perfect. Every read of
+    the score goes through here, so gates, drift and reports see one meaning."""
+    return 1.0 if float(value) >= 1.0 else 0.0

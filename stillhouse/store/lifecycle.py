@@ -99,7 +99,7 @@ class LifecycleQueries(SQLStore):
             "AND s.value IS NOT NULL",
             (task, since),
         )
-        return [(call_id, value) for call_id, value in rows]
+        return [(call_id, codec.agreement(value)) for call_id, value in rows]
 
     def call_responses(self, call_ids: Sequence[str]) -> list[tuple[str, Any]]:
         """(id, response) of the given calls, read IDS_PER_READ at a time."""

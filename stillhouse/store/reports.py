@@ -51,7 +51,7 @@ class ReportQueries(SQLStore):
         if task is not None:
             sql += " AND c.task = ?"
             params.append(task)
-        return [(t, float(at), float(v)) for t, at, v in self.query(sql, params)]
+        return [(t, float(at), codec.agreement(v)) for t, at, v in self.query(sql, params)]
 
     def intent_traffic(self, task: str, since: float) -> list[tuple[str, str, Any]]:
         """(role, route_reason, metadata) of the task's calls created at or after `since`."""
@@ -68,7 +68,7 @@ class ReportQueries(SQLStore):
             f"SELECT c.metadata, s.value {_AGREEMENT} AND c.task = ? AND c.created_at >= ?",
             (task, since),
         )
-        return [(codec.decode(meta), float(value)) for meta, value in rows]
+        return [(codec.decode(meta), codec.agreement(value)) for meta, value in rows]
 
     def off_schema_shadows(self, task: str, since: float) -> int:
         """Shadow comparisons on the task's calls since `since` left unscored because the
