@@ -48,6 +48,14 @@ class GateConfig(Table):
     )
     max_p95_latency_ms: float | None = Field(None, gt=0)
     general_max_drop: float | None = Field(None, ge=0, le=1)
+    min_coverage: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="gate the operating point: pass a student whose raw agreement misses "
+        "`agreement` when, at its calibrated threshold out of sample, it keeps at least this "
+        "share of answers and their lower bound reaches `kept_agreement` (docs/evaluation.md)",
+    )
 
     @field_validator("agreement", "kept_agreement", "format_compliance")
     @classmethod
@@ -209,6 +217,11 @@ class TaskConfig(Table):
     tier: Literal["cost", "accuracy"] | None = None
     description: str = ""
     response_schema: dict[str, Any] | None = None
+    constrain_student: bool = Field(
+        True,
+        description="students (in serving and at evaluation) decode under response_schema: "
+        "a json_schema response_format, honoured token by token by the local engines",
+    )
     grace: GraceConfig = Field(default_factory=GraceConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)

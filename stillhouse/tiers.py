@@ -16,11 +16,14 @@ TIERS: dict[str, dict[str, Any]] = {
     "cost": {
         "gate.agreement": 0.90,
         "gate.kept_agreement": 0.95,
+        # the operating point (issue #21's target): 90% of answers kept by the student
+        "gate.min_coverage": 0.90,
         "rollout.final_share": 95,
     },
     "accuracy": {
         "gate.agreement": 0.92,
         "gate.kept_agreement": 0.98,
+        "gate.min_coverage": 0.90,
         "rollout.final_share": 90,
     },
 }

@@ -246,6 +246,11 @@ def test_a_student_that_agrees_passes_and_the_untrained_base_fails(workspace: An
     assert doc["majority_baseline"]["agreement"] < doc["agreement"]
     assert doc["kept_agreement"] >= 0.9 and doc["kept_agreement_ci"][0] >= 0.8
     assert doc["calibration"]["held_out"]["kept"] <= 40
+    # the headline: the operating point, out of sample, as the report prints it
+    point = doc["operating_point"]
+    assert point["coverage"] == 1 - doc["calibration"]["held_out"]["teacher_share"]
+    assert point["kept_low"] == doc["calibration"]["held_out"]["kept_low"]
+    assert "operating point" in Path(doc["report"]["table"]).read_text()
     # the coverage curve: keep-all first, overall and per intent
     overall = doc["coverage"]["overall"]
     assert overall[0]["student_share"] == 1.0 and overall[0]["kept"] == 40

@@ -62,6 +62,7 @@ def test_status_shows_the_values_in_force_and_their_source(tmp_path: Path) -> No
     assert doc["settings"] == {
         "gate.agreement": {"value": 0.92, "source": "tier:accuracy"},
         "gate.kept_agreement": {"value": 0.99, "source": "toml"},
+        "gate.min_coverage": {"value": 0.9, "source": "tier:accuracy"},
         "rollout.final_share": {"value": 90, "source": "tier:accuracy"},
     }
     text = run("status", cwd=tmp_path).stdout

@@ -8,6 +8,13 @@ upper bound below it); the kept answers' agreement reached out of sample when th
 on confidence; format compliance; p95 latency within its bound when set; and, when a student
 already serves, non-inferiority to it: the paired difference's lower bound >= -margin. Missing
 evidence fails a rule, never passes it.
+
+The operating point (`gate.min_coverage` set, and the task falls back on confidence): a student
+whose raw agreement misses the bar may still pass the agreement rule when, at its calibrated
+threshold judged out of sample, it keeps at least `min_coverage` of the answers and the kept
+answers' lower bound reaches `kept_agreement`; the per-intent rule then judges each intent's kept
+answers against `kept_agreement`. The fallback sends the rest to the teacher, and that is the
+guarantee users get.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ class Rules:
     general_max_drop: float | None = None
     kept_agreement: float | None = None  # None: the task does not fall back on confidence
     min_intent_examples: int = MIN_INTENT_EXAMPLES
+    min_coverage: float | None = None  # None: only the raw agreement passes the agreement rule
 
     @classmethod
     def of(cls, gate: GateConfig, fallback: str = "confidence") -> Rules:
@@ -48,12 +56,14 @@ class Rules:
             max_p95_latency_ms=gate.max_p95_latency_ms,
             general_max_drop=gate.general_max_drop,
             kept_agreement=gate.kept_agreement if fallback == "confidence" else None,
+            min_coverage=gate.min_coverage if fallback == "confidence" else None,
         )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "agreement": self.agreement,
             "kept_agreement": self.kept_agreement,
+            "min_coverage": self.min_coverage,
             "min_intent_examples": self.min_intent_examples,
             "format_compliance": self.format_compliance,
             "max_p95_latency_ms": self.max_p95_latency_ms,
@@ -83,13 +93,27 @@ class Decision:
 @dataclass(frozen=True, slots=True)
 class Evidence:
     """What the rules beyond overall agreement read: the majority-answer baseline's agreement,
-    each intent's (n, agreement upper bound), and the kept answers' out-of-sample lower bound
-    (None when no kept answer was judged)."""
+    each intent's (n, agreement upper bound), the kept answers' out-of-sample lower bound (None
+    when no kept answer was judged) and the share kept there (`coverage`), and each intent's kept
+    answers at the calibrated threshold (n, upper bound)."""
 
     agreement: float | None = None
     majority_baseline: float | None = None
     intents: dict[str, tuple[int, float]] = field(default_factory=dict)
     kept_low: float | None = None
+    coverage: float | None = None
+    kept_intents: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def at_operating_point(self, rules: Rules) -> bool:
+        """Whether the calibrated operating point carries the agreement rule (module doc)."""
+        return (
+            rules.min_coverage is not None
+            and rules.kept_agreement is not None
+            and self.kept_low is not None
+            and self.coverage is not None
+            and self.kept_low >= rules.kept_agreement
+            and self.coverage >= rules.min_coverage
+        )
 
 
 def decide(
@@ -105,16 +129,14 @@ def decide(
 ) -> Decision:
     """Every rule checked (not only the first failure), so a report shows all that is wrong."""
     low = agreement_ci[0]
+    agreement = _agreement_check(rules, low, evidence)
     checks = [
         Check("examples", n >= rules.min_examples, f"n={n} (min {rules.min_examples})"),
-        Check(
-            "agreement",
-            low >= rules.agreement,
-            f"lower bound {low:.3f} {'>=' if low >= rules.agreement else '<'} {rules.agreement}",
-        ),
+        agreement,
     ]
     if evidence is not None:
-        checks.extend(_evidence_checks(rules, evidence))
+        by_point = agreement.passed and low < rules.agreement
+        checks.extend(_evidence_checks(rules, evidence, by_point))
     checks += [
         Check(
             "format",
@@ -151,9 +173,25 @@ def decide(
     return Decision(not failed, reason, tuple(checks))
 
 
-def _evidence_checks(rules: Rules, e: Evidence) -> list[Check]:
-    """The rules with teeth: beat the constant answer, no intent left behind, kept answers
-    proven."""
+def _agreement_check(rules: Rules, low: float, e: Evidence | None) -> Check:
+    """The raw agreement's lower bound against the bar, or else the operating point."""
+    raw = f"lower bound {low:.3f} {'>=' if low >= rules.agreement else '<'} {rules.agreement}"
+    if low >= rules.agreement or rules.min_coverage is None:
+        return Check("agreement", low >= rules.agreement, raw)
+    ok = e is not None and e.at_operating_point(rules)
+    cov = "unknown" if e is None or e.coverage is None else f"{e.coverage:.3f}"
+    point = (
+        f"at the calibrated threshold out of sample: coverage {cov} "
+        f"{'>=' if ok else 'vs'} {rules.min_coverage}, kept lower bound "
+        f"{'unknown' if e is None or e.kept_low is None else f'{e.kept_low:.3f}'} vs "
+        f"{rules.kept_agreement}"
+    )
+    return Check("agreement", ok, f"{raw}; {point}")
+
+
+def _evidence_checks(rules: Rules, e: Evidence, by_point: bool = False) -> list[Check]:
+    """The rules with teeth: beat the constant answer, no intent left behind (its kept answers,
+    when the operating point carried the agreement rule), kept answers proven."""
     checks = []
     if e.majority_baseline is not None:
         mine, base = e.agreement, e.majority_baseline
@@ -168,15 +206,21 @@ def _evidence_checks(rules: Rules, e: Evidence) -> list[Check]:
                 "answer given to every example",
             )
         )
-    judged = {k: v for k, v in e.intents.items() if v[0] >= rules.min_intent_examples}
-    under = sorted(k for k, (_, high) in judged.items() if high < rules.agreement)
+    # at the operating point each intent's kept answers answer for it, against the kept bar
+    kept_bar = rules.kept_agreement if by_point else None
+    kept = kept_bar is not None
+    intents = e.kept_intents if kept else e.intents
+    bar = kept_bar if kept_bar is not None else rules.agreement
+    judged = {k: v for k, v in intents.items() if v[0] >= rules.min_intent_examples}
+    under = sorted(k for k, (_, high) in judged.items() if high < bar)
+    what = "kept answers of intents" if kept else "intents"
     if under:
         worst = ", ".join(f"{k} (upper bound {judged[k][1]:.3f}, n={judged[k][0]})" for k in under)
-        detail = f"intents clearly under {rules.agreement}: {worst}"
+        detail = f"{what} clearly under {bar}: {worst}"
     else:
         detail = (
-            f"{len(judged)} intents with >= {rules.min_intent_examples} examples, none clearly "
-            f"under {rules.agreement}"
+            f"{len(judged)} {what} with >= {rules.min_intent_examples} examples, none clearly "
+            f"under {bar}"
         )
     checks.append(Check("per_intent", not under, detail))
     if rules.kept_agreement is not None:

@@ -19,6 +19,19 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} ms"
 
 
+def _operating_point(point: dict[str, Any] | None) -> str:
+    """The headline: how much the student keeps at its threshold, and how well (out of sample)."""
+    if point is None:
+        return "-"
+    floor = point.get("min_coverage")
+    return (
+        f"the student keeps {_pct(point['coverage'])} of answers"
+        f"{'' if floor is None else f' (min {_pct(floor)})'}; they agree "
+        f"{_pct(point['kept_agreement'])}, lower bound {_pct(point['kept_low'])} "
+        f"(target {_pct(point['target'])}; out of sample)"
+    )
+
+
 def table(doc: dict[str, Any]) -> str:
     """The eval run as aligned text: headline numbers, the gate's checks, agreement per intent."""
     low, high = doc["agreement_ci"]
@@ -28,6 +41,7 @@ def table(doc: dict[str, Any]) -> str:
         ("eval", f"{doc['eval']}  ({'PASSED' if doc['passed'] else 'FAILED'})"),
         ("candidate", f"{doc['candidate']} on {doc['dataset']} ({doc['n']} holdout examples)"),
         ("metric", f"{doc['metric']} ({doc['method']})"),
+        ("operating point", _operating_point(doc.get("operating_point"))),
         ("agreement", f"{_pct(doc['agreement'])}  95% CI [{_pct(low)}, {_pct(high)}]"),
         (
             "kept agreement",

@@ -65,10 +65,16 @@ def holdout_items(store: TraceStore, dataset_id: str, split: str = "holdout") ->
     return items
 
 
-def request_bodies(items: Sequence[Item], prompt: dict[str, Any] | None) -> list[dict[str, Any]]:
+def request_bodies(
+    items: Sequence[Item],
+    prompt: dict[str, Any] | None,
+    task: TaskConfig | None = None,
+    name: str = "answer",
+) -> list[dict[str, Any]]:
     """Greedy chat requests; the token cap is twice the teacher's answer in characters (a token is
-    rarely shorter than a character) so a rambling student is cut, not waited for."""
-    from ..openai.protocol import apply_prompt
+    rarely shorter than a character) so a rambling student is cut, not waited for. Under the
+    task's response_schema when it constrains its student, as the gateway serves it."""
+    from ..openai.protocol import apply_prompt, constrain
 
     bodies = []
     for item in items:
@@ -81,6 +87,8 @@ def request_bodies(items: Sequence[Item], prompt: dict[str, Any] | None) -> list
         }
         if item.tools:
             body["tools"] = item.tools
+        if task is not None and task.constrain_student:
+            constrain(body, task.response_schema, name)
         bodies.append(body)
     return bodies
 
@@ -160,10 +168,11 @@ def _write_answers(
 
 
 def _serve_candidate(
-    candidate: Candidate, items: Sequence[Item], concurrency: int
+    candidate: Candidate, items: Sequence[Item], concurrency: int, task: TaskConfig | None = None
 ) -> tuple[ModelConfig, list[Answer]]:
+    """`task`: serve under its response_schema (the task's holdout; never the general one)."""
     model = ModelConfig.of_serving(candidate.serving)
-    bodies = request_bodies(items, candidate.artifacts.get("prompt"))
+    bodies = request_bodies(items, candidate.artifacts.get("prompt"), task, candidate.task)
     return model, serve(candidate.id, model, bodies, concurrency)
 
 
@@ -242,6 +251,36 @@ def _per_intent(
     return per_intent, curves
 
 
+def _kept_per_intent(
+    items: Sequence[Item],
+    agree: Sequence[float],
+    confidences: Sequence[float | None],
+    threshold: float | None,
+) -> dict[str, tuple[int, float]]:
+    """Each intent's kept answers at the calibrated threshold: (n, agreement upper bound)."""
+    kept: dict[str, list[float]] = defaultdict(list)
+    for item, a, c in zip(items, agree, confidences, strict=True):
+        if threshold is None or c is None or c >= threshold:
+            kept[item.intent].append(a)
+    return {k: (len(v), rate_interval(v)[1]) for k, v in kept.items()}
+
+
+def _operating_point(calibration: Any, rules: Rules) -> dict[str, Any] | None:
+    """The headline: the share of answers the student keeps at its calibrated threshold, and
+    their agreement with its lower bound, both out of sample (None: nothing was judged)."""
+    held = calibration.held_out
+    if held is None:
+        return None
+    return {
+        "threshold": calibration.threshold,
+        "coverage": 1.0 - held.teacher_share,
+        "kept_agreement": held.kept_agreement,
+        "kept_low": held.kept_low,
+        "target": calibration.target,
+        "min_coverage": rules.min_coverage,
+    }
+
+
 def report_dir(candidate: Candidate, eval_id: str) -> Path:
     """Beside the candidate's training run when it has one, else under Stillhouse's home."""
     from ..engine.sources import home
@@ -279,7 +318,7 @@ def evaluate(
             print(line, file=sys.stderr, flush=True)
 
     say(f"serving {len(items)} holdout examples through {candidate.id}")
-    model, answers = _serve_candidate(candidate, items, concurrency)
+    model, answers = _serve_candidate(candidate, items, concurrency, settings)
     scored, method = _scores(config, settings, items, answers)
     agree = [s.agree for s in scored]
     low, high = rate_interval(agree)
@@ -307,7 +346,9 @@ def evaluate(
     versus: dict[str, Any] | None = None
     if incumbent is not None and incumbent != candidate.id:
         say(f"serving the same examples through the serving student {incumbent}")
-        _, theirs = _serve_candidate(_candidate(store, task, incumbent), items, concurrency)
+        _, theirs = _serve_candidate(
+            _candidate(store, task, incumbent), items, concurrency, settings
+        )
         their_agree = [s.agree for s in _scores(config, settings, items, theirs)[0]]
         d_low, d_high = paired_difference_ci(agree, their_agree, seed=seed)
         versus = {
@@ -335,6 +376,8 @@ def evaluate(
             majority_baseline=baseline["agreement"] if baseline else None,
             intents={k: (v["n"], v["agreement_ci"][1]) for k, v in per_intent.items()},
             kept_low=calibration.held_out.kept_low if calibration.held_out else None,
+            coverage=1.0 - calibration.held_out.teacher_share if calibration.held_out else None,
+            kept_intents=_kept_per_intent(items, agree, confidences, calibration.threshold),
         ),
     )
     n_ok = sum(compliant)
@@ -380,6 +423,7 @@ def evaluate(
             else None
         ),
         "coverage": {"overall": coverage(confidences, agree), "per_intent": intent_curves},
+        "operating_point": _operating_point(calibration, rules),
         "versus": versus,
         "gate": {
             "rules": rules.to_json(),

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import NotFound
-from ..openai.protocol import ChatCompletionRequest
+from ..openai.protocol import ChatCompletionRequest, constrain
 from ..providers import Provider
 from ..routing import Route, RoutingTable, TaskRoute, choose_route, fallback_threshold, intent_rules
 from ..store.records import Call, new_id
@@ -148,6 +148,8 @@ class Planner:
         forward = upstream_body(body, call.upstream_model)
         if deployed is not None:
             forward = deployed.body(forward)
+        if route.role == "student" and task.constrain_student:
+            constrain(forward, task.response_schema, task_name)
         threshold = fallback_threshold(task, entry, route)
         return Exchange(
             call=call,

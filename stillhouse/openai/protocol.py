@@ -6,6 +6,7 @@ Validation only rejects what is malformed: unknown fields are kept and passed up
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
 
@@ -123,3 +124,17 @@ def apply_prompt(
         out.extend(shot["messages"])
     out.extend(m for m in messages if m["role"] != "system")
     return out
+
+
+def constrain(body: dict[str, Any], schema: dict[str, Any] | None, name: str) -> bool:
+    """Ask for answers under the task's `response_schema` (a `json_schema` response_format, which
+    local engines honour token by token) unless the request already names a format or offers
+    tools (a tool call is not the schema's JSON); True when it was added."""
+    if not schema or body.get("response_format") or body.get("tools"):
+        return False
+    label = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "answer"  # OpenAI's rule for names
+    body["response_format"] = {
+        "type": "json_schema",
+        "json_schema": {"name": label, "schema": schema},
+    }
+    return True

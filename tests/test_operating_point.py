@@ -1,0 +1,208 @@
+"""Gate the operating point, not the raw agreement (issue #21): a student that misses the raw bar
+may serve when, at its calibrated threshold judged out of sample, it keeps enough of the answers
+and the kept ones are proven; the fallback sends the rest to the teacher."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from stillhouse.evaluate.calibrate import calibrate
+from stillhouse.evaluate.gate import Evidence, Rules, decide
+from stillhouse.evaluate.report import table
+from stillhouse.routing import TaskRoute
+from stillhouse.stats import rate_interval
+from stillhouse.taskconfig import GateConfig
+
+from .test_lifecycle_serving import config_for, serve
+from .test_tiers import _task
+from .upstream import UpstreamBehaviour, running_upstream
+
+
+def _holdout(seed: int = 0) -> tuple[list[float], list[float]]:
+    """594 answers: 540 right and confident, 50 wrong and unsure, 4 wrong yet confident."""
+    rng = random.Random(seed)
+    rows = [(rng.uniform(-0.3, -0.01), 1.0) for _ in range(540)]
+    rows += [(rng.uniform(-4.0, -1.5), 0.0) for _ in range(50)]
+    rows += [(rng.uniform(-0.3, -0.01), 0.0) for _ in range(4)]
+    rng.shuffle(rows)
+    return [c for c, _ in rows], [a for _, a in rows]
+
+
+def _decide(rules: Rules, confidences: list[float], agree: list[float], **evidence: Any) -> Any:
+    cal = calibrate(confidences, agree, rules.kept_agreement or 0.0)
+    assert cal.held_out is not None
+    fields: dict[str, Any] = {
+        "agreement": sum(agree) / len(agree),
+        "majority_baseline": 0.3,
+        "intents": {"all": (len(agree), rate_interval(agree)[1])},
+        "kept_low": cal.held_out.kept_low,
+        "coverage": 1 - cal.held_out.teacher_share,
+        "kept_intents": {"all": (cal.held_out.kept, 1.0)},
+        **evidence,
+    }
+    return decide(
+        rules,
+        n=len(agree),
+        agreement_ci=rate_interval(agree),
+        format_compliance=1.0,
+        p95_ms=None,
+        evidence=Evidence(**fields),
+    )
+
+
+def test_a_student_that_misses_the_raw_bar_passes_at_its_operating_point() -> None:
+    confidences, agree = _holdout()
+    assert rate_interval(agree)[0] < 0.90  # 90% raw: its lower bound misses the cost tier's bar
+    raw_only = Rules.of(GateConfig(agreement=0.90, kept_agreement=0.95))
+    refused = _decide(raw_only, confidences, agree)
+    assert not refused.passed and "lower bound" in refused.reason
+    at_point = Rules.of(GateConfig(agreement=0.90, kept_agreement=0.95, min_coverage=0.85))
+    passed = _decide(at_point, confidences, agree)
+    assert passed.passed, passed.reason
+    detail = {c.name: c.detail for c in passed.checks}["agreement"]
+    assert "coverage" in detail and "kept lower bound" in detail
+
+
+def test_the_operating_point_needs_both_coverage_and_proven_kept_answers() -> None:
+    confidences, agree = _holdout()
+    # the student keeps ~91% out of sample: a floor of 95% is not met
+    greedy = Rules.of(GateConfig(agreement=0.90, kept_agreement=0.95, min_coverage=0.95))
+    failed = _decide(greedy, confidences, agree)
+    assert not failed.passed and "coverage" in failed.reason
+    # the kept answers cannot prove 0.99
+    strict = Rules.of(GateConfig(agreement=0.90, kept_agreement=0.99, min_coverage=0.85))
+    assert not _decide(strict, confidences, agree).passed
+    # no fallback: nothing sends the unsure answers to the teacher, so only the raw bar counts
+    no_fallback = Rules.of(GateConfig(agreement=0.90, min_coverage=0.85), fallback="none")
+    assert no_fallback.min_coverage is None
+    assert not _decide(no_fallback, confidences, agree).passed
+
+
+def test_at_the_operating_point_each_intents_kept_answers_answer_for_it() -> None:
+    confidences, agree = _holdout()
+    rules = Rules.of(GateConfig(agreement=0.90, kept_agreement=0.95, min_coverage=0.85))
+    bad_intent = {"all": (500, 1.0), "refund": (40, 0.90)}  # its kept answers' upper bound 0.90
+    failed = _decide(rules, confidences, agree, kept_intents=bad_intent)
+    assert not failed.passed
+    assert "kept answers of intents clearly under 0.95: refund" in failed.reason
+
+
+def test_the_tiers_set_the_floor_and_the_toml_wins() -> None:
+    assert _task().gate.min_coverage is None  # no tier: the raw agreement rule alone
+    cost = _task(tier="cost")
+    assert cost.gate.min_coverage == 0.90
+    assert cost.settings()["gate.min_coverage"] == {"value": 0.9, "source": "tier:cost"}
+    assert _task(tier="cost", gate={"min_coverage": 0.8}).gate.min_coverage == 0.8
+
+
+def test_the_report_leads_with_the_operating_point() -> None:
+    confidences, agree = _holdout()
+    cal = calibrate(confidences, agree, 0.95)
+    assert cal.held_out is not None
+    point = {
+        "threshold": cal.threshold,
+        "coverage": 1 - cal.held_out.teacher_share,
+        "kept_agreement": cal.held_out.kept_agreement,
+        "kept_low": cal.held_out.kept_low,
+        "target": 0.95,
+        "min_coverage": 0.9,
+    }
+    line = next(
+        row for row in table(_doc(cal, point)).splitlines() if row.startswith("operating point")
+    )
+    assert "the student keeps 9" in line and "(min 90.0%)" in line and "out of sample" in line
+
+
+def _doc(cal: Any, point: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "eval": "eval_x",
+        "passed": True,
+        "candidate": "cand_x",
+        "dataset": "ds_x",
+        "n": 600,
+        "metric": "json",
+        "method": "json",
+        "agreement": 0.9,
+        "agreement_ci": [0.87, 0.92],
+        "kept_agreement": point["kept_agreement"],
+        "kept_agreement_ci": [point["kept_low"], 1.0],
+        "majority_baseline": None,
+        "format_compliance": 1.0,
+        "hallucination": {"rate": None, "n": 0},
+        "latency_ms": {"p50": 10.0, "p95": 20.0},
+        "concurrency": 1,
+        "cost_per_call": None,
+        "confidence_threshold": cal.threshold,
+        "calibration": cal.to_json(),
+        "operating_point": point,
+        "gate": {"rules": {}, "checks": []},
+        "per_intent": {},
+        "versus": None,
+        "reason": "",
+    }
+
+
+SCHEMA = {
+    "type": "object",
+    "required": ["intent"],
+    "properties": {"intent": {"enum": ["refund", "delivery"]}},
+}
+
+
+def test_students_decode_under_the_tasks_schema_and_teachers_as_asked(tmp_path: Path) -> None:
+    """The gateway asks a student for the task's response_schema (a local engine then honours it
+    token by token: tests/test_constrained.py); the teacher gets the request as the client sent
+    it, and a client's own response_format wins."""
+    teacher = UpstreamBehaviour(reply=lambda body: '{"intent": "refund"}')
+    student = UpstreamBehaviour(reply=lambda body: '{"intent": "refund"}')
+    with (
+        running_upstream(teacher) as (teacher_url, _),
+        running_upstream(student) as (student_url, _),
+    ):
+        remote = {"provider": "openai-compatible", "base_url": student_url, "model": "ft:small"}
+
+        def ask(entry: TaskRoute, **task: Any) -> None:
+            config = config_for(
+                tmp_path, teacher_url, remote, response_schema=SCHEMA, mode="auto", **task
+            )
+            _, server, client = serve(config, entry)
+            try:
+                messages = [{"role": "user", "content": "where is my refund"}]
+                client.chat.completions.create(model="support", messages=messages)
+                client.chat.completions.create(
+                    model="support", messages=messages, response_format={"type": "json_object"}
+                )
+            finally:
+                server.stop()
+
+        ask(TaskRoute(state="serving", share=1.0), routing={"shadow_rate": 0.01})
+        plain, own = student.requests[-2:]
+        assert plain["response_format"] == {
+            "type": "json_schema",
+            "json_schema": {"name": "support", "schema": SCHEMA},
+        }
+        assert own["response_format"] == {"type": "json_object"}
+        ask(TaskRoute(state="grace"))
+        assert "response_format" not in teacher.requests[-2]
+        assert teacher.requests[-1]["response_format"] == {"type": "json_object"}
+        before = len(student.requests)
+        ask(
+            TaskRoute(state="serving", share=1.0),
+            routing={"shadow_rate": 0.01},
+            constrain_student=False,
+        )
+        assert "response_format" not in student.requests[before]
+
+
+def test_evaluation_serves_the_student_as_the_gateway_does() -> None:
+    from stillhouse.evaluate.run import Item, request_bodies
+
+    task = _task(response_schema=SCHEMA)
+    messages = ({"role": "user", "content": "refund?"},)
+    item = Item(call_id="c", intent="refund", messages=messages, teacher='{"intent": "x"}')
+    (body,) = request_bodies([item], None, task, "triage")
+    assert body["response_format"]["json_schema"] == {"name": "triage", "schema": SCHEMA}
+    (free,) = request_bodies([item], None, _task(response_schema=SCHEMA, constrain_student=False))
+    assert "response_format" not in free
