@@ -29,6 +29,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the full run, not --fast")
     parser.add_argument("--out", type=Path, help="default: bench/results/demo_<profile>.json")
+    parser.add_argument(
+        "--keep", type=Path, help="run in this folder and keep it (its store, runs and evals)"
+    )
     args = parser.parse_args()
     profile = "full" if args.full else "fast"
     stillhouse = Path(sys.executable).with_name("stillhouse")
@@ -44,7 +47,8 @@ def main() -> None:
         ).stdout.strip()
     )
     with tempfile.TemporaryDirectory(prefix="stillhouse-demo-") as tmp:
-        command = [str(stillhouse), "demo", "--json", "--dir", str(Path(tmp) / "demo")]
+        folder = args.keep.resolve() if args.keep else Path(tmp) / "demo"
+        command = [str(stillhouse), "demo", "--json", "--dir", str(folder)]
         if not args.full:
             command.insert(2, "--fast")
         started = time.time()

@@ -259,6 +259,15 @@ class TaskConfig(Table):
         return self
 
     @model_validator(mode="after")
+    def _json_for_a_schema(self) -> TaskConfig:
+        """A task that declares a response_schema answers in JSON: unless the TOML names a
+        metric, agreement compares the JSON's fields (key order and spacing never count)."""
+        if self.response_schema is not None and "metric" not in self.gate.model_fields_set:
+            gate = self.gate.model_copy(update={"metric": "json"})
+            object.__setattr__(self, "gate", gate)  # frozen: built once, before anyone reads it
+        return self
+
+    @model_validator(mode="after")
     def _tier_defaults(self) -> TaskConfig:
         """Fill the tiered keys the TOML left out from the tier, and remember each source."""
         for key in TIERED_KEYS:

@@ -347,6 +347,33 @@ def test_an_identical_snapshot_is_not_trained_again(world: World) -> None:
     assert later.tick()["support"].state is State.GRACE  # and it waits again
 
 
+def test_old_messages_sent_again_are_not_trained_again(world: World) -> None:
+    """After max_days the same 8 messages, captured again under new call ids, curate to the
+    examples the candidate failed on: the snapshot that retells them is the failed one."""
+    w = world
+    w.steps.passes = False
+    w.ask(8)
+    assert [w.tick() for _ in range(5)][-1] is State.GRACE
+    with open_store(w.config.store.url) as store:
+        failed = store.list_datasets("support")[0].id
+    for i in range(8):  # newer calls, the same lines
+        w.client.chat.completions.create(
+            model="support",
+            messages=[{"role": "user", "content": f"{INTENTS[i % 4]} request {i + 1}"}],
+            user=f"user-{i + 1}",
+            metadata={"intent": INTENTS[i % 4]},
+        )
+    w.settle()
+    days = w.config.tasks["support"].grace.max_days
+    later = Controller(w.config, steps=w.steps, clock=lambda: time.time() + days * 86400 + 1)
+    assert later.tick()["support"].state is State.CURATING
+    assert later.tick()["support"].state is State.GRACE
+    assert f"curated {failed} again" in w.state().reason
+    assert len(w.steps.trained) == 1
+    with open_store(w.config.store.url) as store:
+        assert [d.id for d in store.list_datasets("support")] == [failed]
+
+
 def test_callers_without_metadata_intent_leave_grace(world: World) -> None:
     """Their intents are clustered while grace waits, as curation will cluster them; before,
     such a task counted no intent until a dataset existed and so waited max_days."""

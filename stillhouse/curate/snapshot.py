@@ -67,11 +67,33 @@ def build(
     )
 
 
+def examples_hash(examples: Sequence[DatasetExample]) -> str:
+    """The examples as training and evaluation see them (each line without the call it came
+    from, in any order): equal when the same messages were captured again under new call ids."""
+    lines = sorted(
+        orjson.dumps(
+            {"example": e.example, "intent": e.intent, "split": e.split},
+            option=orjson.OPT_SORT_KEYS,
+        )
+        for e in examples
+    )
+    return hashlib.sha256(b"\n".join(lines)).hexdigest()
+
+
 def save(
     store: TraceStore, dataset: Dataset, examples: Sequence[DatasetExample]
 ) -> tuple[Dataset, bool]:
     """Store the snapshot: (the stored dataset, whether it is new). When identical data was
-    curated before, the snapshot already stored is returned untouched."""
+    curated before, the snapshot already stored is returned untouched; so is the task's newest
+    snapshot when these examples only retell it (the same lines from newer calls), so that the
+    same data never starts another training run."""
+    newest = next(iter(store.list_datasets(dataset.task)), None)
+    if (
+        newest is not None
+        and newest.id != dataset.id
+        and examples_hash(store.dataset_examples(newest.id)) == examples_hash(examples)
+    ):
+        return newest, False
     if store.insert_dataset(dataset, examples):
         return dataset, True
     existing = store.get_dataset(dataset.id)

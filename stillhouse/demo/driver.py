@@ -16,7 +16,7 @@ from ..lifecycle import events
 from ..lifecycle.states import State
 from ..store import open_store
 from .figures import figures
-from .setup import BATCH, TASK, Profile, prepare
+from .setup import BATCH, SCALED, TASK, TIER, Profile, prepare
 from .traffic import Reply, Users
 
 WAITING = {State.CURATING, State.OPTIMIZING, State.TRAINING, State.VALIDATING, State.RETRAINING}
@@ -101,7 +101,8 @@ def run(
     models = {k: v for k, v in (("teacher", teacher), ("student", student)) if v}
     path = prepare(folder, profile, train=train, intents=intents, **models)  # type: ignore[arg-type]
     config = load_config(path)
-    say(f"config: {path} (profile {profile.name})")
+    say(f"config: {path} (profile {profile.name}, tier {TIER}: its gates untouched)")
+    say("scaled down for a CPU: " + "; ".join(SCALED))
     gateway = Gateway(config).start()
     tick = config.lifecycle.tick
     say(f"gateway on {gateway.url} with the lifecycle controller ticking every {tick:g} s")

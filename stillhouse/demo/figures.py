@@ -105,6 +105,8 @@ def figures(store: TraceStore, config: Config, marks: dict[str, float]) -> dict[
     validation = validation or prompt
     return {
         "gate": gate_in_force(config.tasks[TASK]),
+        "tier": config.tasks[TASK].tier,
+        "operating_point": validation.get("operating_point"),
         "agreement": round(sum(live) / len(live), 4) if live else None,
         "agreement_ci": _ci(rate_interval(live)),
         "agreement_samples": len(live),

@@ -1,6 +1,6 @@
 """The demo's working folder and its stillhouse.toml: a fresh folder each run, the teacher and
-the student as `local` models, and the lifecycle's thresholds and dwell times scaled down so the
-whole loop fits in minutes on a CPU. Everything else is the product's defaults."""
+the student as `local` models, the `cost` tier's gates untouched, and only the lifecycle's
+timings scaled down so the whole loop fits in minutes on a CPU (listed in SCALED)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,17 @@ from .tickets import INTENTS
 TEACHER = "qwen2.5-coder-0.5b-instruct"
 STUDENT = "smollm2-135m-instruct"
 TASK = "triage"
+TIER = "cost"  # the product's tier, its gates untouched: the demo must earn them
+# What the demo scales down (lifecycle timings and data volume, never a gate): printed by the
+# demo and listed in docs/quickstart.md.
+SCALED = (
+    "lifecycle.tick = 1 s",
+    "grace.min_conversations = the profile's calls",
+    "grace.min_unique_intents = min(20, intents)",
+    "rollout.stages, rollout.min_samples = the profile's; rollout.min_dwell = 0",
+    "routing.shadow_rate = 1.0 (every student answer checked, so each stage fills fast)",
+    "curate.holdout = 0.3; curate.intents = metadata; general.share = 0",
+)
 BATCH = 16  # requests each model decodes together, and simulated users at once
 
 
@@ -34,10 +45,13 @@ class Profile:
     learning_rate: float = 3e-3  # high for LoRA, and what a few dozen CPU steps need
 
 
-# 22 intents need ~350 teacher calls for a held-out agreement over the gate (measured: 176 calls
-# gave 66% on 35 held out, 352 gave 78% on 80)
-FULL = Profile("full", 352, (25, 50, 100), 12, 40, 64, 30 * 60, intents=22)
-# fewer intents, so that ~90 tickets still give each about ten examples to learn from
+# 520 teacher calls hold out ~150 (curate.holdout 0.3): the fewest on which the cost tier's kept
+# bar can be cleared with a couple of misses (148 of 150 right: lower bound 0.953 >= 0.95).
+# (Measured before: 176 calls gave 66% on 35 held out, 352 gave 78% on 80.)
+FULL = Profile("full", 520, (25, 50, 100), 12, 40, 64, 30 * 60, intents=22)
+# fewer intents, so that ~90 tickets still give each about ten examples to learn from. Its
+# holdout (~30) is too small for any interval to clear the cost tier's bars: the quick look at
+# the loop, which ends in grace by design; the full run is the one that can earn serving.
 FAST = Profile("fast", 96, (50, 100), 6, 16, 48, 20 * 60, intents=8)
 
 # Prices (dollars per million tokens): the teacher stands for a frontier-class API model; the
@@ -92,21 +106,15 @@ def prepare(
         f'dtype = "auto"\nmax_batch = {BATCH}\nprice = {_inline(TEACHER_PRICE)}\n\n'
         f'[models.student]\nprovider = "local"\nmodel = "{student}"\ntimeout = 600\n'
         f"max_batch = {BATCH}\nprice = {_inline(STUDENT_PRICE)}\n\n"
-        f'[tasks.{TASK}]\nteacher = "teacher"\nstudent = "student"\n'
+        f'[tasks.{TASK}]\nteacher = "teacher"\nstudent = "student"\ntier = "{TIER}"\n'
         'description = "Support-ticket triage: one JSON object with the intent and priority"\n'
         f"response_schema = {_inline(schema(intents))}\n\n"
         f"[tasks.{TASK}.grace]\nmin_conversations = {profile.grace_calls}\n"
         f"min_unique_intents = {min(20, intents)}\n\n"
         f'[tasks.{TASK}.curate]\nholdout = 0.3\nintents = "metadata"\n'
         "dedupe_threshold = 1.0\n\n"
-        f'[tasks.{TASK}.gate]\nmetric = "json"\nagreement = 0.6\nkept_agreement = 0.75\n'
-        # a 135M student now and then invents a label (constrained decoding would stop that)
-        "format_compliance = 0.95\n\n"
         f"[tasks.{TASK}.rollout]\nstages = {list(profile.stages)}\n"
-        f"min_samples = {profile.min_samples}\nmin_dwell = 0\n"
-        # the teacher here is a local model on the same CPU, not a remote API: latency is
-        # reported, not gated
-        "max_latency_ratio = 1000\n\n"
+        f"min_samples = {profile.min_samples}\nmin_dwell = 0\n\n"
         f"[tasks.{TASK}.routing]\nshadow_rate = 1.0\n\n"
         f"[tasks.{TASK}.general]\nshare = 0\n\n"
         f"[tasks.{TASK}.train]\n{train_lines}\n"
