@@ -50,12 +50,16 @@ def start(tmp_path: Path, tiny_base: Path, gateway_factory: Any, monkeypatch: An
     OpenAI-compatible model `remote`, on `store_url` (default SQLite); (gateway, client)."""
     monkeypatch.setenv("STILLHOUSE_HOME", str(tmp_path / "home"))  # adapters are written here
 
-    def run(store_url: str | None = None, keys: list[str] | None = None) -> Any:
+    def run(
+        store_url: str | None = None,
+        keys: list[str] | None = None,
+        models: dict[str, Any] | None = None,
+    ) -> Any:
         config = make_config(
             tmp_path,
             UNUSED,
             store_url,
-            models={"tiny": {"provider": "local", "model": str(tiny_base)}},
+            models={"tiny": {"provider": "local", "model": str(tiny_base)}, **(models or {})},
             tasks={"support": {"teacher": "tiny"}},
             gateway={"api_keys": keys or []},
         )
@@ -351,3 +355,43 @@ def test_the_store_moves_a_job_once_and_pages_its_rows(store_url: str) -> None:
         with pytest.raises(Exception):  # noqa: B017 - the backends raise their own IntegrityError
             store.create_job(jobs[1], JobEvent(new_id("ftevent", "-"), "ftjob-1", "twice"))
         assert len(store.job_events("ftjob-1")) == 1  # the failed create left no event behind
+
+
+def test_a_job_that_cannot_train_fails_and_says_why(start: Any, tmp_path: Path) -> None:
+    _, client = start(models={"gone": {"provider": "local", "model": str(tmp_path / "nothing")}})
+    uploaded = client.files.create(file=("t.jsonl", jsonl(examples(10))), purpose="fine-tune")
+    job = finished(
+        client, client.fine_tuning.jobs.create(training_file=uploaded.id, model="gone").id
+    )
+    assert job.status == "failed" and job.fine_tuned_model is None and job.finished_at
+    assert job.error.code == "training_failed" and "nothing" in job.error.message
+    last = client.fine_tuning.jobs.list_events(job.id, limit=1).data[0]
+    assert last.level == "error" and last.message.startswith("Fine-tuning job failed")
+    assert "gone" not in str(client.models.list())
+
+
+@pytest.mark.slow
+def test_a_gateway_that_stops_mid_run_queues_the_job_and_it_resumes(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    """What the runner does when its gateway stops: the job goes back to the queue and the next
+    run resumes from its checkpoint (each epoch's end) instead of starting again."""
+    from stillhouse.config import ModelConfig
+    from stillhouse.train.jobs import run_job
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    models = {"tiny": ModelConfig(provider="local", model=str(tiny_base))}
+    hyper = {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 2.0}
+    with open_store(url) as store:
+        store.insert_file(
+            UploadedFile("file-1", "t.jsonl", "fine-tune", 1, 12), jsonl(examples(12)).decode()
+        )
+        job = FineTuningJob("ftjob-1", "tiny", "file-1", "validating_files", hyper, 0)
+        store.create_job(job, JobEvent("ftevent-0", job.id, "Created"))
+        steps = iter(range(1, 100))
+        assert run_job(store, job, models, tmp_path, lambda: next(steps) == 3) == "queued"
+        assert store.job_events(job.id, 1)[0].level == "warn"
+        assert run_job(store, store.get_job(job.id), models, tmp_path) == "succeeded"
+        done = store.get_job(job.id)
+    assert done.result["resumed_at"] == 3 and done.result["steps"] == 6  # 12/4 a epoch, 2 epochs
+    assert Path(done.serving["adapter"]).is_dir()
