@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import orjson
 import pytest
@@ -223,7 +224,7 @@ def test_a_file_that_is_not_chat_jsonl_is_refused(start: Any, content: bytes, sa
 def test_bad_requests_get_openai_errors_and_store_nothing(
     start: Any, store_url: str, monkeypatch: Any
 ) -> None:
-    _, client = start(store_url)
+    gw, client = start(store_url)
     with pytest.raises(openai.BadRequestError) as info:
         client.files.create(file=("a.jsonl", jsonl(examples(12))), purpose="assistants")
     assert error_of(info)["param"] == "purpose"
@@ -286,6 +287,14 @@ def test_bad_requests_get_openai_errors_and_store_nothing(
         client.chat.completions.create(
             model="ft:tiny:stillhouse::nope", messages=[{"role": "user", "content": "hi"}]
         )
+
+    page = httpx.post(  # a web page's cross-site form, to an open gateway
+        gw.base_url + "/files",
+        headers={"origin": "http://evil.example"},
+        data={"purpose": "fine-tune"},
+        files={"file": ("x.jsonl", jsonl(examples(12)))},
+    )
+    assert page.status_code == 403 and page.json()["error"]["code"] == "cross_site_refused"
 
     assert list(client.fine_tuning.jobs.list()) == []  # not one job stored half-way
     assert {f.id for f in client.files.list()} == {small.id, good.id}

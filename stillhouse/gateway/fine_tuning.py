@@ -43,7 +43,7 @@ from ..store.records import FineTuningJob, JobEvent, UploadedFile, new_id
 from ..train.config import TrainSettings
 from ..train.jobs import JobRunner, base_model, event, missing_train_packages
 from .deploy import FineTuned
-from .security import require_json
+from .security import refuse_cross_site, require_json
 
 T = TypeVar("T")
 FILE_LIMIT = 64 * 1024 * 1024  # bytes of one uploaded file (it is stored in the database)
@@ -123,6 +123,7 @@ class FineTuningAPI:
     # -- files ------------------------------------------------------------------------------------
     async def create_file(self, request: Request) -> Response:
         self.authorise(request)
+        refuse_cross_site(request)
         media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if media != "multipart/form-data":
             raise UnsupportedMediaType(
