@@ -127,12 +127,12 @@ def run_job(
     every = max(1, total // METRIC_EVENTS)
 
     def on_step(step: int, loss: float) -> None:
+        if stopping() or store.job_status(job.id) != "running":
+            raise Interrupted  # a cancelled job's log ends with its cancelling
         if step % every == 0 or step == total:
             message = f"Step {step}/{total}: training loss={loss:.4f}"
             data = {"step": step, "train_loss": loss, "total_steps": total}
             store.add_job_events([event(job.id, message, type="metrics", data=data)])
-        if stopping() or store.job_status(job.id) != "running":
-            raise Interrupted
 
     from .lora import train
 
