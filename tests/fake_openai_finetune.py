@@ -5,7 +5,8 @@ the remote training backend is tested against this server, which speaks their wi
 /v1/files, /v1/fine_tuning/jobs, /v1/fine_tuning/jobs/{id}, .../events and .../cancel (and the
 same under /openai/... with `api-key` and `api-version` as Azure has them). Like the real
 service it validates the uploaded JSONL when a job starts (at least 10 chat examples, each
-ending with an assistant message) and fails the job with `invalid_training_file` otherwise. A
+with an assistant answer: the gateway's own check) and fails the job with
+`invalid_training_file` otherwise. A
 job moves one state per status poll: validating_files -> queued -> running -> succeeded.
 """
 
@@ -24,10 +25,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from stillhouse.errors import BadRequest
+from stillhouse.openai.fine_tuning import TERMINAL, read_training_file, too_few
+
 from .upstream import ServerThread
 
 API_KEY = "sk-fake-finetune"
-MIN_EXAMPLES = 10  # OpenAI's minimum for a fine-tuning file
 MODELS = ("gpt-4.1-mini-2025-04-14", "gpt-4o-mini-2024-07-18", "gpt-35-turbo-0125")
 
 
@@ -58,21 +61,14 @@ class FakeFineTuning:
         )
 
     def validate(self, file_id: str) -> str | None:
-        """Why the file cannot train a model, or None."""
-        lines = [line for line in self.contents[file_id].splitlines() if line.strip()]
-        if len(lines) < MIN_EXAMPLES:
-            return (
-                f"Training file {file_id} has {len(lines)} example(s), but must have at least "
-                f"{MIN_EXAMPLES} examples"
-            )
-        for n, line in enumerate(lines, 1):
-            try:
-                messages = orjson.loads(line)["messages"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                return f"Invalid file format. Line {n}: expected a JSON object with messages"
-            if not messages or messages[-1].get("role") != "assistant":
-                return f"Invalid file format. Line {n}: the last message must be the assistant's"
-        return None
+        """Why the file cannot train a model, or None: the check the gateway's own API makes
+        (stillhouse.openai.fine_tuning), as OpenAI does."""
+        try:
+            examples = read_training_file(self.contents[file_id])
+        except BadRequest as err:
+            return err.message
+        few = too_few(file_id, len(examples))
+        return few.message if few is not None else None
 
     def advance(self, job: dict[str, Any]) -> None:
         """One step of the job's life per status poll."""
@@ -247,7 +243,7 @@ def build_app(fake: FakeFineTuning) -> Starlette:
         job = job_or_404(request)
         if job is None:
             return _error(404, "No such fine-tuning job", "fine_tuning_job_id")
-        if job["status"] in ("succeeded", "failed", "cancelled"):
+        if job["status"] in TERMINAL:
             return _error(400, f"Job has already {job['status']}", code="invalid_state")
         job["status"] = "cancelled"
         job["finished_at"] = int(time.time())

@@ -21,12 +21,14 @@ from starlette.routing import Route
 
 from ..config import Config
 from ..dashboard import dashboard_routes
+from ..engine.sources import home
 from ..errors import ConfigError, Unauthorized
 from ..openai.http import json_response, openai_app
 from ..providers import Provider, SharedSession, build_provider
 from ..routing import RoutingTable
 from ..store import CaptureWriter, open_store
 from .chat import ChatCompletions
+from .fine_tuning import FineTuningAPI
 from .metrics import CONTENT_TYPE, GatewayMetrics
 from .openapi import openapi_spec
 from .responses import ResponseLog, Responses
@@ -97,6 +99,11 @@ def create_app(
                 "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key"
             )
 
+    # the fine-tuning API: jobs train in its runner's thread; their models answer through `chat`
+    fine_tuning = FineTuningAPI(
+        config, authorise, chat.deployments.fine_tuned, home() / "fine_tuning"
+    )
+
     async def chat_completions(request: Request) -> Response:
         authorise(request)
         require_json(request)
@@ -113,9 +120,10 @@ def create_app(
 
     async def models(request: Request) -> Response:
         authorise(request)
+        names = [*sorted(config.tasks), *sorted(chat.deployments.fine_tuned.known)]
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "stillhouse"}
-            for name in sorted(config.tasks)
+            for name in names
         ]
         return json_response({"object": "list", "data": data})
 
@@ -144,11 +152,14 @@ def create_app(
         await client.open()
         if refresher is not None:
             refresher.start()
+        fine_tuning.start()
         try:
             yield
         finally:
             if refresher is not None:
                 refresher.stop()
+            await asyncio.to_thread(fine_tuning.stop)  # a run in progress waits to resume
+            await chat.deployments.fine_tuned.aclose()
             await client.close()
             writer.close()
             if tracer is not None:
@@ -160,6 +171,7 @@ def create_app(
             Route("/v1/responses", create_response, methods=["POST"]),
             Route("/v1/responses/{response_id}", retrieve_response, methods=["GET"]),
             Route("/v1/models", models, methods=["GET"]),
+            *fine_tuning.routes(),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),

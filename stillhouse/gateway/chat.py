@@ -74,10 +74,14 @@ class ChatCompletions:
     ) -> Response:
         """A parsed chat body answered and captured, shown to the client as `shape` has it;
         `own` is metadata of the gateway's for the call (see Planner.plan)."""
+        await self.deployments.fine_tuned.ready(checked.model)  # a first request loads one
         x = self.planner.plan(body, checked, request_headers, started, created_at, own)
         if checked.stream:
-            held = self.config.tasks[x.call.task].routing.stream_fallback == "buffer"
-            if held and x.threshold is not None:
+            # held only where a task's threshold may replace it (a fine-tuned model has none)
+            held = x.threshold is not None and (
+                self.config.tasks[x.call.task].routing.stream_fallback == "buffer"
+            )
+            if held:
                 return await self.streams.held(x, shape)
             return await self.streams.relay(x, shape)
         try:
@@ -86,8 +90,9 @@ class ChatCompletions:
         except UpstreamError as err:
             self.capture.error(x.call, err, started)
             return self._stamped(x, error_response(err, x.headers))
-        task = self.config.tasks[x.call.task]
-        if needs_fallback(task, x.entry, x.route, routing_confidence(response)):
+        if x.threshold is not None and needs_fallback(
+            self.config.tasks[x.call.task], x.entry, x.route, routing_confidence(response)
+        ):
             return self._stamped(x, await self._fallback(x, response, shape))
         self.capture.answer(x.call, response, started)
         return self._stamped(x, json_response(shape.whole(x, response), 200, x.headers))

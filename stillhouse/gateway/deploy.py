@@ -9,6 +9,10 @@ registered student, from the `serving` table the routing table carries.
 
 Never on the request path: a candidate that is not ready is not waited for; the student that
 served before keeps serving (or, when there is none, the teacher) until it is.
+
+A model of the gateway's own fine-tuning API (`ft:<base>:stillhouse:…`) is deployed the same way
+(its serving table: the base's, with the job's adapter) but is not a task's student: a request
+that names it waits for its first load, since there is no teacher to answer meanwhile.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +28,7 @@ from typing import Any
 import orjson
 
 from ..config import Config, ModelConfig, TaskConfig
-from ..errors import UpstreamError
+from ..errors import HTTPError, UpstreamError
 from ..openai.protocol import apply_prompt
 from ..providers import Provider, SharedSession, build_provider
 from ..routing import Route, TaskRoute
@@ -32,6 +37,7 @@ log = logging.getLogger("stillhouse.gateway")
 
 RETRY_AFTER = 60.0  # seconds before a candidate that failed to load is tried again
 KEEP = 2  # loaded candidates kept per task: the one rolling out and the one before it
+KEEP_FINE_TUNED = 2  # models of the fine-tuning API kept loaded (each holds its base model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +46,7 @@ class Deployed:
     upstream_model: str  # the `model` sent upstream
     candidate: str | None  # None: the task's `student` model as configured
     prompt: dict[str, Any] | None = None  # a prompt candidate's {system, examples}
+    base: str = ""  # a fine-tuned model's: the [models.x] it was trained on (its price)
 
     def body(self, forward: dict[str, Any]) -> dict[str, Any]:
         """The upstream request as this deployment sends it (a prompt candidate's prompt
@@ -74,8 +81,55 @@ async def load_vllm_adapter(
     response.release()
 
 
+class FineTuned:
+    """The fine-tuning API's models: {name: (base model, serving table)} as the job runner
+    publishes them from the store (swapped by reference, off the request path), each loaded on
+    first use and kept (the KEEP_FINE_TUNED used last)."""
+
+    def __init__(self, session: SharedSession) -> None:
+        self.session = session
+        self.known: Mapping[str, tuple[str, dict[str, Any]]] = {}
+        self._ready: OrderedDict[str, Deployed] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def publish(self, known: Mapping[str, tuple[str, dict[str, Any]]]) -> None:
+        self.known = known
+
+    def get(self, name: str) -> Deployed | None:
+        found = self._ready.get(name)
+        if found is not None:
+            self._ready.move_to_end(name)
+        return found
+
+    async def ready(self, name: str) -> None:
+        """Load `name` when it is a fine-tuned model not loaded yet (in a worker thread: the
+        loop goes on serving others)."""
+        if name in self._ready or name not in self.known:
+            return
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if name in self._ready:
+                return
+            base, serving = self.known[name]
+            model = ModelConfig.of_serving(serving)
+            provider = build_provider(name, model, self.session)
+            try:
+                await provider.warm()
+            except Exception as err:
+                log.exception("loading fine-tuned model %s failed", name)
+                raise HTTPError(f"the fine-tuned model {name} could not be loaded: {err}") from None
+            self._ready[name] = Deployed(provider, model.model, None, base=base)
+            while len(self._ready) > KEEP_FINE_TUNED:
+                _, old = self._ready.popitem(last=False)
+                await old.provider.aclose()
+
+    async def aclose(self) -> None:
+        while self._ready:
+            await self._ready.popitem()[1].provider.aclose()
+
+
 class Deployments:
-    """The candidates this gateway has deployed, loaded on first need and kept (KEEP per task)."""
+    """The candidates this gateway has deployed, loaded on first need and kept (KEEP per task),
+    and the fine-tuning API's models (`fine_tuned`)."""
 
     def __init__(
         self, config: Config, providers: Mapping[str, Provider], session: SharedSession
@@ -83,6 +137,7 @@ class Deployments:
         self.config = config
         self.providers = providers
         self.session = session
+        self.fine_tuned = FineTuned(session)
         self._ready: dict[str, Deployed] = {}
         self._loading: dict[str, asyncio.Task[None]] = {}
         self._failed: dict[str, float] = {}  # candidate -> when it may be tried again

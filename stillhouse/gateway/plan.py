@@ -95,26 +95,34 @@ class Planner:
         set over the caller's after their reserved keys were moved under `client`."""
         task_name = task_of(checked, request_headers)
         task = self.config.tasks.get(task_name)
-        if task is None:
-            known = ", ".join(sorted(self.config.tasks)) or "none configured"
-            raise NotFound(
-                f"unknown task '{task_name}' (tasks: {known}); name the task in `model`, "
-                "the X-Stillhouse-Task header or metadata.task",
-                param="model",
-                code="model_not_found",
-            )
         call_id = new_id("call")
         session_key = session_of(checked, request_headers)
-        entry = self.routing.get(task_name)
-        route = choose_route(task, entry, name=task_name, key=session_key or call_id)
-        # per-intent rules; the intent comes from memory (metadata.intent or the snapshot's model)
-        intent = self.routing.intent_of(task_name, checked.metadata, body)
-        route = intent_rules(task, entry, route, intent, name=task_name)
+        entry: TaskRoute | None = None
+        intent: str | None = None
         deployed: Deployed | None = None
-        if route.role == "student":
-            deployed = self.deployments.pick(task_name, task, entry, route)
-            if deployed is None:  # its candidate is still loading and no student served before
-                route = Route("teacher", task.teacher, "deploying")
+        if task is None:
+            # not a task: a model of the fine-tuning API, captured under its own name
+            deployed = self.deployments.fine_tuned.get(task_name)
+            if deployed is None or task_name != checked.model:
+                known = ", ".join(sorted(self.config.tasks)) or "none configured"
+                raise NotFound(
+                    f"unknown task '{task_name}' (tasks: {known}); name the task in `model`, "
+                    "the X-Stillhouse-Task header or metadata.task, or a fine-tuned model",
+                    param="model",
+                    code="model_not_found",
+                )
+            route = Route("student", deployed.base, "fine_tuned")
+        else:
+            entry = self.routing.get(task_name)
+            route = choose_route(task, entry, name=task_name, key=session_key or call_id)
+            # per-intent rules; the intent comes from memory (metadata.intent or the snapshot's
+            # model)
+            intent = self.routing.intent_of(task_name, checked.metadata, body)
+            route = intent_rules(task, entry, route, intent, name=task_name)
+            if route.role == "student":
+                deployed = self.deployments.pick(task_name, task, entry, route)
+                if deployed is None:  # its candidate is loading and no student served before
+                    route = Route("teacher", task.teacher, "deploying")
         model = self.config.models[route.model]
         metadata = call_metadata(checked.metadata)  # a caller's reserved keys: under `client`
         metadata.update(own or {})
@@ -148,9 +156,11 @@ class Planner:
         forward = upstream_body(body, call.upstream_model)
         if deployed is not None:
             forward = deployed.body(forward)
-        if route.role == "student" and task.constrain_student:
-            constrain(forward, task.response_schema, task_name)
-        threshold = fallback_threshold(task, entry, route)
+        threshold = None
+        if task is not None:  # a task's student: its schema, its threshold
+            if route.role == "student" and task.constrain_student:
+                constrain(forward, task.response_schema, task_name)
+            threshold = fallback_threshold(task, entry, route)
         return Exchange(
             call=call,
             route=route,

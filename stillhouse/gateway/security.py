@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
-from ..errors import BadRequest, UnsupportedMediaType
+from ..errors import BadRequest, HTTPError, UnsupportedMediaType
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -114,4 +114,18 @@ def require_json(request: Request) -> None:
         raise UnsupportedMediaType(
             "send the request body as JSON (Content-Type: application/json)",
             code="unsupported_media_type",
+        )
+
+
+def refuse_cross_site(request: Request) -> None:
+    """A multipart upload (POST /v1/files) is a form a web page may send cross-site without
+    asking, so one that a page sent (its `Origin` is not this gateway) is refused: through an
+    open gateway it would store whatever the page likes. API clients send no Origin."""
+    origin = request.headers.get("origin")
+    if origin is not None and origin.split("://")[-1] != request.headers.get("host"):
+        raise HTTPError(
+            "a cross-site upload is refused: send the file from an API client, not a web page",
+            status=403,
+            type="invalid_request_error",
+            code="cross_site_refused",
         )

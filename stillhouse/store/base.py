@@ -1,6 +1,6 @@
 """The trace store interface: calls, scores, counters, datasets and the registry, in the SQL both
-backends share; the lifecycle's, the review queue's and the reports' questions in their own
-modules beside this one.
+backends share; the lifecycle's, the review queue's, the reports' and the fine-tuning API's
+questions in their own modules beside this one.
 
 A TraceStore instance owns one connection and is used from one thread at a time: the capture
 writer opens its own, readers (CLI, dashboard) open theirs. Inserts are idempotent on `id`, so a
@@ -14,6 +14,7 @@ from typing import Any
 
 from . import codec
 from .codec import JSON_COLUMNS_OF
+from .finetune import FineTuningQueries
 from .lifecycle import LifecycleQueries
 from .records import (
     CALL_COLUMNS,
@@ -40,7 +41,7 @@ CALL_JSON = JSON_COLUMNS_OF["calls"]
 RECORD_JSON = CALL_JSON | JSON_COLUMNS_OF["responses"]
 
 
-class TraceStore(LifecycleQueries, ReviewQueries, ReportQueries):
+class TraceStore(LifecycleQueries, ReviewQueries, ReportQueries, FineTuningQueries):
     """Calls and scores in SQL. Subclasses supply the connection and dialect."""
 
     # -- writes -----------------------------------------------------------------------------

@@ -21,6 +21,8 @@ JSON_COLUMNS_OF: dict[str, frozenset[str]] = {
     "releases": frozenset({"config"}),
     "lifecycle_events": frozenset({"detail"}),
     "responses": frozenset({"conversation", "response"}),
+    "fine_tuning_jobs": frozenset({"hyperparameters", "metadata", "error", "serving", "result"}),
+    "fine_tuning_events": frozenset({"data"}),
 }
 
 

@@ -26,10 +26,11 @@ _PROCESS = os.urandom(5).hex()
 _COUNTER = itertools.count()
 
 
-def new_id(prefix: str) -> str:
-    """`prefix_` + 12 hex digits of milliseconds + 10 of process + 10 of counter."""
+def new_id(prefix: str, sep: str = "_") -> str:
+    """`prefix_` + 12 hex digits of milliseconds + 10 of process + 10 of counter (`sep` "-" for
+    the OpenAI API's own objects: `file-…`, `ftjob-…`)."""
     millis = time.time_ns() // 1_000_000
-    return f"{prefix}_{millis:012x}{_PROCESS}{next(_COUNTER) & 0xFFFFFFFFFF:010x}"
+    return f"{prefix}{sep}{millis:012x}{_PROCESS}{next(_COUNTER) & 0xFFFFFFFFFF:010x}"
 
 
 @functools.cache
@@ -237,3 +238,67 @@ class StoredResponse:
 
 
 RESPONSE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StoredResponse))
+
+
+@dataclass(frozen=True, slots=True)
+class UploadedFile:
+    """A file uploaded through `POST /v1/files` (purpose fine-tune: chat JSONL, checked on
+    upload); its content is stored beside it and read only by training."""
+
+    id: str
+    filename: str
+    purpose: str
+    bytes: int
+    examples: int
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return shallow_dict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class FineTuningJob:
+    """A fine-tuning job of the gateway's own API: a LoRA on a local model. Its status moves
+    only forward (validating_files -> queued -> running -> succeeded | failed | cancelled), each
+    move a compare-and-set with its event (store.move_job)."""
+
+    id: str
+    model: str  # the [models.x] name trained on
+    training_file: str
+    status: str
+    hyperparameters: dict[str, Any]  # resolved: no "auto" left
+    seed: int
+    validation_file: str | None = None
+    suffix: str | None = None
+    metadata: dict[str, Any] | None = None
+    created_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    fine_tuned_model: str | None = None
+    trained_tokens: int | None = None
+    error: dict[str, Any] | None = None  # {code, message, param} when it failed
+    serving: dict[str, Any] | None = None  # a [models.x] table that serves the result
+    result: dict[str, Any] | None = None  # training metrics and the adapter's folder
+
+    def to_dict(self) -> dict[str, Any]:
+        return shallow_dict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One line of a fine-tuning job's log; `type` metrics carries `data` (step, train_loss)."""
+
+    id: str
+    job_id: str
+    message: str
+    level: str = "info"
+    type: str = "message"
+    data: dict[str, Any] | None = None
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return shallow_dict(self)
+
+
+FILE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(UploadedFile))
+JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(FineTuningJob))
+JOB_EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(JobEvent))

@@ -196,6 +196,55 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        7,
+        "files and fine-tuning jobs of the gateway's fine-tuning API",
+        (
+            # An uploaded file is written once, with its content (chat JSONL, checked on upload).
+            """CREATE TABLE files (
+                id TEXT PRIMARY KEY,
+                filename TEXT NOT NULL,
+                purpose TEXT NOT NULL,
+                bytes {bigint} NOT NULL,
+                examples INTEGER NOT NULL,
+                created_at {real} NOT NULL,
+                content TEXT NOT NULL
+            )""",
+            "CREATE INDEX files_time ON files (created_at)",
+            # A job's row changes only by moving its status forward (a compare-and-set that
+            # writes one event with it); what it made is filled in by the move that ends it.
+            """CREATE TABLE fine_tuning_jobs (
+                id TEXT PRIMARY KEY,
+                model TEXT NOT NULL,
+                training_file TEXT NOT NULL,
+                status TEXT NOT NULL,
+                hyperparameters {json} NOT NULL,
+                seed {bigint} NOT NULL,
+                validation_file TEXT,
+                suffix TEXT,
+                metadata {json},
+                created_at {real} NOT NULL,
+                finished_at {real},
+                fine_tuned_model TEXT UNIQUE,
+                trained_tokens {bigint},
+                error {json},
+                serving {json},
+                result {json}
+            )""",
+            "CREATE INDEX fine_tuning_jobs_status ON fine_tuning_jobs (status, created_at)",
+            "CREATE INDEX fine_tuning_jobs_time ON fine_tuning_jobs (created_at)",
+            """CREATE TABLE fine_tuning_events (
+                id TEXT PRIMARY KEY,
+                job_id TEXT NOT NULL,
+                message TEXT NOT NULL,
+                level TEXT NOT NULL,
+                type TEXT NOT NULL,
+                data {json},
+                created_at {real} NOT NULL
+            )""",
+            "CREATE INDEX fine_tuning_events_job ON fine_tuning_events (job_id, created_at)",
+        ),
+    ),
 )
 
 DIALECT_TYPES = {

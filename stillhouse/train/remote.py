@@ -15,9 +15,9 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..errors import StillhouseError
+from ..openai.fine_tuning import TERMINAL
 from .config import TrainSettings
 
-TERMINAL = ("succeeded", "failed", "cancelled")
 MAX_POLL_INTERVAL = 60.0
 AZURE_API_VERSION = "2024-10-21"  # the GA version with fine-tuning
 
