@@ -9,6 +9,7 @@ fallback work on tool-call answers; and what is refused: arguments that are not 
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -511,3 +512,59 @@ def test_an_unsure_tool_call_falls_back_on_the_teachers_plain_and_streamed(
     for c in calls:  # the student's unsure call is kept too, as a call
         (captured,) = c.response["choices"][0]["message"]["tool_calls"]
         assert json.loads(captured["function"]["arguments"]) == {"city": "Berlin"}
+
+
+# -- the llama.cpp engine -----------------------------------------------------------------------
+def test_llama_cpp_renders_the_same_blocks_and_answers_a_tool_request(tmp_path: Path) -> None:
+    """The packaged SmolLM2 GGUF under `serve-model`: its prompt carries the same Hermes blocks
+    as training writes, and what it answers to a tool request comes back whole and streamed
+    without a broken call (this 135M base writes no call of its own: its `<tool_response>`
+    guess is text, and stays content)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("llama-cpp-python is missing: make install builds it (the cpu extra)")
+        pytest.skip("llama-cpp-python not installed (pip install 'stillhouse[cpu]')")
+    from stillhouse.engine.llamacpp import LlamaCppEngine
+    from stillhouse.engine.server import create_model_app
+
+    engine = LlamaCppEngine.load("smollm2-135m-instruct", threads=1)
+    history: list[dict[str, Any]] = []
+    for i, city in enumerate(["Paris", "Berlin"]):
+        arguments = json.dumps({"city": city})
+        call = {"id": f"c{i}", "type": "function"}
+        call["function"] = {"name": "get_weather", "arguments": arguments}
+        history += [
+            {"role": "user", "content": f"What is the weather in {city}?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": f"c{i}", "content": SKY[city]},
+            {"role": "assistant", "content": f"It is {SKY[city]} in {city}."},
+        ]
+    history.append({"role": "user", "content": "What is the weather in Tokyo?"})
+    prompt = engine._tokenizer.decode(engine.prompt_ids(history, [WEATHER]))
+    assert "<tools>\n" + json.dumps(WEATHER) + "\n</tools>" in prompt
+    assert (
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": '
+        '{"city": "Berlin"}}\n</tool_call><|im_end|>\n'
+        "<|im_start|>user\n<tool_response>\nrainy\n</tool_response><|im_end|>\n"
+    ) in prompt
+    server = ServerThread(create_model_app(engine, "smol", owns_engine=True)).start()
+    try:
+        client = client_of(server)
+        reply = client.chat.completions.create(
+            model="smol", messages=history, tools=[WEATHER], max_tokens=24
+        )
+        chunks = list(
+            client.chat.completions.create(
+                model="smol", messages=history, tools=[WEATHER], max_tokens=24, stream=True
+            )
+        )
+    finally:
+        server.stop()
+    message = reply.choices[0].message
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or ()]
+    assert not message.tool_calls and not calls
+    assert message.content.startswith("<tool_response>") and message.content == streamed
+    assert reply.choices[0].finish_reason == chunks[-1].choices[0].finish_reason == "stop"
