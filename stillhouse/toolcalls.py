@@ -178,7 +178,20 @@ class ToolCallSplitter:
         self._buffer = ""
         self._inside = False
         self._gap = ""  # the space dropped before the open block, given back if it is no call
+        self._after_call = False  # the space after a call is dropped too
+        self._said = False  # whether any content went out
         self.calls = 0
+
+    def _content(self, text: str, out: list[str | ToolCall]) -> None:
+        """Content out; text after a call is set off from text before it by one line break."""
+        if self._after_call:
+            text = text.lstrip()
+            self._after_call = not text
+            if text and self._said:
+                text = "\n" + text
+        if text:
+            self._said = True
+            out.append(text)
 
     def feed(self, text: str) -> list[str | ToolCall]:
         self._buffer += text
@@ -196,12 +209,10 @@ class ToolCallSplitter:
                 keep = _held(self._buffer)
                 ready = self._buffer[: len(self._buffer) - keep]
                 self._buffer = self._buffer[len(ready) :]
-                if ready:
-                    out.append(ready)
+                self._content(ready, out)
                 return out
             before = self._buffer[:start]
-            if before.rstrip():
-                out.append(before.rstrip())
+            self._content(before.rstrip(), out)
             self._gap = before[len(before.rstrip()) :]
             self._buffer, self._inside = self._buffer[start + len(OPEN) :], True
 
@@ -212,17 +223,18 @@ class ToolCallSplitter:
         rest, self._buffer = self._buffer, ""
         if self._inside:
             self._close(rest, "", out)
-        elif rest and (not self.calls or rest.strip()):
-            out.append(rest.rstrip() if self.calls else rest)
+        else:
+            self._content(rest.rstrip() if self.calls else rest, out)
         return out
 
     def _close(self, body: str, closer: str, out: list[str | ToolCall]) -> None:
         self._inside = False
         call = parse_call(body.strip())
         if call is None:  # not a call: its text is the answer's content, as the model wrote it
-            out.append(self._gap + OPEN + body + closer)
+            self._content(self._gap + OPEN + body + closer, out)
         else:
             self.calls += 1
+            self._after_call = True
             out.append(call)
         self._gap = ""
 
@@ -238,7 +250,7 @@ def split(text: str) -> tuple[str | None, list[ToolCall]]:
     content = "".join(p for p in pieces if isinstance(p, str))
     if not calls:
         return text, []
-    return (content.strip() or None), calls
+    return (content or None), calls
 
 
 def calls_in(text: str) -> list[ToolCall]:

@@ -127,6 +127,17 @@ class Weather:
     adapter: Path
     base: Path
 
+    def asked(self, city: str) -> list[dict[str, Any]]:
+        """A question about `city` the student was trained on (the holdout measures how it does
+        on new ones: this tiny student gets about nine in ten of those right)."""
+        with open_store(self.config.store.url) as store:
+            rows = [e.example for e in store.dataset_examples(self.dataset_id, "train")]
+        return next(
+            r["messages"][:1]
+            for r in rows
+            if len(r["messages"]) == 2 and city in r["messages"][0]["content"]
+        )
+
     def serve(self, threshold: float) -> tuple[Any, ServerThread, Config]:
         """The gateway with the trained student serving every session in auto mode; a student
         answer whose confidence is under `threshold` falls back on the teacher."""
@@ -254,16 +265,16 @@ def test_a_student_answer_splits_the_same_whole_or_streamed_token_by_token() -> 
         "Let me look.\n"
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
         '<tool_call>\n{"name": "get_weather", "arguments": "{\\"city\\": \\"Lima\\"}"}\n'
-        "</tool_call>"
+        "</tool_call>\n Done. "
     )
     calls = [ToolCall("get_weather", {"city": "Paris"}), ToolCall("get_weather", {"city": "Lima"})]
-    assert split(text) == ("Let me look.", calls)
+    assert split(text) == ("Let me look.\nDone.", calls)
     for size in (1, 2, 3, 7, 50):
         splitter, pieces = ToolCallSplitter(), []
         for start in range(0, len(text), size):
             pieces += splitter.feed(text[start : start + size])
         pieces += splitter.finish()
-        assert "".join(p for p in pieces if isinstance(p, str)) == "Let me look."
+        assert "".join(p for p in pieces if isinstance(p, str)) == "Let me look.\nDone."
         assert [p for p in pieces if isinstance(p, ToolCall)] == calls
     # arguments that are not JSON: the text is the answer, never a broken call
     broken = '<tool_call>\n{"name": "get_weather", "arguments": {city: Paris}}\n</tool_call>'
@@ -421,7 +432,7 @@ def test_the_trained_student_calls_the_tool_through_the_gateway_plain_and_stream
     client = client_of(server)
     try:
         for city in CITIES:
-            asked = [{"role": "user", "content": f"hello, is it raining in {city} today 42"}]
+            asked = weather.asked(city)
             raw = client.chat.completions.with_raw_response.create(
                 model="support", messages=asked, tools=[WEATHER]
             )
@@ -451,7 +462,7 @@ def test_the_trained_student_calls_the_tool_through_the_gateway_plain_and_stream
         chunks = list(
             client.chat.completions.create(
                 model="support",
-                messages=[{"role": "user", "content": "hey, weather for Tokyo please 7"}],
+                messages=weather.asked("Tokyo"),
                 tools=[WEATHER],
                 stream=True,
             )
@@ -488,7 +499,7 @@ def test_an_unsure_tool_call_falls_back_on_the_teachers_plain_and_streamed(
     # confidences are log-probabilities (<= 0): just over 0 is over any, so always unsure
     app, server, config = weather.serve(threshold=1e-9)  # (a fallback is never shadowed)
     client = client_of(server)
-    asked = [{"role": "user", "content": "hi, how warm is it in Berlin 5"}]
+    asked = weather.asked("Berlin")
     try:
         raw = client.chat.completions.with_raw_response.create(
             model="support", messages=asked, tools=[WEATHER]

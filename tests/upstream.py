@@ -17,6 +17,7 @@ import contextlib
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,7 +110,8 @@ def _tool_calls(
         name, arguments = tools[0]["function"]["name"], {"query": text}
     return [
         {
-            "id": "call_" + str(abs(hash(text)) % 10**8),
+            # a digest, not hash(): the same answer gets the same id in every run
+            "id": "call_" + str(zlib.crc32(orjson.dumps([name, arguments, text])) % 10**8),
             "type": "function",
             "function": {"name": name, "arguments": orjson.dumps(arguments).decode()},
         }

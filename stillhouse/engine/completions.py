@@ -233,13 +233,13 @@ class LocalCompletions:
         try:
             yield chunk({"role": "assistant", "content": ""})
             async for event in self._follow(*submitted):
-                if isinstance(event, Delta) and splitter is None:
-                    lp = _logprobs(event.tokens) if request.logprobs else None
-                    yield chunk({"content": event.text}, lp=lp)
-                elif isinstance(event, Delta):
+                if isinstance(event, Delta) and splitter is not None:
                     held.extend(event.tokens)
                     for shown in pieces(splitter.feed(event.text)):
                         yield shown
+                elif isinstance(event, Delta):
+                    lp = _logprobs(event.tokens) if request.logprobs else None
+                    yield chunk({"content": event.text}, lp=lp)
                 elif isinstance(event, Finished):
                     if splitter is not None:
                         for shown in pieces(splitter.finish()):
