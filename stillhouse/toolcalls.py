@@ -38,10 +38,6 @@ class ToolCall:
     name: str
     arguments: dict[str, Any]
 
-    def block(self) -> str:
-        """The call as the model writes it."""
-        return _block(self.name, self.arguments)
-
     def openai(self, index: int | None = None) -> dict[str, Any]:
         """The call in OpenAI's shape (`message.tool_calls[i]`; with `index`, a stream delta's),
         its arguments a JSON string and a fresh id."""
