@@ -2,9 +2,11 @@
 task's format, and how sure the model was of it. Offline validation, shadow comparisons, review,
 drift and rollout all call these functions, so "agreement" means one thing everywhere.
 
-Ground floor: imports nothing of the project but stats (the one percentile). Every agreement is
-0 or 1 (`agree`): a continuous score (a cosine) is cut at its metric's threshold here, never
-averaged as if it were a rate.
+Ground floor: imports nothing of the project but stats (the one percentile) and toolcalls (how
+a tool call is written as text). Every agreement is 0 or 1 (`agree`): a continuous score (a
+cosine) is cut at its metric's threshold here, never averaged as if it were a rate. An answer
+that calls tools is text too, its calls written as `<tool_call>` blocks (`answer_text`), and is
+compared as calls under every metric.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from .stats import percentile
+from .toolcalls import ToolCall, assistant_text, calls_in
 
-Metric = Literal["exact", "json", "similarity", "judge"]
+Metric = Literal["exact", "json", "similarity", "judge", "tool_call"]
 
 # Cosine at or above which two answers say the same thing. Paraphrases of one short answer sit
 # above 0.85 with all-MiniLM-L6-v2; character n-gram counts need shared spelling, so their cut is
@@ -65,8 +68,9 @@ def message_text(message: dict[str, Any]) -> str:
 
 
 def answer_text(response: dict[str, Any] | None) -> str:
-    """The first choice's answer as text ('' when there is none)."""
-    return message_text(first_message(response))
+    """The first choice's answer as the model says it ('' when there is none): its content, then
+    each tool call as a `<tool_call>` block, which `agree` reads back as calls."""
+    return assistant_text(first_message(response))
 
 
 # -- normalisation and JSON -----------------------------------------------------------------
@@ -103,6 +107,9 @@ def canonical(metric: Metric, text: str) -> str:
     """One key per answer such that equal keys agree under exact and json (for json, the sorted
     flattened fields when it parses, else the normalised text): the majority-answer baseline
     counts answers by it."""
+    calls = calls_in(text)
+    if calls:
+        return json.dumps(sorted(_call_key(c) for c in calls))
     if metric == "json":
         ok, value = parse_json(text)
         if ok:
@@ -138,9 +145,12 @@ def format_ok(
     text: str, finish_reason: str | None, metric: Metric, schema: dict[str, Any] | None
 ) -> bool:
     """Format compliance: with a response_schema, valid JSON that satisfies it; with the json
-    metric, valid JSON; always, an answer that finished rather than ran out of tokens."""
+    metric, valid JSON; always, an answer that finished rather than ran out of tokens. An answer
+    that calls tools complies: the schema describes the final answer, not a tool-calling turn."""
     if finish_reason == "length" or not text.strip():
         return False
+    if calls_in(text):
+        return True
     if schema is not None:
         return schema_errors(text, schema) is None
     if metric == "json":
@@ -211,8 +221,33 @@ def cosines(a: Sequence[str], b: Sequence[str]) -> tuple[list[float], str]:
 
 
 # -- agreement -------------------------------------------------------------------------------
+def _call_key(call: ToolCall) -> tuple[str, str]:
+    return call.name, json.dumps(call.arguments, sort_keys=True, default=str)
+
+
+def _in_order(calls: Sequence[ToolCall]) -> list[tuple[str, Any]]:
+    """(name, arguments) of each call, in an order of their own: parallel calls come in any."""
+    return [(c.name, c.arguments) for c in sorted(calls, key=_call_key)]
+
+
+def tool_calls_agree(teacher: str, student: str) -> bool | None:
+    """The `tool_call` comparison: the same function names with equal JSON arguments (parsed,
+    so key order and spacing do not matter). None when neither answer calls a tool; a tool call
+    against a text answer disagrees."""
+    theirs, mine = calls_in(teacher), calls_in(student)
+    if not theirs and not mine:
+        return None
+    return _in_order(theirs) == _in_order(mine)
+
+
 def _text_or_json_agree(metric: Metric, teacher: str, student: str) -> bool | None:
-    """exact and json agreement; None for the metrics that need a cosine."""
+    """tool_call, exact and json agreement; None for the metrics that need a cosine. Answers
+    that call tools are compared as calls whatever the metric."""
+    calls = tool_calls_agree(teacher, student)
+    if calls is not None:
+        return calls
+    if metric == "tool_call":
+        metric = "exact"  # neither answer calls a tool: their texts are compared
     if metric == "json":
         ok_t, value_t = parse_json(teacher)
         if ok_t:  # a teacher that did not answer JSON is compared as text
@@ -248,7 +283,9 @@ def agreements(
 
 def agree(metric: Metric, teacher: str, student: str) -> bool:
     """Whether `student` says what `teacher` said, under the task's metric: exact (normalised
-    text), json (every field equal, strings normalised), similarity (cosine at its threshold)."""
+    text), json (every field equal, strings normalised), similarity (cosine at its threshold),
+    tool_call (the same calls with equal arguments; texts compared as exact). Whatever the
+    metric, when either answer calls a tool the two are compared as tool calls."""
     return agreements(metric, [teacher], [student])[0][0]
 
 

@@ -41,7 +41,7 @@ class GraceConfig(Table):
 
 class GateConfig(Table):
     agreement: float = Field(0.92, ge=0, le=1)
-    metric: Literal["exact", "json", "similarity", "judge"] = "exact"
+    metric: Literal["exact", "json", "similarity", "judge", "tool_call"] = "exact"
     kept_agreement: float = Field(0.97, ge=0, le=1)
     format_compliance: float = Field(
         0.99, ge=0, le=1, description="share of answers that must be well-formed"

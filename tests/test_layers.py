@@ -15,7 +15,17 @@ PACKAGE = Path(__file__).resolve().parent.parent / "stillhouse"
 # stillhouse; a unit may import units on its own floor or below. The composition roots (cli,
 # demo, worker) are the top.
 FLOORS: list[tuple[str, ...]] = [
-    ("errors", "tiers", "taskconfig", "config", "answers", "stats", "intents", "openai"),
+    (
+        "errors",
+        "tiers",
+        "taskconfig",
+        "config",
+        "answers",
+        "toolcalls",
+        "stats",
+        "intents",
+        "openai",
+    ),
     ("pricing_catalog", "pricing"),
     ("store",),
     ("engine",),

@@ -17,6 +17,7 @@ import contextlib
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,9 @@ class UpstreamBehaviour:
     latency: float = 0.0  # seconds before answering
     chunk_delay: float = 0.0  # seconds between streamed chunks
     reply: Callable[[dict[str, Any]], str] = default_reply
+    # the call to make when the request offers tools: (name, arguments), or None to answer with
+    # text; unset, it calls the first tool with {"query": <reply>}
+    tool_call: Callable[[dict[str, Any]], tuple[str, dict[str, Any]] | None] | None = None
     failures: list[Failure] = field(default_factory=list)  # consumed one per request
     cut_stream_after: int | None = None  # close the SSE stream after this many chunks
     stall_stream_after: int | None = None  # go silent (for an hour) after this many chunks
@@ -91,16 +95,25 @@ def _logprobs(tokens: list[str], top: int) -> dict[str, Any]:
     return {"content": content, "refusal": None}
 
 
-def _tool_calls(body: dict[str, Any], text: str) -> list[dict[str, Any]] | None:
+def _tool_calls(
+    body: dict[str, Any], text: str, behaviour: UpstreamBehaviour
+) -> list[dict[str, Any]] | None:
     tools = body.get("tools") or []
     if not tools or body.get("tool_choice") == "none":
         return None
-    name = tools[0]["function"]["name"]
+    if behaviour.tool_call is not None:
+        chosen = behaviour.tool_call(body)
+        if chosen is None:
+            return None
+        name, arguments = chosen
+    else:
+        name, arguments = tools[0]["function"]["name"], {"query": text}
     return [
         {
-            "id": "call_" + str(abs(hash(text)) % 10**8),
+            # a digest, not hash(): the same answer gets the same id in every run
+            "id": "call_" + str(zlib.crc32(orjson.dumps([name, arguments, text])) % 10**8),
             "type": "function",
-            "function": {"name": name, "arguments": orjson.dumps({"query": text}).decode()},
+            "function": {"name": name, "arguments": orjson.dumps(arguments).decode()},
         }
     ]
 
@@ -151,7 +164,7 @@ def build_app(behaviour: UpstreamBehaviour) -> Starlette:
             "completion_tokens": len(tokens),
             "total_tokens": prompt_tokens + len(tokens),
         }
-        tool_calls = _tool_calls(body, text)
+        tool_calls = _tool_calls(body, text, behaviour)
         finish = "tool_calls" if tool_calls else "stop"
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         if max_tokens and len(tokens) > max_tokens:

@@ -14,6 +14,7 @@ import orjson
 
 from ..config import TaskConfig
 from ..store.records import Call, Score
+from ..toolcalls import message_calls
 from .normalize import answer_message, content_text
 
 # Score labels that mean "this answer was bad" (Langfuse categorical scores, thumbs widgets).
@@ -60,6 +61,8 @@ def _incomplete(call: Call, ctx: FilterContext) -> bool:
     answer = answer_message(call)
     if answer is None:
         return True
+    if any(not isinstance(args, dict) for _, args in message_calls(answer)):
+        return True  # a call whose arguments are no JSON object would teach a broken call
     return not content_text(answer.get("content")).strip() and not answer.get("tool_calls")
 
 

@@ -1,5 +1,7 @@
 """OpenAI chat completions answered by a local Engine: request -> sampling parameters, engine
-events -> `chat.completion` and `chat.completion.chunk` dicts, confidence attached.
+events -> `chat.completion` and `chat.completion.chunk` dicts, confidence attached. When the
+request offers tools, the `<tool_call>` blocks the model writes (toolcalls.py) come back as
+OpenAI `tool_calls`, whole or as stream deltas.
 
 Shared by the in-process `local` provider and the `serve-model` server, so both speak exactly the
 same wire format. Generation runs on the engine's worker thread; nothing here blocks the loop.
@@ -16,6 +18,7 @@ from typing import Any
 
 from ..errors import BadRequest
 from ..openai.protocol import ChatCompletionRequest
+from ..toolcalls import ToolCall, ToolCallSplitter, split
 from .confidence import confidence
 from .grammar import response_schema
 from .sequence import (
@@ -62,9 +65,31 @@ def _messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:
             content = "".join(p.get("text", "") for p in content if p.get("type") == "text")
         message: dict[str, Any] = {"role": m.role, "content": content or ""}
         if m.tool_calls:
-            message["tool_calls"] = m.tool_calls
+            message["tool_calls"] = [c.model_dump(exclude_none=True) for c in m.tool_calls]
+        if m.function_call:
+            message["function_call"] = m.function_call.model_dump(exclude_none=True)
         out.append(message)
     return out
+
+
+def _calls_tools(request: ChatCompletionRequest) -> bool:
+    """Whether the answer is read for tool calls: the request offers tools and allows them."""
+    return bool(request.tools) and request.tool_choice != "none"
+
+
+def _message(text: str, request: ChatCompletionRequest) -> dict[str, Any]:
+    """The answer's message: its text, or the calls in it and what text is left."""
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if _calls_tools(request):
+        content, calls = split(text)
+        if calls:
+            message.update(content=content, tool_calls=[c.openai() for c in calls])
+    return message
+
+
+def _finish_reason(finished: str, calls: int) -> str:
+    """`tool_calls` for an answer that ended by itself after calling; a cut one stays `length`."""
+    return "tool_calls" if calls and finished == "stop" else finished
 
 
 def _entry(token: TokenLogprob) -> dict[str, Any]:
@@ -160,11 +185,14 @@ class LocalCompletions:
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         async for event in self._follow(*await self._submit(request)):
             if isinstance(event, Finished):
+                message = _message(event.text, request)
                 choice = {
                     "index": 0,
-                    "message": {"role": "assistant", "content": event.text, "refusal": None},
+                    "message": message,
                     "logprobs": _logprobs(event.tokens) if request.logprobs else None,
-                    "finish_reason": event.finish_reason,
+                    "finish_reason": _finish_reason(
+                        event.finish_reason, len(message.get("tool_calls") or ())
+                    ),
                 }
                 return {
                     **self._base("chat.completion", cid, created),
@@ -175,24 +203,50 @@ class LocalCompletions:
         raise AssertionError("the engine ended a request without finishing it")
 
     async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[dict[str, Any], None]:
-        """Chunks: the role, one per text delta, the finish reason (with `stillhouse`), then
-        usage when stream_options.include_usage is set."""
+        """Chunks: the role, one per text delta (or tool call), the finish reason (with
+        `stillhouse`), then usage when stream_options.include_usage is set."""
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         base = self._base("chat.completion.chunk", cid, created)
+        splitter = ToolCallSplitter() if _calls_tools(request) else None
+        held: list[TokenLogprob] = []  # tokens of text held back until it is known to be a call
+        calls = 0
 
         def chunk(delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> Any:
             choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
             return {**base, "choices": [choice]}
 
+        def pieces(found: list[str | ToolCall]) -> list[dict[str, Any]]:
+            """A chunk per piece; the held tokens' logprobs go with the first."""
+            nonlocal calls
+            out = []
+            for piece in found:
+                lp = _logprobs(tuple(held)) if request.logprobs and held else None
+                held.clear()
+                if isinstance(piece, ToolCall):
+                    out.append(chunk({"tool_calls": [piece.openai(calls)]}, lp=lp))
+                    calls += 1
+                else:
+                    out.append(chunk({"content": piece}, lp=lp))
+            return out
+
         submitted = await self._submit(request)
         try:
             yield chunk({"role": "assistant", "content": ""})
             async for event in self._follow(*submitted):
-                if isinstance(event, Delta):
+                if isinstance(event, Delta) and splitter is not None:
+                    held.extend(event.tokens)
+                    for shown in pieces(splitter.feed(event.text)):
+                        yield shown
+                elif isinstance(event, Delta):
                     lp = _logprobs(event.tokens) if request.logprobs else None
                     yield chunk({"content": event.text}, lp=lp)
                 elif isinstance(event, Finished):
-                    yield {**chunk({}, event.finish_reason), "stillhouse": extension(event)}
+                    if splitter is not None:
+                        for shown in pieces(splitter.finish()):
+                            yield shown
+                    finish = _finish_reason(event.finish_reason, calls)
+                    lp = _logprobs(tuple(held)) if request.logprobs and held else None
+                    yield {**chunk({}, finish, lp), "stillhouse": extension(event)}
                     if (request.stream_options or {}).get("include_usage"):
                         yield {**base, "choices": [], "usage": _usage(event)}
         finally:

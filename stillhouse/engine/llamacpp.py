@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterError, BadRequest, ConfigError
+from ..toolcalls import chat_messages
 from .gguf_files import adapter_gguf, model_gguf
 from .sequence import (
     Decoding,
@@ -198,8 +199,10 @@ class LlamaCppEngine:
 
     # -- requests ----------------------------------------------------------------------------
     def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
-        """The GGUF's chat template applied to `messages`, ending with the assistant's turn."""
-        prompt = self._format(messages=messages, tools=tools).prompt  # type: ignore[arg-type]
+        """The GGUF's chat template applied to `messages`, ending with the assistant's turn; tools
+        and tool calls rendered as training rendered them (toolcalls.chat_messages)."""
+        plain = chat_messages(messages, tools)
+        prompt = self._format(messages=plain).prompt  # type: ignore[arg-type]
         return [int(t) for t in self.llm.tokenize(prompt.encode(), add_bos=False, special=True)]
 
     def submit(

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..toolcalls import chat_messages
 from .grammar import Grammars, advance, mask_rows, matcher
 from .kvcache import (
     PrefixCache,
@@ -101,9 +102,10 @@ class Engine:
 
     # -- requests ----------------------------------------------------------------------------
     def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
-        """The chat template applied to `messages`, ending with the assistant's turn."""
+        """The chat template applied to `messages`, ending with the assistant's turn; tools and
+        tool calls rendered as training rendered them (toolcalls.chat_messages)."""
         encoded = self.tokenizer.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=True, tokenize=True
+            chat_messages(messages, tools), add_generation_prompt=True, tokenize=True
         )
         # transformers 5 returns a BatchEncoding here, 4.x a plain list
         ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded

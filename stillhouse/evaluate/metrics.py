@@ -10,7 +10,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..answers import Metric, agree, agreements, flatten, normalise, parse_json, similarity_method
+from ..answers import (
+    Metric,
+    agree,
+    agreements,
+    flatten,
+    normalise,
+    parse_json,
+    similarity_method,
+    tool_calls_agree,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +96,10 @@ async def judge(
     chat completion), one call per example, greedy."""
     out = []
     for request, student, teacher in zip(requests, students, teachers, strict=True):
+        calls = tool_calls_agree(teacher, student)
+        if calls is not None:  # a tool call is graded as one: no judge needed to compare calls
+            out.append(Scored(float(calls), None, "tool call"))
+            continue
         if normalise(student) == normalise(teacher):
             out.append(Scored(1.0, None, "identical"))  # no call needed to grade a copy
             continue
@@ -102,11 +115,9 @@ async def judge(
 
 
 def score(metric: Metric, students: Sequence[str], teachers: Sequence[str]) -> list[Scored]:
-    """Scores for the metrics that need no model call (exact, json, similarity)."""
-    if metric == "exact":
-        return [
-            Scored(float(agree("exact", t, s))) for s, t in zip(students, teachers, strict=True)
-        ]
+    """Scores for the metrics that need no model call (exact, json, similarity, tool_call)."""
+    if metric in ("exact", "tool_call"):
+        return [Scored(float(agree(metric, t, s))) for s, t in zip(students, teachers, strict=True)]
     if metric == "json":
         return [json_fields(s, t) for s, t in zip(students, teachers, strict=True)]
     if metric == "similarity":

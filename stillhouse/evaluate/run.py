@@ -23,6 +23,7 @@ from ..errors import StillhouseError
 from ..stats import binomial_interval, mean, paired_difference_ci, percentile, rate_interval
 from ..store.base import TraceStore
 from ..store.records import Candidate, Verdict, new_id
+from ..toolcalls import assistant_text
 from . import metrics
 from .calibrate import SIGNAL, calibrate, coverage
 from .gate import Evidence, Rules, decide
@@ -31,7 +32,8 @@ from .serve import Answer, serve
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One holdout example: the request as the teacher saw it and the teacher's answer."""
+    """One holdout example: the request as the teacher saw it and the teacher's answer (its tool
+    calls as `<tool_call>` blocks, which agreement compares as calls)."""
 
     call_id: str
     intent: str
@@ -48,8 +50,9 @@ def holdout_items(store: TraceStore, dataset_id: str, split: str = "holdout") ->
     for e in store.dataset_examples(dataset_id, split):
         messages = e.example["messages"]
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
-        if last < 1 or not isinstance(messages[last].get("content"), str):
-            continue  # a tool-call-only answer: nothing textual to compare (yet)
+        teacher = assistant_text(messages[last]) if last >= 1 else ""
+        if not teacher:
+            continue  # no request before the answer, or an answer with nothing in it
         call = store.get_call(e.call_id)
         reference = (call.metadata or {}).get("reference") if call is not None else None
         items.append(
@@ -57,7 +60,7 @@ def holdout_items(store: TraceStore, dataset_id: str, split: str = "holdout") ->
                 e.call_id,
                 e.intent,
                 tuple(messages[:last]),
-                messages[last]["content"],
+                teacher,
                 reference,
                 e.example.get("tools"),
             )

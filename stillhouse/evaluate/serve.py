@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..answers import confidence_of
+from ..answers import answer_text, confidence_of
 from ..config import ModelConfig
 
 
@@ -31,7 +31,7 @@ class Answer:
 
 def _answer(reply: dict[str, Any], latency_ms: float) -> Answer:
     choice = (reply.get("choices") or [{}])[0]
-    text = (choice.get("message") or {}).get("content") or ""
+    text = answer_text(reply)  # tool calls included, as `<tool_call>` blocks agreement reads
     confidence = confidence_of(reply)  # the engine's own, or a remote model's logprobs reduced
     usage = reply.get("usage") or {}
     return Answer(

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from ..errors import BadRequest
 
@@ -22,16 +23,46 @@ MAX_DEPTH = 128
 M = TypeVar("M", bound=BaseModel)
 
 
+def _json_arguments(value: str) -> str:
+    """A call's arguments must be a JSON document: a student is trained on them, and a teacher
+    must not be sent what no model could have written."""
+    try:
+        orjson.loads(value)
+    except orjson.JSONDecodeError as err:
+        raise PydanticCustomError(
+            "invalid_json", "the arguments are not valid JSON ({error})", {"error": str(err)}
+        ) from None
+    return value
+
+
 # strict: a field of the wrong JSON type is a 400, never coerced (`"top_p": false` is not 0),
 # because the body goes upstream as sent.
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str = Field(min_length=1)
+    arguments: str
+
+    _arguments = field_validator("arguments")(_json_arguments)
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    id: str | None = None
+    type: str = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    function_call: FunctionCall | None = None  # legacy function calling
 
 
 class ChatCompletionRequest(BaseModel):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StillhouseError
+from ..toolcalls import chat_messages
 from .config import TrainSettings
 from .loss import IGNORE, batch_loss
 
@@ -74,9 +75,11 @@ class TrainResult:
 
 # -- data ------------------------------------------------------------------------------------
 def _render(tokenizer: Any, messages: Sequence[dict[str, Any]], tools: Any, prompt: bool) -> str:
+    """The chat template over the messages with their tools and tool calls written out as the
+    engines write them when serving (toolcalls.chat_messages): one rendering for both."""
     return str(
         tokenizer.apply_chat_template(
-            list(messages), tools=tools, tokenize=False, add_generation_prompt=prompt
+            chat_messages(messages, tools), tokenize=False, add_generation_prompt=prompt
         )
     )
 
