@@ -50,6 +50,8 @@ def ask_for_logprobs(forward: dict[str, Any]) -> bool:
     if forward.get("logprobs"):
         return False
     forward["logprobs"] = True
+    # one alternative too: llama-cpp-python's server returns no logprobs without top_logprobs
+    forward.setdefault("top_logprobs", 1)
     return True
 
 
