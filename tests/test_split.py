@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,23 @@ def test_retold_tickets_never_straddle_the_split() -> None:
     doc = report.to_json()
     assert doc["groups"] == 120 and doc["largest_group"] == 3
     assert 0 <= doc["holdout_max_similarity_to_train"] < 0.5
+
+
+def test_curation_reports_the_teachers_consistency_over_retellings() -> None:
+    """A teacher that answers each retelling of a case anew (here: at random) is inconsistent;
+    one that answers the case is consistent: the ceiling a student's agreement runs into."""
+    calls, _ = retold_tickets(60)
+    noisy = curate_calls("s", task(), calls).to_json()["teacher_consistency"]
+    # 48 pairs and 12 triples, every answer different: the majority holds 1 of each group
+    assert noisy["examples"] == 132 and noisy["agreement"] == 60 / 132
+    steady = [replace(c, response=_answer(c.id.split("_")[1])) for c in calls]
+    doc = curate_calls("s", task(), steady).to_json()["teacher_consistency"]
+    assert doc["examples"] == 132 and doc["agreement"] == 1.0
+    assert doc["agreement_ci"][0] > 0.97 > noisy["agreement_ci"][1]
+
+
+def _answer(case: str) -> dict[str, object]:
+    return {"choices": [{"message": {"role": "assistant", "content": f"case {case}"}}]}
 
 
 def test_the_old_split_would_straddle_them() -> None:

@@ -32,6 +32,14 @@ def curate(config: Config, task: str, as_json: bool) -> None:
     )
     removed = ", ".join(f"{k} {v}" for k, v in doc["removed"].items() if v)
     click.echo(f"removed: {removed or 'nothing'}")
+    consistency = doc.get("teacher_consistency") or {}
+    if consistency.get("agreement") is not None:
+        low, high = consistency["agreement_ci"]
+        click.echo(
+            f"teacher consistency over retellings: {consistency['agreement']:.1%} "
+            f"[{low:.1%}, {high:.1%}] of {consistency['examples']} (a student's ceiling: "
+            "docs/quality.md)"
+        )
 
 
 @main.command()

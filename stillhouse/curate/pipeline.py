@@ -18,16 +18,24 @@ from typing import Any
 
 import orjson
 
+from ..answers import canonical
 from ..config import Config, TaskConfig
 from ..store.base import TraceStore
 from ..store.records import Call, Dataset, DatasetExample, Score
+from ..toolcalls import assistant_text
 from . import intent_model, snapshot
 from .dedupe import dedupe, similar_pairs, words
 from .filters import apply_filters, describe
 from .intents import assign_intents
 from .normalize import to_example, user_text
 from .pii import Scrubber
-from .split import cap_per_intent, group_rows, group_split, holdout_similarity
+from .split import (
+    cap_per_intent,
+    group_rows,
+    group_split,
+    holdout_similarity,
+    teacher_consistency,
+)
 
 STAGES = ("filters", "normalize", "pii", "dedupe", "intents", "groups", "split")
 
@@ -64,6 +72,7 @@ def _grouping(config: Mapping[str, Any]) -> dict[str, Any]:
         "groups": g.get("groups"),
         "largest_group": g.get("largest"),
         "holdout_max_similarity_to_train": g.get("holdout_max_similarity_to_train"),
+        "teacher_consistency": g.get("teacher_consistency"),
     }
 
 
@@ -182,10 +191,12 @@ def curate_calls(
         pinned=[False] * len(examples) + [True] * len(fixes),
     )
     sizes = Counter(groups[: len(examples)])
+    answers = [canonical(task.gate.metric, assistant_text(e.messages[-1])) for e in examples]
     grouping = {
         "groups": len(sizes),
         "largest": max(sizes.values(), default=0),
         **_leak(texts, splits, cfg.group_similarity),
+        "teacher_consistency": teacher_consistency(groups[: len(examples)], answers).to_json(),
     }
     order = sorted(
         range(len(examples)), key=lambda i: (examples[i].created_at, examples[i].call_id)

@@ -147,3 +147,37 @@ def cap_per_intent(
         members.sort(key=lambda i: (created_at[i], keys[i]), reverse=True)
         kept.extend(members[:cap])
     return sorted(kept)
+
+
+@dataclass(frozen=True, slots=True)
+class Consistency:
+    """How often the teacher gave a retold case the answer it gave most often to that case's
+    group: `agreement` over the `examples` in groups of two or more (None: no such group)."""
+
+    examples: int
+    agreement: float | None
+    agreement_ci: tuple[float, float]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "examples": self.examples,
+            "agreement": self.agreement,
+            "agreement_ci": list(self.agreement_ci),
+        }
+
+
+def teacher_consistency(groups: Sequence[int], answers: Sequence[str]) -> Consistency:
+    """The teacher's own consistency over retellings (answers as canonical keys, one per row):
+    a student that learns the case, not the wording, agrees with the teacher at most about this
+    often on new retellings (docs/quality.md). Measured in sample: it reads high."""
+    from ..stats import binomial_interval
+
+    members: dict[int, list[str]] = {}
+    for g, answer in zip(groups, answers, strict=True):
+        members.setdefault(g, []).append(answer)
+    n = right = 0
+    for keys in members.values():
+        if len(keys) > 1:
+            n += len(keys)
+            right += Counter(keys).most_common(1)[0][1]
+    return Consistency(n, right / n if n else None, binomial_interval(right, n))
