@@ -340,7 +340,15 @@ def confidence_of(response: dict[str, Any] | None) -> dict[str, Any] | None:
     return token_confidence(logprobs) if logprobs else None
 
 
-def routing_confidence(response: dict[str, Any] | None) -> float | None:
-    """The one number the router compares with the calibrated threshold (`p10`)."""
-    value = (confidence_of(response) or {}).get("p10")
+# The reductions of token logprobs a threshold may be calibrated on (evaluate.calibrate chooses
+# one per candidate on the out-of-sample coverage curve); p10 when nothing chose.
+SIGNALS = ("p10", "min", "mean")
+DEFAULT_SIGNAL = "p10"
+
+
+def routing_confidence(
+    response: dict[str, Any] | None, signal: str = DEFAULT_SIGNAL
+) -> float | None:
+    """One number of `confidence_of`: the signal a threshold is compared on."""
+    value = (confidence_of(response) or {}).get(signal)
     return float(value) if isinstance(value, int | float) else None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from .answers import message_text
+from .answers import DEFAULT_SIGNAL, message_text
 from .config import TaskConfig
 from .intents import IntentModel
 from .store.records import Role
@@ -46,6 +46,9 @@ class TaskRoute:
     incumbent: str | None = None
     incumbent_serving: Mapping[str, Any] | None = None
     incumbent_threshold: float | None = None
+    # which `stillhouse.confidence` reduction each threshold is on (evaluate.calibrate chose it)
+    signal: str = DEFAULT_SIGNAL
+    incumbent_signal: str = DEFAULT_SIGNAL
 
 
 class RoutingTable:
@@ -122,12 +125,26 @@ def choose_route(
 
 
 def needs_fallback(
-    task: TaskConfig, entry: TaskRoute | None, route: Route, confidence: float | None
+    task: TaskConfig,
+    entry: TaskRoute | None,
+    route: Route,
+    confidence: Mapping[str, Any] | None,
 ) -> bool:
-    """A student answer in auto mode whose confidence is under the calibrated threshold is
-    replaced by the teacher's. No threshold or no confidence reported: no fallback."""
+    """A student answer in auto mode whose confidence (`answers.confidence_of`: min, mean,
+    p10), on the signal its threshold was calibrated on, is under that threshold is replaced
+    by the teacher's. No threshold or no confidence reported: no fallback."""
     threshold = fallback_threshold(task, entry, route)
-    return threshold is not None and confidence is not None and confidence < threshold
+    if threshold is None or not confidence or entry is None:
+        return False
+    value = confidence.get(fallback_signal(entry, route))
+    return isinstance(value, int | float) and value < threshold
+
+
+def fallback_signal(entry: TaskRoute, route: Route) -> str:
+    """The confidence signal this route's threshold is on (the candidate's, or the incumbent's)."""
+    if entry.incumbent is not None and route.candidate == entry.incumbent:
+        return entry.incumbent_signal
+    return entry.signal
 
 
 def fallback_threshold(task: TaskConfig, entry: TaskRoute | None, route: Route) -> float | None:

@@ -206,3 +206,40 @@ def test_evaluation_serves_the_student_as_the_gateway_does() -> None:
     assert body["response_format"]["json_schema"] == {"name": "triage", "schema": SCHEMA}
     (free,) = request_bodies([item], None, _task(response_schema=SCHEMA, constrain_student=False))
     assert "response_format" not in free
+
+
+def test_the_fallback_signal_is_the_one_that_keeps_the_most_out_of_sample() -> None:
+    """A short structured answer whose one deciding token is unsure: its minimum logprob sees
+    it, its 10th percentile over many sure tokens barely does. The calibration picks the signal
+    (inside each cross-fit fold too, so the held-out figure pays for the choice)."""
+    rng = random.Random(3)
+    rows = []
+    for i in range(400):
+        right = i % 10 != 0  # 90% agree
+        deciding = rng.uniform(-0.05, 0) if right else rng.uniform(-2.5, -0.7)
+        rows.append(
+            ({"min": deciding, "p10": rng.uniform(-0.02, 0), "mean": rng.uniform(-0.05, 0)}, right)
+        )
+    signals = {s: [c[s] for c, _ in rows] for s in ("p10", "min", "mean")}
+    agree = [1.0 if r else 0.0 for _, r in rows]
+    on_p10 = calibrate(signals["p10"], agree, 0.95)
+    chosen = calibrate(signals, agree, 0.95)
+    assert chosen.signal == "min" and chosen.reached and not on_p10.reached
+    assert chosen.held_out is not None and chosen.held_out.teacher_share < 0.15
+    assert "chosen in each fold" in chosen.to_json()["method"]
+
+
+def test_the_chosen_signal_travels_from_the_verdict_to_the_router() -> None:
+    from stillhouse.lifecycle.states import State, TaskState
+    from stillhouse.lifecycle.table import entry_of
+    from stillhouse.lifecycle.transitions import promote
+    from stillhouse.store.records import Verdict
+
+    task = _task(student="t")
+    validating = TaskState("a", State.VALIDATING, detail={"dataset": "ds_1"})
+    verdict = Verdict(True, "passed", threshold=-0.5, signal="min")
+    rolling = promote(task, validating, "cand_1", verdict)
+    entry = entry_of(rolling)
+    assert (entry.threshold, entry.signal) == (-0.5, "min")
+    older = TaskState("a", State.SERVING, detail={"threshold": -0.5})  # stored before signals
+    assert entry_of(older).signal == "p10"

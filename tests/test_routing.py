@@ -50,19 +50,32 @@ def test_modes_override_the_share() -> None:
     assert choose_route(config_mode, TaskRoute(share=1.0), key="k").role == "teacher"
 
 
+def _sure(p10: float, **others: float) -> dict[str, float]:
+    return {"p10": p10, "min": p10, "mean": p10, **others}
+
+
 def test_fallback_only_under_the_threshold_in_auto_mode() -> None:
     entry = TaskRoute(state="rollout", share=1.0, threshold=0.6)
     student = choose_route(TASK, entry, key="k")
-    assert needs_fallback(TASK, entry, student, 0.2)
-    assert not needs_fallback(TASK, entry, student, 0.9)
+    assert needs_fallback(TASK, entry, student, _sure(0.2))
+    assert not needs_fallback(TASK, entry, student, _sure(0.9))
     assert not needs_fallback(TASK, entry, student, None)  # no confidence reported
-    assert not needs_fallback(TASK, TaskRoute(share=1.0), student, 0.2)  # no threshold
+    assert not needs_fallback(TASK, TaskRoute(share=1.0), student, _sure(0.2))  # no threshold
     pinned = TaskRoute(share=1.0, threshold=0.6, mode="student")
-    assert not needs_fallback(TASK, pinned, choose_route(TASK, pinned, key="k"), 0.2)
+    assert not needs_fallback(TASK, pinned, choose_route(TASK, pinned, key="k"), _sure(0.2))
     off = TaskConfig(teacher="big", student="small", routing={"fallback": "none"})
-    assert not needs_fallback(off, entry, student, 0.2)
+    assert not needs_fallback(off, entry, student, _sure(0.2))
     teacher = choose_route(TASK, TaskRoute(share=0.0, threshold=0.6), key="k")
-    assert not needs_fallback(TASK, entry, teacher, 0.2)
+    assert not needs_fallback(TASK, entry, teacher, _sure(0.2))
+
+
+def test_fallback_reads_the_signal_its_threshold_was_calibrated_on() -> None:
+    on_min = TaskRoute(state="rollout", share=1.0, threshold=0.6, signal="min")
+    student = choose_route(TASK, on_min, key="k")
+    sure_on_p10_only = _sure(0.9, min=0.2)
+    assert needs_fallback(TASK, on_min, student, sure_on_p10_only)
+    on_p10 = TaskRoute(state="rollout", share=1.0, threshold=0.6)
+    assert not needs_fallback(TASK, on_p10, student, sure_on_p10_only)
 
 
 def test_shadow_sampling_rate_and_only_for_student_calls() -> None:

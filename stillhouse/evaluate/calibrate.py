@@ -3,20 +3,22 @@ sent to the teacher and the agreement of the answers kept; the threshold to rout
 that choice holds on examples it was not chosen on (cross-fitted), which is what the gate judges.
 
 The router (gateway/chat.py) replaces a student answer whose confidence is *under* the threshold,
-so an answer is kept when confidence >= threshold. Pure functions; the confidence is the same
-signal the gateway compares (`stillhouse.confidence.p10`, a low quantile of token logprobs).
+so an answer is kept when confidence >= threshold. Pure functions; the confidence is one of the
+signals the gateway can compare (`stillhouse.confidence`: min, p10 or mean of the token
+logprobs), chosen per candidate (`pick`) where the curve keeps the most answers.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..answers import DEFAULT_SIGNAL
 from ..stats import binomial_interval
 
-SIGNAL = "p10"  # the key of `stillhouse.confidence` the gateway routes on
+SIGNAL = DEFAULT_SIGNAL  # the signal when only one is given
 FOLDS = 2  # cross-fitting: each half's threshold is chosen on the other half
 COVERAGE_POINTS = 21  # the coverage curve is drawn at most at this many thresholds
 
@@ -75,7 +77,8 @@ class Calibration:
             "kept_agreement": self.kept_agreement,
             "reached": self.reached,
             "held_out": self.held_out.to_json() if self.held_out else None,
-            "method": f"{FOLDS}-fold cross-fit, {SIGNAL}, lower bound of stats.binomial_interval",
+            "method": f"{FOLDS}-fold cross-fit (signal and threshold chosen in each fold), "
+            "lower bound of stats.binomial_interval",
             "curve": [p.to_json() for p in self.curve],
         }
 
@@ -118,23 +121,46 @@ def _folds(n: int, seed: int) -> list[int]:
     return fold
 
 
+Signals = Mapping[str, Sequence[float | None]]
+
+
+def pick(signals: Signals, agree: Sequence[float], target: float) -> tuple[str, float | None]:
+    """The signal and threshold to route with, chosen on these examples: of the signals whose
+    curve reaches `target` (on the lower bound), the one that keeps the most answers; when none
+    does, the best lower bound. Ties keep the signals' order (p10 first)."""
+    best: tuple[tuple[bool, float, float], str, float | None] | None = None
+    for name, confidences in signals.items():
+        known = [(c, a) for c, a in zip(confidences, agree, strict=True) if c is not None]
+        if not known:
+            continue
+        point, reached = choose(curve([c for c, _ in known], [a for _, a in known]), target)
+        kept = 1.0 - point.teacher_share
+        key = (reached, kept if reached else point.kept_low, point.kept_low if reached else kept)
+        if best is None or key > best[0]:
+            best = (key, name, point.threshold)
+    if best is None:  # no confidence reported: every answer is kept
+        return next(iter(signals), SIGNAL), None
+    return best[1], best[2]
+
+
 def cross_fit(
-    confidences: Sequence[float | None], agree: Sequence[float], target: float, seed: int = 0
+    confidences: Sequence[float | None] | Signals,
+    agree: Sequence[float],
+    target: float,
+    seed: int = 0,
 ) -> Point:
-    """Each fold judged by the threshold chosen on the other folds, pooled: what choosing a
-    threshold on this much data does on data it has not seen."""
+    """Each fold judged by the signal and threshold chosen on the other folds (`pick`), pooled:
+    what choosing them on this much data does on data they were not chosen on."""
+    signals = _signals(confidences)
     fold = _folds(len(agree), seed)
     kept = right = sent = 0.0
     for k in range(FOLDS):
-        fit = [(c, a) for c, a, f in zip(confidences, agree, fold, strict=True) if f != k]
-        test = [(c, a) for c, a, f in zip(confidences, agree, fold, strict=True) if f == k]
-        known = [(c, a) for c, a in fit if c is not None]
-        threshold = None
-        if known:
-            threshold = choose(curve([c for c, _ in known], [a for _, a in known]), target)[
-                0
-            ].threshold
-        judged = apply(threshold, [c for c, _ in test], [a for _, a in test])
+        fit = [i for i, f in enumerate(fold) if f != k]
+        test = [i for i, f in enumerate(fold) if f == k]
+        name, threshold = pick(
+            {n: [c[i] for i in fit] for n, c in signals.items()}, [agree[i] for i in fit], target
+        )
+        judged = apply(threshold, [signals[name][i] for i in test], [agree[i] for i in test])
         kept += judged.kept
         right += (judged.kept_agreement or 0.0) * judged.kept
         sent += len(test) - judged.kept
@@ -148,23 +174,41 @@ def cross_fit(
     )
 
 
+def _signals(confidences: Sequence[float | None] | Signals) -> Signals:
+    return confidences if isinstance(confidences, Mapping) else {SIGNAL: confidences}
+
+
 def calibrate(
-    confidences: Sequence[float | None], agree: Sequence[float], target: float, seed: int = 0
+    confidences: Sequence[float | None] | Signals,
+    agree: Sequence[float],
+    target: float,
+    seed: int = 0,
 ) -> Calibration:
-    """Choose the threshold whose kept answers reach `target` agreement (on the lower bound) with
-    the least teacher traffic, and judge that choice out of sample (`cross_fit`).
+    """Choose the signal and threshold whose kept answers reach `target` agreement (on the lower
+    bound) with the least teacher traffic (`pick`; one signal when `confidences` is a plain
+    sequence, else one of the mapping's), and judge that choice out of sample (`cross_fit`).
 
     Answers without a confidence (a remote model without logprobs) cannot be routed on and are
     kept, as the router keeps them; when none has one there is no threshold and every answer is
     kept. When the target is out of reach the threshold with the best lower bound is chosen, and
     `reached` is False: the gate fails on it unless the task's fallback is off."""
-    held_out = cross_fit(confidences, agree, target, seed) if agree else None
+    signals = _signals(confidences)
+    held_out = cross_fit(signals, agree, target, seed) if agree else None
     reached = held_out is not None and held_out.kept_low >= target
-    known = [(c, a) for c, a in zip(confidences, agree, strict=True) if c is not None]
+    name, _ = pick(signals, agree, target)
+    chosen = signals[name] if signals else []
+    known = [(c, a) for c, a in zip(chosen, agree, strict=True) if c is not None]
     if not known:
-        everything = apply(None, confidences, agree)
+        everything = apply(None, chosen, agree)
         return Calibration(
-            target, None, 0.0, everything.kept_agreement, reached, (), held_out=held_out
+            target,
+            None,
+            0.0,
+            everything.kept_agreement,
+            reached,
+            (),
+            held_out=held_out,
+            signal=name,
         )
     points = curve([c for c, _ in known], [a for _, a in known])
     point, _ = choose(points, target)
@@ -176,6 +220,7 @@ def calibrate(
         reached,
         tuple(points),
         held_out=held_out,
+        signal=name,
     )
 
 

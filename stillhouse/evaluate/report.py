@@ -73,7 +73,8 @@ def table(doc: dict[str, Any]) -> str:
             "confidence threshold",
             "none (no confidence reported)"
             if threshold is None
-            else f"{threshold:.3f}: {_pct(cal['teacher_share'])} to the teacher, kept "
+            else f"{threshold:.3f} on {cal.get('signal', 'p10')}: {_pct(cal['teacher_share'])} to "
+            "the teacher, kept "
             f"{_pct(cal['kept_agreement'])} (target {_pct(cal['target'])}"
             f"{'' if cal['reached'] else ', not reached'})",
         ),

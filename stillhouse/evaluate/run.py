@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..answers import agreements, canonical, format_ok, hallucinated
+from ..answers import SIGNALS, agreements, canonical, format_ok, hallucinated
 from ..config import Config, ModelConfig, TaskConfig
 from ..errors import StillhouseError
 from ..stats import binomial_interval, mean, paired_difference_ci, percentile, rate_interval
@@ -25,7 +25,7 @@ from ..store.base import TraceStore
 from ..store.records import Candidate, Verdict, new_id
 from ..toolcalls import assistant_text
 from . import metrics
-from .calibrate import SIGNAL, calibrate, coverage
+from .calibrate import calibrate, coverage
 from .gate import Evidence, Rules, decide
 from .serve import Answer, serve
 
@@ -163,7 +163,7 @@ def _write_answers(
                 "candidate": answer.text,
                 "agreement": a,
                 "format_ok": ok,
-                "confidence": (answer.confidence or {}).get(SIGNAL),
+                "confidence": {s: (answer.confidence or {}).get(s) for s in SIGNALS},
                 "error": answer.error,
             }
             f.write(json.dumps(row) + "\n")
@@ -325,8 +325,7 @@ def evaluate(
     scored, method = _scores(config, settings, items, answers)
     agree = [s.agree for s in scored]
     low, high = rate_interval(agree)
-    confidences = [(a.confidence or {}).get(SIGNAL) for a in answers]
-    per_intent, intent_curves = _per_intent(items, agree, confidences)
+    signals = {s: [(a.confidence or {}).get(s) for a in answers] for s in SIGNALS}
     baseline = majority_baseline(settings.gate.metric, [i.teacher for i in items])
     schema = settings.response_schema
     compliant = [format_ok(a.text, a.finish_reason, settings.gate.metric, schema) for a in answers]
@@ -344,7 +343,9 @@ def evaluate(
         for a in ok
         if (c := call_cost(price_for(price), a.input_tokens, a.output_tokens)) is not None
     ]
-    calibration = calibrate(confidences, agree, settings.gate.kept_agreement, seed=seed)
+    calibration = calibrate(signals, agree, settings.gate.kept_agreement, seed=seed)
+    confidences = signals[calibration.signal]  # the coverage curves are drawn on the chosen one
+    per_intent, intent_curves = _per_intent(items, agree, confidences)
 
     versus: dict[str, Any] | None = None
     if incumbent is not None and incumbent != candidate.id:
@@ -482,6 +483,7 @@ def validate(
         passed=bool(doc["passed"]),
         reason=str(doc["reason"]),
         threshold=doc["confidence_threshold"],
+        signal=str(doc["calibration"]["signal"]),
         eval_run_id=str(doc["eval"]),
         metrics={
             k: doc[k]

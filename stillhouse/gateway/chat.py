@@ -15,7 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..answers import routing_confidence
+from ..answers import confidence_of
 from ..config import Config
 from ..errors import UpstreamError
 from ..openai.http import error_response, json_response, read_body
@@ -91,7 +91,7 @@ class ChatCompletions:
             self.capture.error(x.call, err, started)
             return self._stamped(x, error_response(err, x.headers))
         if x.threshold is not None and needs_fallback(
-            self.config.tasks[x.call.task], x.entry, x.route, routing_confidence(response)
+            self.config.tasks[x.call.task], x.entry, x.route, confidence_of(response)
         ):
             return self._stamped(x, await self._fallback(x, response, shape))
         self.capture.answer(x.call, response, started)

@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client import Histogram
 from starlette.responses import Response, StreamingResponse
 
-from ..answers import routing_confidence
+from ..answers import confidence_of
 from ..config import Config
 from ..errors import UpstreamError
 from ..openai.http import error_response
@@ -89,7 +89,7 @@ class Streams:
             with contextlib.suppress(Exception):
                 await chunks.aclose()  # type: ignore[attr-defined]
         task = self.config.tasks[x.call.task]
-        if not needs_fallback(task, x.entry, x.route, routing_confidence(acc.response())):
+        if not needs_fallback(task, x.entry, x.route, confidence_of(acc.response())):
             return await self.relay(x.replace(provider=Replay(chunks_held, x.provider)), shape)
         replaced = dataclasses.replace(x.call, route_reason="fallback:replaced")
         self.capture.stream(replaced, acc, x.started, None, 200)

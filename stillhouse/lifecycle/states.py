@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..answers import DEFAULT_SIGNAL
 from ..errors import StillhouseError
 
 
@@ -84,6 +85,11 @@ class TaskState:
     def threshold(self) -> float | None:
         value = self.detail.get("threshold")
         return float(value) if value is not None else None
+
+    @property
+    def signal(self) -> str:
+        """The confidence signal the threshold is on (states stored before it had one: p10)."""
+        return str(self.detail.get("signal") or DEFAULT_SIGNAL)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ..answers import DEFAULT_SIGNAL
 from ..intents import IntentModel
 from ..routing import RoutingTable, TaskRoute
 from ..store import open_store
@@ -33,11 +34,13 @@ def entry_of(state: TaskState, store: TraceStore | None = None) -> TaskRoute:
         share=state.share,
         mode=state.mode,
         threshold=state.threshold,
+        signal=state.signal,
         candidate=state.candidate_id,
         serving=serving_of(store, state.candidate_id),
         incumbent=incumbent,
         incumbent_serving=serving_of(store, incumbent),
         incumbent_threshold=before.get("threshold") if incumbent else None,
+        incumbent_signal=str(before.get("signal") or DEFAULT_SIGNAL),
     )
 
 

@@ -35,6 +35,7 @@ def promote(task: TaskConfig, state: TaskState, candidate: str, verdict: Verdict
         detail={
             "dataset": state.detail["dataset"],
             "threshold": verdict.threshold,
+            "signal": verdict.signal,
             **judged(verdict),
             **keep,
         },

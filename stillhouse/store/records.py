@@ -175,6 +175,7 @@ class Verdict:
     threshold: float | None = None
     eval_run_id: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    signal: str = "p10"  # the confidence reduction the threshold is on (answers.SIGNALS)
 
 
 @dataclass(frozen=True, slots=True)
