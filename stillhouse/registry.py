@@ -10,16 +10,23 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from .errors import StillhouseError
 from .store.base import TraceStore
-from .store.records import Candidate, EvalRun, Release, new_id
+from .store.records import Candidate, EvalRun, Export, Release, new_id
 
 KINDS = ("dataset", "candidate", "eval_run", "release")
-_PREFIXES = {"ds_": "dataset", "cand_": "candidate", "eval_": "eval_run", "rel_": "release"}
+_PREFIXES = {
+    "ds_": "dataset",
+    "cand_": "candidate",
+    "eval_": "eval_run",
+    "rel_": "release",
+    "export_": "export",
+}
 
 
 def config_hash(data: dict[str, Any]) -> str:
@@ -132,11 +139,52 @@ def record_release(
     return release
 
 
+def record_export(
+    store: TraceStore,
+    candidate_id: str,
+    *,
+    fmt: str,
+    path: str,
+    config: dict[str, Any],
+    files: dict[str, Any],
+) -> Export:
+    """A candidate written out for another engine: where, how, and each file's size and sha256."""
+    if store.get_candidate(candidate_id) is None:
+        raise StillhouseError(f"no candidate {candidate_id!r}")
+    export = Export(
+        id=new_id("export"),
+        candidate_id=candidate_id,
+        format=fmt,
+        path=path,
+        config_hash=config_hash(config),
+        config=config,
+        files=files,
+    )
+    store.insert_export(export)
+    return export
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """A written file's size and sha256 (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _export_link(e: Export) -> Link:
+    detail = {"format": e.format, "path": e.path, **e.config, "files": sorted(e.files)}
+    return Link("export", e.id, e.created_at, e.config_hash, detail)
+
+
 def kind_of(record_id: str) -> str:
     for prefix, kind in _PREFIXES.items():
         if record_id.startswith(prefix):
             return kind
-    raise StillhouseError(f"{record_id!r} is not a registry id (ds_…, cand_…, eval_…, rel_…)")
+    raise StillhouseError(
+        f"{record_id!r} is not a registry id (ds_…, cand_…, eval_…, rel_…, export_…)"
+    )
 
 
 def _dataset_link(store: TraceStore, dataset_id: str) -> Link:
@@ -187,6 +235,11 @@ def lineage(store: TraceStore, record_id: str) -> list[Link]:
         summary = {"passed": run.passed, "metrics": run.metrics}
         link = Link("eval_run", run.id, run.created_at, run.config_hash, summary)
         return [*_candidate_chain(store, run.candidate_id), link]
+    if kind == "export":
+        export = store.get_export(record_id)
+        if export is None:
+            raise StillhouseError(f"no export {record_id!r}")
+        return [*_candidate_chain(store, export.candidate_id), _export_link(export)]
     release = store.get_release(record_id)
     if release is None:
         raise StillhouseError(f"no release {record_id!r}")
@@ -215,5 +268,6 @@ def descendants(store: TraceStore, record_id: str) -> list[Link]:
             for r in store.list_releases(record_id)
         ]
         children = [_candidate_link(c) for c in store.list_candidates() if c.parent_id == record_id]
-        return runs + releases + children
+        exports = [_export_link(e) for e in store.list_exports(record_id)]
+        return runs + releases + children + exports
     return []

@@ -5,6 +5,7 @@ does in the torch engine (peft). Skipped without llama-cpp-python, except under 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -161,6 +162,17 @@ def test_export_a_candidate_from_the_command_line(tmp_path: Path) -> None:
         assert engine.generate(ASK, SamplingParams(max_tokens=8)).text
     finally:
         engine.close()
+    # the registry records the export: its files' digests, and the lineage runs through it
+    with open_store(f"sqlite:///{tmp_path / 'stillhouse.db'}") as store:
+        (export,) = store.list_exports(candidate.id)
+    assert export.format == "gguf" and export.config["quant"] == "q8_0" and export.config["merge"]
+    digest = hashlib.sha256((out / "model.gguf").read_bytes()).hexdigest()
+    assert export.files["model.gguf"]["sha256"] == digest and export.path == str(out.resolve())
+    assert f"recorded as {export.id}" in result.stderr
+    chain = json.loads(run("lineage", export.id, "--json", cwd=tmp_path).stdout)["chain"]
+    assert [link["kind"] for link in chain] == ["dataset", "candidate", "export"]
+    children = json.loads(run("lineage", candidate.id, "--json", cwd=tmp_path).stdout)["children"]
+    assert [c["id"] for c in children if c["kind"] == "export"] == [export.id]
     wrong = run("export", "--candidate", "cand_nope", "--out", str(out), cwd=tmp_path, check=False)
     assert wrong.returncode == 1 and "no candidate 'cand_nope'" in wrong.stderr
 

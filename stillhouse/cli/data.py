@@ -116,7 +116,7 @@ def _export_candidate(
 
     from ..engine.export import export_gguf
     from ..errors import ConfigError
-    from ..registry import lineage
+    from ..registry import file_digest, lineage, record_export
     from ..store import open_store
 
     with open_store(config.store.url) as store:
@@ -136,9 +136,24 @@ def _export_candidate(
         quant=quant,
         manifest={"candidate": candidate_id, "task": candidate.task, "lineage": chain},
     )
+    files = {
+        p.name: file_digest(p)
+        for p in (done.model, done.adapter, done.modelfile, done.manifest)
+        if p is not None
+    }
+    with open_store(config.store.url) as store:
+        record = record_export(
+            store,
+            candidate_id,
+            fmt="gguf",
+            path=str(Path(out).resolve()),
+            config={"base_model": candidate.base_model, "merge": merge, "quant": quant},
+            files=files,
+        )
     for path in (done.model, done.adapter, done.modelfile, done.manifest):
         if path is not None:
             click.echo(f"  {path}", err=True)
+    click.echo(f"recorded as {record.id} (stillhouse lineage {record.id})", err=True)
     click.echo(f"then: cd {out} && ollama create {candidate.task} -f Modelfile", err=True)
 
 

@@ -147,7 +147,8 @@ def optimize(
 @click.argument("record_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def lineage(config: Config, record_id: str, as_json: bool) -> None:
-    """Show where a dataset, candidate, eval run or release came from, and what came of it."""
+    """Show where a dataset, candidate, eval run, release or export came from, and what came
+    of it."""
     from ..registry import descendants
     from ..registry import lineage as chain_of
     from ..store import open_store

@@ -21,6 +21,7 @@ from .records import (
     CANDIDATE_COLUMNS,
     DATASET_COLUMNS,
     EVAL_RUN_COLUMNS,
+    EXPORT_COLUMNS,
     RELEASE_COLUMNS,
     RESPONSE_COLUMNS,
     SCORE_COLUMNS,
@@ -29,6 +30,7 @@ from .records import (
     Dataset,
     DatasetExample,
     EvalRun,
+    Export,
     Release,
     Score,
     StoredResponse,
@@ -367,3 +369,15 @@ class TraceStore(LifecycleQueries, ReviewQueries, ReportQueries, FineTuningQueri
             Release(**r)
             for r in self._registry_rows("releases", RELEASE_COLUMNS, where, (candidate_id,))
         ]
+
+    def insert_export(self, export: Export) -> bool:
+        return self._insert_once("exports", EXPORT_COLUMNS, export.to_dict())
+
+    def get_export(self, export_id: str) -> Export | None:
+        rows = self._registry_rows("exports", EXPORT_COLUMNS, "WHERE id = ?", (export_id,))
+        return Export(**rows[0]) if rows else None
+
+    def list_exports(self, candidate_id: str) -> list[Export]:
+        where = "WHERE candidate_id = ?"
+        rows = self._registry_rows("exports", EXPORT_COLUMNS, where, (candidate_id,))
+        return [Export(**r) for r in rows]

@@ -19,6 +19,7 @@ JSON_COLUMNS_OF: dict[str, frozenset[str]] = {
     "candidates": frozenset({"config", "artifacts", "serving", "metrics"}),
     "eval_runs": frozenset({"metrics"}),
     "releases": frozenset({"config"}),
+    "exports": frozenset({"config", "files"}),
     "lifecycle_events": frozenset({"detail"}),
     "responses": frozenset({"conversation", "response"}),
     "fine_tuning_jobs": frozenset({"hyperparameters", "metadata", "error", "serving", "result"}),

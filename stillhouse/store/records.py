@@ -211,9 +211,27 @@ class Release:
         return shallow_dict(self)
 
 
+@dataclass(frozen=True, slots=True)
+class Export:
+    """A candidate written out for another engine (GGUF for llama.cpp / Ollama); written once."""
+
+    id: str
+    candidate_id: str
+    format: str
+    path: str
+    config_hash: str
+    created_at: float = field(default_factory=time.time)
+    config: dict[str, Any] = field(default_factory=dict)  # merge, quant, base model
+    files: dict[str, Any] = field(default_factory=dict)  # file name -> {"bytes", "sha256"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return shallow_dict(self)
+
+
 CANDIDATE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Candidate))
 EVAL_RUN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(EvalRun))
 RELEASE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Release))
+EXPORT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Export))
 
 
 @dataclass(frozen=True, slots=True)

@@ -245,6 +245,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX fine_tuning_events_job ON fine_tuning_events (job_id, created_at)",
         ),
     ),
+    Migration(
+        8,
+        "exports of candidates (GGUF for llama.cpp and Ollama) in the registry's lineage",
+        (
+            # Written once: where a candidate was written, in what form, and each file's sha256.
+            """CREATE TABLE exports (
+                id TEXT PRIMARY KEY,
+                candidate_id TEXT NOT NULL,
+                format TEXT NOT NULL,
+                path TEXT NOT NULL,
+                config_hash TEXT NOT NULL,
+                created_at {real} NOT NULL,
+                config {json} NOT NULL,
+                files {json} NOT NULL
+            )""",
+            "CREATE INDEX exports_candidate ON exports (candidate_id, created_at)",
+        ),
+    ),
 )
 
 DIALECT_TYPES = {
