@@ -250,6 +250,18 @@ def test_upstream_errors_are_openai_shaped_and_captured(
     assert [(c.status, c.error) for c in streamed] == [("error", "scripted stream error")]
 
 
+def test_a_native_stream_cut_midway_keeps_its_partial_answer(
+    native: Gateway, fake: tuple[str, ResponsesBehaviour]
+) -> None:
+    _, behaviour = fake
+    behaviour.cut_stream_after = 6  # after two text deltas
+    events = list(client(native).responses.create(model="support", input="one two", stream=True))
+    assert [e.type for e in events][-2:] == ["error", "response.failed"]
+    call = only_call(native)
+    assert call.status == "error" and "broke off" in (call.error or "")
+    assert call.response["choices"][0]["message"]["content"] == "echo: one"
+
+
 def test_an_azure_teacher_is_sent_to_its_v1_responses_with_its_deployment(
     tmp_path: Path, fake: tuple[str, ResponsesBehaviour], gateway_factory: Any
 ) -> None:
