@@ -60,23 +60,26 @@ class ChatCompletions:
         gateway = self.config.gateway
         raw = await read_body(request, gateway.max_body_bytes, gateway.read_timeout)
         body, checked = parse_request(raw)
-        return await self.answer(body, checked, request.headers, started, created_at)
+        x = await self.plan(body, checked, request.headers, started, created_at)
+        return await self.planned(x)
 
-    async def answer(
+    async def plan(
         self,
         body: dict[str, Any],
         checked: ChatCompletionRequest,
         request_headers: Any,
         started: float,
         created_at: float,
-        shape: Shape = CHAT,
         own: dict[str, Any] | None = None,
-    ) -> Response:
-        """A parsed chat body answered and captured, shown to the client as `shape` has it;
-        `own` is metadata of the gateway's for the call (see Planner.plan)."""
+    ) -> Exchange:
+        """The request's plan (Planner.plan), once a fine-tuned model it names is loaded; `own`
+        is metadata of the gateway's for the call."""
         await self.deployments.fine_tuned.ready(checked.model)  # a first request loads one
-        x = self.planner.plan(body, checked, request_headers, started, created_at, own)
-        if checked.stream:
+        return self.planner.plan(body, checked, request_headers, started, created_at, own)
+
+    async def planned(self, x: Exchange, shape: Shape = CHAT) -> Response:
+        """A planned request answered and captured, shown to the client as `shape` has it."""
+        if x.checked.stream:
             # held only where a task's threshold may replace it (a fine-tuned model has none)
             held = x.threshold is not None and (
                 self.config.tasks[x.call.task].routing.stream_fallback == "buffer"
@@ -88,13 +91,13 @@ class ChatCompletions:
             with x.clock.timing():
                 response = await x.provider.complete(x.forward)
         except UpstreamError as err:
-            self.capture.error(x.call, err, started)
+            self.capture.error(x.call, err, x.started)
             return self._stamped(x, error_response(err, x.headers))
         if x.threshold is not None and needs_fallback(
             self.config.tasks[x.call.task], x.entry, x.route, confidence_of(response)
         ):
             return self._stamped(x, await self._fallback(x, response, shape))
-        self.capture.answer(x.call, response, started)
+        self.capture.answer(x.call, response, x.started)
         return self._stamped(x, json_response(shape.whole(x, response), 200, x.headers))
 
     def _stamped(self, x: Exchange, response: Response) -> Response:

@@ -137,7 +137,7 @@ def openapi_spec(config: Config) -> dict[str, Any]:
     responses = {
         "post": {
             "operationId": "createResponse",
-            "summary": "A Responses API answer, bridged onto the chat route and captured",
+            "summary": "A Responses answer (native from an openai/azure teacher, else bridged)",
             "security": security,
             "requestBody": {
                 "required": True,

@@ -1,16 +1,20 @@
-"""POST /v1/responses and GET /v1/responses/{id}: the Responses API bridged onto the chat route.
+"""POST /v1/responses and GET /v1/responses/{id}: the Responses API bridged onto the chat route,
+or sent natively to a teacher whose upstream speaks it (native.py).
 
-A Responses request becomes a chat body (openai/responses.py) that the chat route answers as any
-other (plan, call, fall back, capture: the captured call is the chat form, so curation distils
-it, marked `metadata.response`), and its answer is shown back as a Response object or its stream
-events. A response kept for `previous_response_id` and retrieval goes to the store through the
-capture writer; the newest are kept in memory too, so a request's path reads the database only
-for an older one, and then in a thread, never on the event loop.
+A Responses request becomes a chat body (openai/responses.py), planned as any chat request. The
+chat route answers it (call, fall back, capture: the captured call is the chat form, so curation
+distils it, marked `metadata.response`), and its answer is shown back as a Response object or its
+stream events; or, when the plan's teacher speaks the Responses API, the request goes to it as
+sent and is captured in the same chat form. A response kept for `previous_response_id` and
+retrieval goes to the store through the capture writer; the newest are kept in memory too, so a
+request's path reads the database only for an older one, and then in a thread, never on the
+event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import OrderedDict
 from typing import Any
@@ -20,12 +24,11 @@ from starlette.responses import Response
 
 from ..errors import BadRequest, NotFound, UpstreamError
 from ..openai.http import json_response, read_body
-from ..openai.protocol import ChatCompletionRequest, validated
+from ..openai.protocol import ChatCompletionRequest, load_body, validated
 from ..openai.responses import (
     ResponsesRequest,
     chat_body,
     conversation,
-    parse_responses_request,
     response_object,
     shell,
 )
@@ -35,6 +38,7 @@ from ..store import open_store
 from ..store.records import StoredResponse, new_id
 from ..store.writer import CaptureWriter
 from .chat import ChatCompletions
+from .native import NativeRequest, NativeResponses, native_upstream
 from .plan import Exchange
 
 RECENT = 4096  # responses kept in memory, newest first out of the store's way
@@ -123,12 +127,14 @@ class Responses:
         self.chat = chat
         self.log = log
         self.config = chat.config
+        self.native = NativeResponses(chat.capture, log.keep)
 
     async def create(self, request: Request) -> Response:
         started, created_at = time.perf_counter(), time.time()
         gateway = self.config.gateway
         raw = await read_body(request, gateway.max_body_bytes, gateway.read_timeout)
-        checked = parse_responses_request(raw)
+        sent = load_body(raw)
+        checked = validated(ResponsesRequest, sent)
         history: list[dict[str, Any]] = []
         if checked.previous_response_id is not None:
             previous = await self.log.find(checked.previous_response_id)
@@ -148,10 +154,16 @@ class Responses:
         mark: dict[str, Any] = {"id": response_id, "store": checked.store is not False}
         if checked.previous_response_id is not None:
             mark["previous_response_id"] = checked.previous_response_id
+        own = {"response": mark}
+        x = await self.chat.plan(body, chat_checked, request.headers, started, created_at, own)
+        upstream = native_upstream(x)
+        if upstream is not None:
+            metadata = {**x.call.metadata, "response": {**mark, "native": True}}
+            x = x.replace(call=dataclasses.replace(x.call, metadata=metadata))
+            native = NativeRequest.of(sent, x.call.upstream_model, history, response_id)
+            return await self.native.answer(x, upstream, native)
         shape = ResponsesShape(checked, response_id, created_at, body, self.log)
-        return await self.chat.answer(
-            body, chat_checked, request.headers, started, created_at, shape, {"response": mark}
-        )
+        return await self.chat.planned(x, shape)
 
     async def retrieve(self, request: Request) -> Response:
         response_id = request.path_params["response_id"]

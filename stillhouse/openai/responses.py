@@ -13,7 +13,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import BadRequest
-from .protocol import load_body, validated
 
 # Input item types the bridge carries. `reasoning` items (sent back by clients that replay a
 # reasoning model's output) have no chat form and are left out.
@@ -42,11 +41,6 @@ class ResponsesRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     top_p: float | None = Field(None, ge=0, le=1)
     user: str | None = None
-
-
-def parse_responses_request(raw: bytes) -> ResponsesRequest:
-    """The body as checked; BadRequest names the first bad field."""
-    return validated(ResponsesRequest, load_body(raw))
 
 
 def _text(item: dict[str, Any], key: str, param: str, default: str | None = "") -> Any:

@@ -22,9 +22,9 @@ def sse_event(event: dict[str, Any]) -> bytes:
 
 
 class ResponseEvents:
-    def __init__(self, start: dict[str, Any]) -> None:
+    def __init__(self, start: dict[str, Any], sequence: int = 0) -> None:
         self.start = start  # the Response shell (openai.responses.shell)
-        self.sequence = 0
+        self.sequence = sequence  # the next event's number
         self.items: list[dict[str, Any]] = []  # output items, in the order they opened
         self._message: int | None = None  # index of the text item, once open
         self._tool_items: dict[int, int] = {}  # chat tool_call index -> output index

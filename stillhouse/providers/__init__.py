@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .base import Chunk, Provider, SharedSession
+from .base import Chunk, Provider, ResponsesUpstream, SharedSession
 
 
 def build_provider(name: str, config: ModelConfig, client: SharedSession) -> Provider:
     """The provider for model `name` of stillhouse.toml, sharing `client`."""
-    if config.provider in ("openai", "openai-compatible"):
+    if config.provider == "openai":
+        from .openai_compatible import OpenAI
+
+        return OpenAI(name, config, client)
+    if config.provider == "openai-compatible":
         from .openai_compatible import OpenAICompatible
 
         return OpenAICompatible(name, config, client)
@@ -30,4 +34,4 @@ def build_provider(name: str, config: ModelConfig, client: SharedSession) -> Pro
     )
 
 
-__all__ = ["Chunk", "Provider", "SharedSession", "build_provider"]
+__all__ = ["Chunk", "Provider", "ResponsesUpstream", "SharedSession", "build_provider"]

@@ -12,7 +12,7 @@ import logging
 import os
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import aiohttp
 import orjson
@@ -91,6 +91,21 @@ class Provider(Protocol):
     async def aclose(self) -> None:
         """Free what this provider holds of its own (a local model's thread and weights); the
         shared HTTP session is its owner's to close."""
+        ...
+
+
+@runtime_checkable
+class ResponsesUpstream(Protocol):
+    """A provider whose upstream speaks the Responses API itself (OpenAI, Azure OpenAI): a
+    Responses body goes as it is, and its Response, or its stream events, come back as sent."""
+
+    async def respond(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One non-streaming Response object."""
+        ...
+
+    def respond_stream(self, body: dict[str, Any]) -> AsyncIterator[Chunk]:
+        """The Response stream's events, one dict each, up to its last (response.completed
+        or .incomplete); an `error` event or response.failed raises UpstreamError."""
         ...
 
 

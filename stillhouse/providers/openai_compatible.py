@@ -1,4 +1,6 @@
-"""OpenAI and every server speaking its chat-completions wire format (vLLM, Ollama, llama.cpp)."""
+"""OpenAI and every server speaking its chat-completions wire format (vLLM, Ollama, llama.cpp);
+OpenAI itself also answers the Responses API natively (`OpenAI.respond`), which a compatible
+server may not serve."""
 
 from __future__ import annotations
 
@@ -52,11 +54,13 @@ class OpenAICompatible(Remote):
             headers["authorization"] = f"Bearer {key}"
         return headers
 
-    async def _send(self, body: dict[str, Any], stream: bool) -> aiohttp.ClientResponse:
+    async def _send(
+        self, body: dict[str, Any], stream: bool, url: str | None = None
+    ) -> aiohttp.ClientResponse:
         timeout = self.stream_timeout if stream else self.timeout
         return await post(
             self.client.session,
-            self.url,
+            url or self.url,
             orjson.dumps(body),
             self.headers(),
             timeout,
@@ -90,6 +94,63 @@ class OpenAICompatible(Remote):
                 finished = finished or any(c.get("finish_reason") for c in choices)
                 yield chunk
         if not (done or finished):
+            raise UpstreamError(
+                f"upstream model '{self.model_name}' ended the stream before it finished",
+                code="upstream_stream_cut",
+            )
+
+
+TERMINAL = ("response.completed", "response.incomplete")
+
+
+class OpenAI(OpenAICompatible):
+    """OpenAI: chat completions as every compatible server, and POST {base_url}/responses."""
+
+    @property
+    def responses_url(self) -> str:
+        base = self.config.base_url or OPENAI_BASE_URL
+        return base.rstrip("/") + "/responses"
+
+    def responses_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The Responses body as this upstream takes it (Azure names its deployment)."""
+        return body
+
+    async def _send_response(self, body: dict[str, Any], stream: bool) -> aiohttp.ClientResponse:
+        return await self._send(self.responses_body(body), stream, self.responses_url)
+
+    async def respond(self, body: dict[str, Any]) -> dict[str, Any]:
+        async def attempt() -> dict[str, Any]:
+            data = await read_json(await self._send_response(body, False), self.model_name)
+            if not isinstance(data, dict) or not isinstance(data.get("output"), list):
+                raise bad_reply(self.model_name, "answered without a Response's output")
+            return data
+
+        return await with_retries(attempt, self.config.max_retries)
+
+    async def respond_stream(self, body: dict[str, Any]) -> AsyncIterator[Chunk]:
+        response = await with_retries(
+            lambda: self._send_response(body, True), self.config.max_retries
+        )
+        sent = self.headers()
+        done = False
+        async with contextlib.aclosing(sse_data(response, self.model_name)) as events:
+            async for event in events:
+                if event is None:  # a [DONE] some servers add
+                    break
+                kind = event.get("type") if isinstance(event, dict) else None
+                if not isinstance(kind, str):
+                    raise bad_reply(self.model_name, "sent a stream event without a type")
+                if kind == "error":
+                    # may quote the key it was sent, like an error reply
+                    raise error_from_response(502, orjson.dumps({"error": event}), sent=sent)
+                if kind == "response.failed":
+                    error = (event.get("response") or {}).get("error") or {}
+                    raise error_from_response(502, orjson.dumps({"error": error}), sent=sent)
+                yield event
+                if kind in TERMINAL:
+                    done = True
+                    break
+        if not done:
             raise UpstreamError(
                 f"upstream model '{self.model_name}' ended the stream before it finished",
                 code="upstream_stream_cut",
