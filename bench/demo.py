@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, help="run in this folder and keep it (its store, runs and evals)"
     )
+    parser.add_argument("--engine", choices=["torch", "llama-cpp"], default="torch")
     args = parser.parse_args()
     profile = "full" if args.full else "fast"
     stillhouse = Path(sys.executable).with_name("stillhouse")
@@ -51,6 +52,7 @@ def main() -> None:
         command = [str(stillhouse), "demo", "--json", "--dir", str(folder)]
         if not args.full:
             command.insert(2, "--fast")
+        command[2:2] = ["--engine", args.engine]
         started = time.time()
         done = subprocess.run(command, capture_output=True, text=True)
         wall = time.time() - started

@@ -147,3 +147,15 @@ def test_demo_refuses_train_settings_that_are_not_a_json_object(tmp_path: Path) 
     for bad, said in (("{steps", "--train is not JSON"), ("[1]", "must be a JSON object")):
         result = CliRunner().invoke(main, ["demo", "--dir", str(tmp_path / "d"), "--train", bad])
         assert result.exit_code == 2 and said in result.output
+
+
+def test_the_demo_runs_both_models_on_the_engine_it_is_given(tmp_path: Path) -> None:
+    from stillhouse.config import load_config
+
+    config = load_config(prepare(tmp_path / "demo", FAST, engine="llama-cpp"))
+    assert {config.models[m].engine for m in ("teacher", "student")} == {"llama-cpp"}
+    task = config.tasks["triage"]
+    assert task.tier == "cost" and task.gate.metric == "json"
+    # the product tier's gates, untouched: every tiered key from the tier, no gate key written
+    assert {v["source"] for v in task.settings().values()} == {"tier:cost"}
+    assert "[tasks.triage.gate]" not in (tmp_path / "demo" / "stillhouse.toml").read_text()

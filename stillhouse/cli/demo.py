@@ -38,6 +38,14 @@ from .common import main, print_json
     help="Teacher calls in grace (default: the profile's, 520; --fast: 96). The gates need a "
     "holdout (30% of them) of about 75 or more.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["torch", "llama-cpp"]),
+    default="torch",
+    show_default=True,
+    help="The local engine teacher and student run on: torch, or llama-cpp (GGUF models, "
+    "several times faster on a CPU; needs the cpu extra). Training is torch either way.",
+)
 @click.option("--train", "train_json", help="JSON object of train settings to override.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the final figures as JSON.")
 def demo(
@@ -47,6 +55,7 @@ def demo(
     student: str | None,
     intents: int | None,
     calls: int | None,
+    engine: str,
     train_json: str | None,
     as_json: bool,
 ) -> None:
@@ -66,6 +75,14 @@ def demo(
     if train is not None and not isinstance(train, dict):
         raise click.UsageError("--train must be a JSON object")
     _check_can_run(teacher or TEACHER, student or STUDENT)
+    if engine == "llama-cpp":
+        from importlib.util import find_spec
+
+        if find_spec("llama_cpp") is None:
+            raise click.ClickException(
+                "--engine llama-cpp needs llama-cpp-python: pip install 'stillhouse[cpu]' "
+                "(compiles llama.cpp, 5-10 min)"
+            )
 
     def say(line: str) -> None:
         click.echo(line, err=True)
@@ -82,6 +99,7 @@ def demo(
             student=student,
             train=train,
             intents=intents,
+            engine=engine,
         )
     except FileExistsError as err:
         raise click.ClickException(str(err)) from None

@@ -93,13 +93,21 @@ def run(
     train: dict[str, Any] | None = None,
     concurrency: int = BATCH,
     intents: int | None = None,
+    engine: str = "torch",
 ) -> dict[str, Any]:
     """Run the demo in `folder` (emptied first); the final figures. `intents`: how many of the
     task's intents the tickets use (default the profile's)."""
     started = time.time()
     intents = intents or profile.intents
     models = {k: v for k, v in (("teacher", teacher), ("student", student)) if v}
-    path = prepare(folder, profile, train=train, intents=intents, **models)  # type: ignore[arg-type]
+    path = prepare(
+        folder,
+        profile,
+        train=train,
+        intents=intents,
+        engine=engine,
+        **models,  # type: ignore[arg-type]
+    )
     config = load_config(path)
     say(f"config: {path} (profile {profile.name}, tier {TIER}: its gates untouched)")
     say("scaled down for a CPU: " + "; ".join(SCALED))

@@ -68,9 +68,11 @@ def prepare(
     student: str = STUDENT,
     train: dict[str, object] | None = None,
     intents: int | None = None,
+    engine: str = "torch",
 ) -> Path:
     """Empty `folder` (a demo folder from an earlier run, never anything else) and write the
-    demo's stillhouse.toml into it; its path. `intents`: default the profile's."""
+    demo's stillhouse.toml into it; its path. `intents`: default the profile's. `engine`: the
+    local engine both models run on (torch, or llama-cpp: GGUF models, the cpu extra)."""
     intents = intents or profile.intents
     marker = folder / ".stillhouse-demo"
     if folder.exists() and any(folder.iterdir()):
@@ -103,9 +105,10 @@ def prepare(
         # the teacher in bfloat16 where the CPU computes it natively (twice float32's speed);
         # the student stays in the precision it is trained in
         f'[models.teacher]\nprovider = "local"\nmodel = "{teacher}"\ntimeout = 600\n'
-        f'dtype = "auto"\nmax_batch = {BATCH}\nprice = {_inline(TEACHER_PRICE)}\n\n'
+        f'dtype = "auto"\nmax_batch = {BATCH}\nengine = "{engine}"\n'
+        f"price = {_inline(TEACHER_PRICE)}\n\n"
         f'[models.student]\nprovider = "local"\nmodel = "{student}"\ntimeout = 600\n'
-        f"max_batch = {BATCH}\nprice = {_inline(STUDENT_PRICE)}\n\n"
+        f'max_batch = {BATCH}\nengine = "{engine}"\nprice = {_inline(STUDENT_PRICE)}\n\n'
         f'[tasks.{TASK}]\nteacher = "teacher"\nstudent = "student"\ntier = "{TIER}"\n'
         'description = "Support-ticket triage: one JSON object with the intent and priority"\n'
         f"response_schema = {_inline(schema(intents))}\n\n"
