@@ -10,7 +10,9 @@ import pytest
 
 from stillhouse.config import parse_config
 from stillhouse.demo.figures import figures
+from stillhouse.demo.report import chart
 from stillhouse.demo.setup import TASK
+from stillhouse.demo.story import story
 from stillhouse.stats import binomial_interval, percentile
 from stillhouse.store import Call, Score, new_id, open_store
 from stillhouse.store.records import Candidate, EvalRun
@@ -84,6 +86,14 @@ def test_the_demo_figures_from_a_hand_built_store(tmp_path: Path) -> None:
         "format_compliance": 1.0,
         "kept_agreement": 0.97,
         "kept_agreement_ci": [0.9, 0.99],
+        "passed": True,
+        "gate": {"rules": {"agreement": 0.9}},
+        "coverage": {
+            "overall": [
+                {"student_share": 1.0, "kept_agreement": 0.9, "kept_low": 0.8, "kept": 80},
+                {"student_share": 0.9, "kept_agreement": 0.97, "kept_low": 0.9, "kept": 72},
+            ]
+        },
     }
     with open_store(config.store.url) as store:
         store.insert_calls(calls)
@@ -91,6 +101,8 @@ def test_the_demo_figures_from_a_hand_built_store(tmp_path: Path) -> None:
         store.insert_candidate(candidate)
         store.insert_eval_run(EvalRun("eval_a", "cand_a", "ds", "h", metrics=validation))
         doc = figures(store, config, {"grace": grace, "rollout:0": rollout, "after": after})
+        spans = [(grace, "grace"), (rollout, "rollout:50%"), (after, "serving")]
+        told = story(store, TASK, spans, grace)
 
     # after: 6 kept + 2 fallbacks (as the teacher's answers) + 1 error + 1 on the teacher = 10
     after_doc = doc["after"]
@@ -125,3 +137,16 @@ def test_the_demo_figures_from_a_hand_built_store(tmp_path: Path) -> None:
     assert gate["gate.format_compliance"] == {"value": 0.99, "source": "default"}
     assert gate["rollout.max_latency_ratio"]["source"] == "default"
     assert doc["prices"]["teacher"]["input_per_mtok"] == 1.0
+    # the story the chart tells: requests by route over time, the states, each gate, coverage
+    assert sum(told["traffic"]["teacher"]) == 5 + 1  # before, and one after on the teacher
+    assert sum(told["traffic"]["student"]) == 7 and sum(told["traffic"]["fallback"]) == 2
+    assert [s["state"] for s in told["states"]] == ["grace", "rollout:50%", "serving"]
+    assert told["gates"] == [
+        {"kind": "LoRA", "agreement": 0.9, "agreement_ci": [0.8, 0.95], "passed": True, "bar": 0.9}
+    ]
+    doc["story"] = told
+    svg = chart(doc, tmp_path).read_text()
+    assert svg.count("<svg") == 1 + 4  # the story's three panels and the before/after bars
+    assert svg.count('class="state"') == 2 * 3  # a band and a label per state
+    assert svg.count('class="interval"') == 1 and svg.count('class="bar-line"') == 1
+    assert "Coverage: kept answers" in svg

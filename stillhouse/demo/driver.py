@@ -17,6 +17,7 @@ from ..lifecycle.states import State
 from ..store import open_store
 from .figures import figures
 from .setup import BATCH, SCALED, TASK, TIER, Profile, prepare
+from .story import story
 from .traffic import Reply, Users
 
 WAITING = {State.CURATING, State.OPTIMIZING, State.TRAINING, State.VALIDATING, State.RETRAINING}
@@ -117,6 +118,7 @@ def run(
     users = Users(gateway.url, concurrency=concurrency, intents=intents)
     states: list[str] = [State.GRACE.value]
     marks: dict[str, float] = {"grace": started}
+    spans: list[tuple[float, str]] = [(started, State.GRACE.value)]  # every move, for the chart
     counter = {"n": 0}
 
     def done(reply: Reply) -> None:
@@ -136,6 +138,7 @@ def run(
             label = f"rollout:{state.share:.0%}"
         if states[-1] != label:
             states.append(label)
+            spans.append((time.time(), label))
             marks.setdefault(label, time.time())
             say(f"[{time.time() - started:6.0f} s] {label}: {state.reason}")
 
@@ -181,6 +184,7 @@ def run(
         gateway.stop()
     with open_store(config.store.url) as store:
         doc = figures(store, config, marks)
+        doc["story"] = story(store, TASK, spans, started)
     doc.update(
         states=states,
         outcome=outcome,
