@@ -1,6 +1,7 @@
 """How consistent a task's teacher is over retellings, and whether its own confidence tells its
-inconsistent answers: from a store's captured teacher calls (not shadows), grouped the way
-curation groups retold cases (`curate.split.group_rows` at `curate.group_similarity`).
+inconsistent answers: from a store's captured teacher calls (not shadows; those that break the
+task's schema left out, as curation leaves them out), grouped the way curation groups retold
+cases (`curate.split.group_rows` at `curate.group_similarity`).
 
 For each confidence signal the teacher reported (`stillhouse.confidence`, a local teacher
 always does), the consistency of the most confident 100/80/60% of its grouped answers.
@@ -16,7 +17,14 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from stillhouse.answers import SIGNALS, answer_text, canonical, confidence_of
+from stillhouse.answers import (
+    SIGNALS,
+    answer_text,
+    breaks_schema,
+    canonical,
+    confidence_of,
+    first_message,
+)
 from stillhouse.config import load_config
 from stillhouse.curate.normalize import request_messages, user_text
 from stillhouse.curate.split import group_rows, teacher_consistency
@@ -37,7 +45,11 @@ def main() -> None:
         calls = [
             c
             for c in store.calls_for_task(args.task)
-            if c.role == "teacher" and c.status == "ok" and c.route_reason != "shadow"
+            if c.role == "teacher"
+            and c.status == "ok"
+            and c.route_reason != "shadow"
+            # the answers curation keeps: one that breaks the task's schema is not imitated
+            and not breaks_schema(first_message(c.response), task.response_schema)
         ]
     texts = [user_text(request_messages(c.request)) for c in calls]
     answers = [canonical(task.gate.metric, answer_text(c.response)) for c in calls]
