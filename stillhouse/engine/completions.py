@@ -52,7 +52,6 @@ def sampling_params(request: ChatCompletionRequest) -> SamplingParams:
         stop=stops,
         seed=request.seed,
         json_schema=response_schema(request.response_format),
-        response_format=request.response_format,
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -77,46 +76,25 @@ class _EndOfGeneration:
 
 
 class Grammars:
-    """`response_format` -> a llama.cpp grammar, compiled once per distinct format."""
+    """A JSON Schema (as text: `SamplingParams.json_schema`, the one reading of `response_format`
+    in grammar.py) -> a llama.cpp grammar, compiled once per distinct schema."""
 
     def __init__(self, llama_cpp: Any, size: int = 32) -> None:
-        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+        from llama_cpp.llama_grammar import LlamaGrammar
 
         self._grammar = LlamaGrammar
-        self._json = JSON_GBNF
         self._size = size
         self._cache: OrderedDict[str, Any] = OrderedDict()
 
-    def __call__(self, response_format: dict[str, Any] | None) -> Any:
-        if not response_format or response_format.get("type") in (None, "text"):
+    def __call__(self, schema: str | None) -> Any:
+        if schema is None:
             return None
-        kind = response_format.get("type")
-        if kind == "json_object":
-            schema = response_format.get("schema")  # llama-cpp-python's own extension
-        elif kind == "json_schema":
-            spec = response_format.get("json_schema")
-            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
-                raise BadRequest(
-                    "response_format.json_schema.schema: a JSON Schema object is required",
-                    param="response_format",
-                    code="invalid_value",
-                )
-            schema = spec["schema"]
-        else:
-            raise BadRequest(
-                f"response_format.type: '{kind}' is not one of text, json_object, json_schema",
-                param="response_format",
-                code="invalid_value",
-            )
-        key = json.dumps(schema, sort_keys=True)
+        key = schema
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         try:
-            if schema is None:
-                grammar = self._grammar.from_string(self._json, verbose=False)
-            else:
-                grammar = self._grammar.from_json_schema(key, verbose=False)
+            grammar = self._grammar.from_json_schema(key, verbose=False)
         except Exception as err:  # the schema converter raises ValueError, KeyError, ...
             raise BadRequest(
                 f"response_format: this JSON Schema cannot be turned into a grammar: {err}",
@@ -209,11 +187,11 @@ class LlamaCppEngine:
         self, prompt_ids: list[int], params: SamplingParams, emit: Callable[[Event], None]
     ) -> Request:
         """Queue a request; `emit` is called from the worker thread with each Delta, then one
-        Finished (or an exception). A bad `response_format` raises BadRequest here."""
+        Finished (or an exception). A schema llama.cpp cannot compile raises BadRequest here."""
         if self._closed:
             raise RuntimeError("engine is closed")
         check_fits(prompt_ids, self.context)
-        self._grammars(params.response_format)  # compiled now, so a bad one is a 400
+        self._grammars(params.json_schema)  # compiled now, so a bad one is a 400
         request = Request(prompt_ids, params, emit)
         self._queue.put(request)
         return request
@@ -286,7 +264,7 @@ class LlamaCppEngine:
             min_p=0.0,
             typical_p=1.0,
             repeat_penalty=1.0,
-            grammar=self._grammars(params.response_format),
+            grammar=self._grammars(params.json_schema),
         )
         try:
             for token in tokens:

@@ -26,11 +26,9 @@ class SamplingParams:
     top_logprobs: int = 0
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    # The JSON Schema (as text) the answer must follow, token by token (grammar.py); None: free.
+    # The JSON Schema (as text) the answer must follow, token by token, on either engine
+    # (grammar.response_schema reads it from `response_format`); None: free.
     json_schema: str | None = None
-    # The request's `response_format` as sent, passed to an engine that constrains decoding
-    # to it (llama.cpp's grammar).
-    response_format: dict[str, Any] | None = field(default=None, hash=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
