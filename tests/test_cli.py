@@ -67,6 +67,7 @@ def test_init_writes_a_starter_that_works(tmp_path: Path) -> None:
                 "settings": {
                     "gate.agreement": {"value": 0.92, "source": "toml"},
                     "gate.kept_agreement": {"value": 0.97, "source": "default"},
+                    "gate.min_coverage": {"value": None, "source": "default"},
                     "rollout.final_share": {"value": 100, "source": "default"},
                 },
                 "drift": None,  # read only once a student rolls out or serves
