@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..demo.tasks import TASKS
 from .common import main, print_json
 
 
@@ -25,12 +26,22 @@ from .common import main, print_json
     type=click.Path(file_okay=False, path_type=Path),
     help="Working folder, emptied at the start of each run.",
 )
+@click.option(
+    "--task",
+    "task_name",
+    type=click.Choice(list(TASKS)),
+    default="triage",
+    show_default=True,
+    help="The demo's app: triage (a ticket's intent and priority) or extract (an order's "
+    "number, amount, currency and date from a customer's message, null when absent).",
+)
 @click.option("--teacher", help="Teacher model spec (default qwen2.5-coder-0.5b-instruct).")
 @click.option("--student", help="Student base model spec (default smollm2-135m-instruct).")
 @click.option(
     "--intents",
     type=click.IntRange(1, 22),
-    help="How many of the task's 22 intents the tickets use (default 22; --fast: 8).",
+    help="How many of the task's intents (triage 22, extract's message kinds 8) the requests "
+    "use (default all; --fast: 8).",
 )
 @click.option(
     "--calls",
@@ -51,6 +62,7 @@ from .common import main, print_json
 def demo(
     fast: bool,
     folder: Path,
+    task_name: str,
     teacher: str | None,
     student: str | None,
     intents: int | None,
@@ -74,6 +86,9 @@ def demo(
         raise click.UsageError(f"--train is not JSON: {err}") from None
     if train is not None and not isinstance(train, dict):
         raise click.UsageError("--train must be a JSON object")
+    task = TASKS[task_name]
+    if intents is not None and intents > len(task.labels):
+        raise click.UsageError(f"--intents: the {task.name} task has {len(task.labels)}")
     _check_can_run(teacher or TEACHER, student or STUDENT)
     if engine == "llama-cpp":
         from importlib.util import find_spec
@@ -100,6 +115,7 @@ def demo(
             train=train,
             intents=intents,
             engine=engine,
+            task=task,
         )
     except FileExistsError as err:
         raise click.ClickException(str(err)) from None

@@ -1,6 +1,7 @@
 """The demo's run: the real gateway (uvicorn on a free loopback port) with the real lifecycle
 controller ticking in a background thread, as `stillhouse serve` runs them; simulated users send
-tickets through it until the student serves (or the time budget is spent), then the figures."""
+the task's requests through it until the student serves (or the time budget is spent), then
+the figures."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from ..lifecycle import events
 from ..lifecycle.states import State
 from ..store import open_store
 from .figures import figures
-from .setup import BATCH, SCALED, TASK, TIER, Profile, prepare
+from .setup import BATCH, SCALED, TIER, Profile, prepare
 from .story import story
+from .tasks import TRIAGE, DemoTask
 from .traffic import Reply, Users
 
 WAITING = {State.CURATING, State.OPTIMIZING, State.TRAINING, State.VALIDATING, State.RETRAINING}
@@ -95,11 +97,13 @@ def run(
     concurrency: int = BATCH,
     intents: int | None = None,
     engine: str = "torch",
+    task: DemoTask = TRIAGE,
 ) -> dict[str, Any]:
-    """Run the demo in `folder` (emptied first); the final figures. `intents`: how many of the
-    task's intents the tickets use (default the profile's)."""
+    """Run the demo of `task` in `folder` (emptied first); the final figures. `intents`: how many
+    of the task's intents the requests use (default the profile's, at most the task's)."""
     started = time.time()
-    intents = intents or profile.intents
+    intents = task.labels_for(intents or profile.intents)
+    name, noun = task.name, task.noun
     models = {k: v for k, v in (("teacher", teacher), ("student", student)) if v}
     path = prepare(
         folder,
@@ -107,15 +111,16 @@ def run(
         train=train,
         intents=intents,
         engine=engine,
+        task=task,
         **models,  # type: ignore[arg-type]
     )
     config = load_config(path)
-    say(f"config: {path} (profile {profile.name}, tier {TIER}: its gates untouched)")
+    say(f"config: {path} (task {name}, profile {profile.name}, tier {TIER}: its gates untouched)")
     say("scaled down for a CPU: " + "; ".join(SCALED))
     gateway = Gateway(config).start()
     tick = config.lifecycle.tick
     say(f"gateway on {gateway.url} with the lifecycle controller ticking every {tick:g} s")
-    users = Users(gateway.url, concurrency=concurrency, intents=intents)
+    users = Users(gateway.url, concurrency=concurrency, intents=intents, task=task)
     states: list[str] = [State.GRACE.value]
     marks: dict[str, float] = {"grace": started}
     spans: list[tuple[float, str]] = [(started, State.GRACE.value)]  # every move, for the chart
@@ -130,7 +135,7 @@ def run(
 
     def current() -> Any:
         with open_store(config.store.url) as store:
-            return events.current(store, TASK)
+            return events.current(store, name)
 
     def note(state: Any) -> None:
         label = state.state.value
@@ -143,7 +148,7 @@ def run(
             say(f"[{time.time() - started:6.0f} s] {label}: {state.reason}")
 
     try:
-        say(f"grace: {profile.grace_calls} tickets to the teacher ({config.tasks[TASK].teacher})")
+        say(f"grace: {profile.grace_calls} {noun} to the teacher ({config.tasks[name].teacher})")
         users.send(profile.grace_calls, done)
         gateway.settle()
         # a guard, not a target: the rest of the lifecycle gets this long after grace
@@ -154,7 +159,7 @@ def run(
             state = current()
             note(state)
             if state.state in (State.SERVING,):
-                say(f"serving: {profile.serving_calls} more tickets for the 'after' figures")
+                say(f"serving: {profile.serving_calls} more {noun} for the 'after' figures")
                 marks["after"] = time.time()
                 users.send(profile.serving_calls, done)
                 outcome = "serving"
@@ -166,7 +171,7 @@ def run(
                     break
                 rounds += 1
                 answered = state.created_at
-                say(f"round {rounds}: {profile.grace_calls} more tickets to the teacher")
+                say(f"round {rounds}: {profile.grace_calls} more {noun} to the teacher")
                 users.send(profile.grace_calls, done)
                 gateway.settle()
                 continue
@@ -183,9 +188,10 @@ def run(
     finally:
         gateway.stop()
     with open_store(config.store.url) as store:
-        doc = figures(store, config, marks)
-        doc["story"] = story(store, TASK, spans, started)
+        doc = figures(store, config, marks, name)
+        doc["story"] = story(store, name, spans, started)
     doc.update(
+        task=name,
         states=states,
         outcome=outcome,
         profile=profile.name,

@@ -79,16 +79,19 @@ def gate_in_force(task: TaskConfig) -> dict[str, Any]:
     return out
 
 
-def figures(store: TraceStore, config: Config, marks: dict[str, float]) -> dict[str, Any]:
-    rows = read_rows(store, marks["grace"], TASK)
+def figures(
+    store: TraceStore, config: Config, marks: dict[str, float], task: str = TASK
+) -> dict[str, Any]:
+    """The figures of `task`'s run, its phases at `marks` (grace, rollout:*, after)."""
+    rows = read_rows(store, marks["grace"], task)
     after_start = marks.get("after")
     rollout_start = min((v for k, v in marks.items() if k.startswith("rollout")), default=None)
     before = _summary(_phase(rows, marks["grace"], rollout_start or after_start))
     after_rows = _phase(rows, after_start, None) if after_start else []
     after = _summary(after_rows) if after_start else None
-    live = [v for _, _, v in read_agreement(store, rollout_start or marks["grace"], TASK)]
+    live = [v for _, _, v in read_agreement(store, rollout_start or marks["grace"], task)]
     # shadow comparisons whose teacher answer broke the task's schema: no reference, unscored
-    unscored = store.off_schema_shadows(TASK, rollout_start or marks["grace"])
+    unscored = store.off_schema_shadows(task, rollout_start or marks["grace"])
     # share and fallback rate in the p95's window: the requests sent once the student serves
     requests = user_requests(after_rows)
     student_answers = [r for r in after_rows if r.role == "student" and route_of(r) != "shadow"]
@@ -97,15 +100,15 @@ def figures(store: TraceStore, config: Config, marks: dict[str, float]) -> dict[
     # the newest evaluation of a trained candidate (else of the prompt), and of the prompt
     validation: dict[str, Any] = {}
     prompt: dict[str, Any] = {}
-    for doc, backend in store.eval_metrics(TASK):
+    for doc, backend in store.eval_metrics(task):
         if backend == "prompt":
             prompt = prompt or doc
         else:
             validation = validation or doc
     validation = validation or prompt
     return {
-        "gate": gate_in_force(config.tasks[TASK]),
-        "tier": config.tasks[TASK].tier,
+        "gate": gate_in_force(config.tasks[task]),
+        "tier": config.tasks[task].tier,
         "operating_point": validation.get("operating_point"),
         "agreement": round(sum(live) / len(live), 4) if live else None,
         "agreement_ci": _ci(rate_interval(live)),

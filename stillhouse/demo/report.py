@@ -42,7 +42,7 @@ def _ms(v: float | None) -> str:
 def text(doc: dict[str, Any]) -> str:
     lines = [
         f"stillhouse demo ({doc['profile']}): {doc['outcome']} after {doc['wall_s']:.0f} s, "
-        f"{doc['calls_sent']} tickets sent",
+        f"{doc['calls_sent']} {doc.get('task', 'triage')} requests sent",
         f"  states:            {' -> '.join(doc['states'])}",
         f"  agreement (live):  {_pct(doc['agreement'])} of {doc['agreement_samples']} "
         "student answers matched the teacher's (shadow comparisons; "

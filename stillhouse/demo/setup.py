@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .tickets import INTENTS
+from .tasks import TRIAGE, DemoTask
 
 TEACHER = "qwen2.5-coder-0.5b-instruct"
 STUDENT = "smollm2-135m-instruct"
-TASK = "triage"
+TASK = TRIAGE.name  # the default task (stillhouse/demo/tasks.py has the others)
 TIER = "cost"  # the product's tier, its gates untouched: the demo must earn them
 # What the demo scales down (lifecycle timings and data volume, never a gate): printed by the
 # demo and listed in docs/quickstart.md.
@@ -22,6 +22,7 @@ SCALED = (
     "lifecycle.tick = 1 s",
     "grace.min_conversations = the profile's calls",
     "grace.min_unique_intents = min(20, intents)",
+    "train.max_length = the task's (its system prompt, message and answer fit)",
     "rollout.stages, rollout.min_samples = the profile's; rollout.min_dwell = 0",
     "routing.shadow_rate = 1.0 (every student answer checked, so each stage fills fast)",
     "curate.holdout = 0.3; curate.intents = metadata; general.share = 0",
@@ -40,7 +41,7 @@ class Profile:
     serving_calls: int  # calls sent once the student serves, for the "after" figures
     max_steps: int  # LoRA steps
     budget_s: float  # after grace, give up waiting past this (the run reports where it stopped)
-    intents: int  # how many of the task's intents the tickets use (the first N)
+    intents: int  # how many of the task's intents the requests use (the first N; at most its)
     rounds: int = 2  # grace rounds: a candidate that fails the gate gets one more round of data
     learning_rate: float = 3e-3  # high for LoRA, and what a few dozen CPU steps need
 
@@ -69,11 +70,14 @@ def prepare(
     train: dict[str, object] | None = None,
     intents: int | None = None,
     engine: str = "torch",
+    task: DemoTask = TRIAGE,
 ) -> Path:
     """Empty `folder` (a demo folder from an earlier run, never anything else) and write the
-    demo's stillhouse.toml into it; its path. `intents`: default the profile's. `engine`: the
-    local engine both models run on (torch, or llama-cpp: GGUF models, the cpu extra)."""
-    intents = intents or profile.intents
+    demo's stillhouse.toml for `task` into it; its path. `intents`: default the profile's, at
+    most the task's. `engine`: the local engine both models run on (torch, or llama-cpp: GGUF
+    models, the cpu extra)."""
+    intents = task.labels_for(intents or profile.intents)
+    name = task.name
     marker = folder / ".stillhouse-demo"
     if folder.exists() and any(folder.iterdir()):
         if not marker.exists():
@@ -89,7 +93,7 @@ def prepare(
         "max_steps": profile.max_steps,
         "learning_rate": profile.learning_rate,
         "batch_size": 8,
-        "max_length": 256,
+        "max_length": task.max_length,
         "eval_every": profile.max_steps,
         "threads": 2,
         "output_dir": "runs",
@@ -109,33 +113,20 @@ def prepare(
         f"price = {_inline(TEACHER_PRICE)}\n\n"
         f'[models.student]\nprovider = "local"\nmodel = "{student}"\ntimeout = 600\n'
         f'max_batch = {BATCH}\nengine = "{engine}"\nprice = {_inline(STUDENT_PRICE)}\n\n'
-        f'[tasks.{TASK}]\nteacher = "teacher"\nstudent = "student"\ntier = "{TIER}"\n'
-        'description = "Support-ticket triage: one JSON object with the intent and priority"\n'
-        f"response_schema = {_inline(schema(intents))}\n\n"
-        f"[tasks.{TASK}.grace]\nmin_conversations = {profile.grace_calls}\n"
+        f'[tasks.{name}]\nteacher = "teacher"\nstudent = "student"\ntier = "{TIER}"\n'
+        f"description = {json.dumps(task.description)}\n"
+        f"response_schema = {_inline(task.schema(intents))}\n\n"
+        f"[tasks.{name}.grace]\nmin_conversations = {profile.grace_calls}\n"
         f"min_unique_intents = {min(20, intents)}\n\n"
-        f'[tasks.{TASK}.curate]\nholdout = 0.3\nintents = "metadata"\n'
+        f'[tasks.{name}.curate]\nholdout = 0.3\nintents = "metadata"\n'
         "dedupe_threshold = 1.0\n\n"
-        f"[tasks.{TASK}.rollout]\nstages = {list(profile.stages)}\n"
+        f"[tasks.{name}.rollout]\nstages = {list(profile.stages)}\n"
         f"min_samples = {profile.min_samples}\nmin_dwell = 0\n\n"
-        f"[tasks.{TASK}.routing]\nshadow_rate = 1.0\n\n"
-        f"[tasks.{TASK}.general]\nshare = 0\n\n"
-        f"[tasks.{TASK}.train]\n{train_lines}\n"
+        f"[tasks.{name}.routing]\nshadow_rate = 1.0\n\n"
+        f"[tasks.{name}.general]\nshare = 0\n\n"
+        f"[tasks.{name}.train]\n{train_lines}\n"
     )
     return path
-
-
-def schema(intents: int) -> dict[str, Any]:
-    """The JSON Schema a triage app declares for its answers: curation drops teacher answers
-    that break it (they are not worth imitating) and the gate counts the student's."""
-    return {
-        "type": "object",
-        "required": ["intent", "priority"],
-        "properties": {
-            "intent": {"enum": list(INTENTS)[:intents]},
-            "priority": {"enum": ["high", "medium", "low"]},
-        },
-    }
 
 
 def _inline(value: Any) -> str:

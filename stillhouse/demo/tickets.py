@@ -53,6 +53,19 @@ def system_prompt(intents: list[str]) -> str:
     )
 
 
+def schema(intents: int) -> dict[str, Any]:
+    """The JSON Schema a triage app declares for its answers: curation drops teacher answers
+    that break it (they are not worth imitating) and the gate counts the student's."""
+    return {
+        "type": "object",
+        "required": ["intent", "priority"],
+        "properties": {
+            "intent": {"enum": list(INTENTS)[:intents]},
+            "priority": {"enum": ["high", "medium", "low"]},
+        },
+    }
+
+
 def label(intent: str) -> str:
     """The answer a perfect triager gives (the tests' tiny teacher learns it)."""
     return json.dumps({"intent": intent, "priority": INTENTS[intent][0]})

@@ -1,5 +1,6 @@
-"""Simulated users: each sends one ticket through the gateway with the official openai SDK, as
-its own session, several at once (the local engine batches concurrent requests)."""
+"""Simulated users: each sends one request of the demo's task (a ticket, a message) through the
+gateway with the official openai SDK, as its own session, several at once (the local engine
+batches concurrent requests)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,7 @@ from dataclasses import dataclass
 
 import openai
 
-from .setup import TASK
-from .tickets import Tickets
-
-# room for the longest label's JSON with any tokenizer; the models stop at their end token
-MAX_TOKENS = 64
+from .tasks import TRIAGE, DemoTask
 
 
 @dataclass(frozen=True)
@@ -25,25 +22,32 @@ class Reply:
 
 class Users:
     def __init__(
-        self, base_url: str, *, seed: int = 0, concurrency: int = 8, intents: int = 22
+        self,
+        base_url: str,
+        *,
+        seed: int = 0,
+        concurrency: int = 8,
+        intents: int = 22,
+        task: DemoTask = TRIAGE,
     ) -> None:
         self.client = openai.OpenAI(base_url=base_url, api_key="demo", max_retries=0, timeout=900)
-        self.tickets = Tickets(seed, intents)
+        self.task = task
+        self.examples = task.examples(seed, task.labels_for(intents))
         self.concurrency = concurrency
         self.sent = 0
 
     def one(self) -> Reply:
-        intent, messages = self.tickets.next()
+        example = self.examples.next()
         self.sent += 1
         session = f"user-{self.sent}"
         try:
             raw = self.client.chat.completions.with_raw_response.create(
-                model=TASK,
-                messages=messages,  # type: ignore[arg-type]
+                model=self.task.name,
+                messages=example.messages,  # type: ignore[arg-type]
                 user=session,
-                max_tokens=MAX_TOKENS,
+                max_tokens=self.task.max_tokens,
                 temperature=0,
-                metadata={"intent": intent},
+                metadata={"intent": example.intent},
             )
         except openai.OpenAIError as err:
             return Reply("error", "", f"{type(err).__name__}: {err}")
