@@ -1,10 +1,10 @@
 """`stillhouse demo` end to end through the CLI with tiny models instead of Qwen and SmolLM2
-(too slow for the suite). The teacher is the tiny Llama of tests/models.py with a LoRA trained
-here on the demo's own tickets and merged in, long enough that its answers have a wide margin
-(it answers the triage JSON the same way batched or alone, on any CPU); it has three times the
-student's layers at twice the width, so the latency gate compares a real difference. The student is the tiny base
-taught the same labels, and the demo trains it a few gentle LoRA steps: it starts out agreeing
-with its teacher, and the test can check the flow itself (a real gateway and
+(too slow for the suite). The teacher is a tiny Llama with three times the student's layers at
+twice its width (so the latency gate compares a real difference), with a LoRA trained here on
+the demo's own tickets and merged in, long enough that its answers have a wide margin (it
+answers the triage JSON the same way batched or alone, on any CPU). The student is the tiny base
+of tests/models.py taught the same labels, and the demo trains it a few gentle LoRA steps: it
+starts out agreeing with its teacher, and the test can check the flow itself (a real gateway and
 controller, a real LoRA run, users on the openai SDK, every gate on measured evidence) without
 depending on how well a 2-core CPU can teach a tiny model in a minute. A tiny student that must
 learn the labels fails the stages' small live samples by chance now and then (CI saw it);
