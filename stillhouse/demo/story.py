@@ -6,18 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..report import read_rows
+from ..report import read_rows, route_of
 from ..store.base import TraceStore
 from .figures import user_requests
 
 BUCKETS = 24
 ROUTES = ("teacher", "student", "fallback")
-
-
-def _route(role: str, reason: str) -> str:
-    if reason.startswith("fallback"):
-        return "fallback"
-    return "student" if role == "student" else "teacher"
 
 
 def story(
@@ -30,7 +24,7 @@ def story(
     traffic = {route: [0] * BUCKETS for route in ROUTES}
     for r in rows:
         i = min(BUCKETS - 1, int((r.created_at - started) / width))
-        traffic[_route(r.role, r.route_reason)][i] += 1
+        traffic[route_of(r)][i] += 1  # user requests: never a shadow
     states = [(t - started, label) for t, label in spans]
     gates = []
     newest: dict[str, Any] = {}
