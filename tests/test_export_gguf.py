@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from stillhouse.engine.export import export_gguf
 from stillhouse.engine.sequence import Finished, SamplingParams
+
+from .test_llamacpp import need_llama_cpp
 
 MODEL = "smollm2-135m-instruct"
 ASK = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -23,15 +24,6 @@ SHAPES = {  # SmolLM2-135M: hidden 576, 9 heads, 3 key/value heads of 64
     "self_attn.v_proj": (192, 576),
     "self_attn.o_proj": (576, 576),
 }
-
-
-def _need_llama_cpp() -> None:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("llama-cpp-python is missing: make install builds it (the cpu extra)")
-        pytest.skip("llama-cpp-python not installed (pip install 'stillhouse[cpu]')")
 
 
 def lora(folder: Path, layers: int = 30, rank: int = 8, size: float = 0.05) -> Path:
@@ -74,7 +66,7 @@ def same_start(got: Finished, want: Finished, n: int = 3) -> None:
 
 @pytest.mark.slow
 def test_an_exported_candidate_answers_as_it_does_in_torch(tmp_path: Path) -> None:
-    _need_llama_cpp()
+    need_llama_cpp()
     import torch
 
     from stillhouse.engine.llamacpp import LlamaCppEngine
@@ -125,7 +117,7 @@ def test_an_exported_candidate_answers_as_it_does_in_torch(tmp_path: Path) -> No
 def test_export_a_candidate_from_the_command_line(tmp_path: Path) -> None:
     """`stillhouse export --candidate C --format gguf --merge --quant q8_0` on a registered
     candidate: a quantised model llama.cpp loads, a Modelfile, and the lineage beside them."""
-    _need_llama_cpp()
+    need_llama_cpp()
     from stillhouse.engine.llamacpp import LlamaCppEngine
     from stillhouse.registry import register_candidate
     from stillhouse.store import open_store
@@ -181,7 +173,7 @@ def test_export_a_candidate_from_the_command_line(tmp_path: Path) -> None:
 async def test_a_candidate_served_on_llama_cpp_has_its_adapter(tmp_path: Path) -> None:
     """A candidate's serving table (a llama-cpp student's, with the trained peft adapter) is
     deployed as the gateway does it: the adapter becomes a GGUF adapter and changes the answer."""
-    _need_llama_cpp()
+    need_llama_cpp()
     from stillhouse.config import ModelConfig
     from stillhouse.providers import SharedSession, build_provider
 

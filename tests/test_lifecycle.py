@@ -329,16 +329,23 @@ def test_a_bad_candidate_is_stopped_at_the_gate(world: World) -> None:
     assert w.state().reason.startswith("8 new distinct examples")
 
 
-def test_an_identical_snapshot_is_not_trained_again(world: World) -> None:
-    w = world
+def _failed_once(w: World) -> tuple[str, Controller]:
+    """A candidate fails the gate on 8 asked messages: the dataset it failed on, and a controller
+    whose clock stands past grace.max_days."""
     w.steps.passes = False
     w.ask(8)
     assert [w.tick() for _ in range(5)][-1] is State.GRACE
     with open_store(w.config.store.url) as store:
         failed = store.list_datasets("support")[0].id
-    # max_days pass with nothing new: curated again, the same snapshot comes back
     days = w.config.tasks["support"].grace.max_days
     later = Controller(w.config, steps=w.steps, clock=lambda: time.time() + days * 86400 + 1)
+    return failed, later
+
+
+def test_an_identical_snapshot_is_not_trained_again(world: World) -> None:
+    w = world
+    # max_days pass with nothing new: curated again, the same snapshot comes back
+    failed, later = _failed_once(w)
     assert later.tick()["support"].state is State.CURATING
     assert later.tick()["support"].state is State.GRACE
     state = w.state()
@@ -351,11 +358,7 @@ def test_old_messages_sent_again_are_not_trained_again(world: World) -> None:
     """After max_days the same 8 messages, captured again under new call ids, curate to the
     examples the candidate failed on: the snapshot that retells them is the failed one."""
     w = world
-    w.steps.passes = False
-    w.ask(8)
-    assert [w.tick() for _ in range(5)][-1] is State.GRACE
-    with open_store(w.config.store.url) as store:
-        failed = store.list_datasets("support")[0].id
+    failed, later = _failed_once(w)
     for i in range(8):  # newer calls, the same lines
         w.client.chat.completions.create(
             model="support",
@@ -364,8 +367,6 @@ def test_old_messages_sent_again_are_not_trained_again(world: World) -> None:
             metadata={"intent": INTENTS[i % 4]},
         )
     w.settle()
-    days = w.config.tasks["support"].grace.max_days
-    later = Controller(w.config, steps=w.steps, clock=lambda: time.time() + days * 86400 + 1)
     assert later.tick()["support"].state is State.CURATING
     assert later.tick()["support"].state is State.GRACE
     assert f"curated {failed} again" in w.state().reason

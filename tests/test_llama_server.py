@@ -10,7 +10,6 @@ openai SDK asking through the gateway. Skipped without llama-cpp-python, except 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -26,25 +25,16 @@ from stillhouse.store import open_store
 
 from .test_export_gguf import ASK, MODEL, lora
 from .test_lifecycle_serving import config_for, serve
+from .test_llamacpp import need_llama_cpp
 from .upstream import UpstreamBehaviour, free_port, running_upstream
 
 ALIAS = "smollm2-support-ft"
 
 
-def _need_server() -> None:
-    try:
-        import llama_cpp.server  # noqa: F401
-        import sse_starlette  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("llama-cpp-python[server] is missing: make install builds the cpu extra")
-        pytest.skip("llama-cpp-python's server not installed (pip install 'stillhouse[cpu]')")
-
-
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m llama_cpp.server` with the base GGUF and a candidate's adapter: its /v1 URL."""
-    _need_server()
+    need_llama_cpp("llama_cpp.server", "sse_starlette")
     from stillhouse.engine.gguf_files import lora_to_gguf, model_gguf
 
     folder = tmp_path_factory.mktemp("llama-server")

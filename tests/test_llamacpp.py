@@ -38,18 +38,23 @@ TRIAGE = {
 }
 
 
-def _need_llama_cpp() -> None:
+def need_llama_cpp(*modules: str) -> None:
+    """Skip without llama-cpp-python (and `modules`, e.g. its server's), except under CI, where
+    it must run: `make install` builds the cpu extra."""
+    import importlib
+
     try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
+        for name in ("llama_cpp", *modules):
+            importlib.import_module(name)
+    except ImportError as err:
         if os.environ.get("CI"):
-            pytest.fail("llama-cpp-python is missing: make install builds it (the cpu extra)")
-        pytest.skip("llama-cpp-python not installed (pip install 'stillhouse[cpu]')")
+            pytest.fail(f"{err.name} is missing: make install builds it (the cpu extra)")
+        pytest.skip(f"{err.name} not installed (pip install 'stillhouse[cpu]')")
 
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Any]:
-    _need_llama_cpp()
+    need_llama_cpp()
     from stillhouse.engine.llamacpp import LlamaCppEngine
 
     eng = LlamaCppEngine.load(MODEL, threads=2)
@@ -187,7 +192,7 @@ def test_a_shared_opening_is_prefilled_once(client: openai.OpenAI, server: Serve
 
 
 async def test_the_local_provider_runs_on_llama_cpp() -> None:
-    _need_llama_cpp()
+    need_llama_cpp()
     from stillhouse.providers.local import Local
 
     config = ModelConfig(provider="local", model=MODEL, engine="llama-cpp")
@@ -304,7 +309,7 @@ def test_an_adapter_that_fits_becomes_a_gguf_adapter(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_serve_model_command_with_the_sdk() -> None:
     """`stillhouse serve-model --engine llama-cpp` as a user starts it, asked with the SDK."""
-    _need_llama_cpp()
+    need_llama_cpp()
     port = free_port()
     cmd = [sys.executable, "-m", "stillhouse", "serve-model", MODEL, "--engine", "llama-cpp"]
     proc = subprocess.Popen(
