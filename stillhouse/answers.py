@@ -33,7 +33,7 @@ SIMILARITY_THRESHOLD = {"embeddings": 0.85, "ngrams": 0.6}
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
 _SPACE = re.compile(r"\s+")
 _NGRAMS = (2, 4)
-LOW_PERCENTILE = 10  # the token-logprob percentile routed on (`stillhouse.confidence.p10`)
+LOW_PERCENTILE = 10  # the token-logprob percentile of `stillhouse.confidence.p10` (one of SIGNALS)
 
 
 # -- the text of an answer ------------------------------------------------------------------

@@ -25,7 +25,7 @@ from ..store.base import TraceStore
 from ..store.records import Candidate, Verdict, new_id
 from ..toolcalls import assistant_text
 from . import metrics
-from .calibrate import calibrate, coverage
+from .calibrate import Calibration, calibrate, coverage
 from .gate import Evidence, Rules, decide
 from .serve import Answer, serve
 
@@ -268,7 +268,7 @@ def _kept_per_intent(
     return {k: (len(v), rate_interval(v)[1]) for k, v in kept.items()}
 
 
-def _operating_point(calibration: Any, rules: Rules) -> dict[str, Any] | None:
+def _operating_point(calibration: Calibration, rules: Rules) -> dict[str, Any] | None:
     """The headline: the share of answers the student keeps at its calibrated threshold, and
     their agreement with its lower bound, both out of sample (None: nothing was judged)."""
     held = calibration.held_out
