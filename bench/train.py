@@ -121,7 +121,7 @@ def main() -> None:
         "seconds": round(result.seconds, 2),
         "seconds_per_step": round(result.seconds / max(result.steps, 1), 3),
         "tokens_per_second": round(result.tokens_per_second, 1),
-        "holdout_loss": [round(h["holdout_loss"], 4) for h in result.history],
+        "validation_loss": [round(h["validation_loss"], 4) for h in result.history],
         "train_loss": round(result.train_loss, 4),
         "rss_mb": {
             "before_load": round(before_load),

@@ -199,7 +199,7 @@ def weather(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Weather]:
         # tried, where the intent task's settings got 18-24)
         settings = fast_settings(tiny_base, epochs=12, learning_rate=1e-2)
         result = train(settings, rows, held, folder / "run", progress=False)
-        assert result.holdout_loss < result.initial_holdout_loss / 10
+        assert result.validation_loss < result.initial_validation_loss / 10
         yield Weather(
             folder, teacher_url, behaviour, config, dataset.id, result.adapter_dir, tiny_base
         )

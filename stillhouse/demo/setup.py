@@ -23,6 +23,9 @@ SCALED = (
     "grace.min_conversations = the profile's calls",
     "grace.min_unique_intents = min(20, intents)",
     "train.max_length = the task's (its system prompt, message and answer fit)",
+    "train.max_steps, train.learning_rate = the profile's (64 steps at 3e-3 for the full run: "
+    "what this CPU trains in minutes; the product's default, 5 epochs at 1e-3, is 15-50 "
+    "minutes here and scores higher, docs/benchmarks.md)",
     "rollout.stages, rollout.min_samples = the profile's; rollout.min_dwell = 0",
     "routing.shadow_rate = 1.0 (every student answer checked, so each stage fills fast)",
     "curate.holdout = 0.3; curate.intents = metadata; general.share = 0",

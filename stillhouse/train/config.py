@@ -22,7 +22,7 @@ DEFAULT_TARGETS = tuple(_DEFAULTS.target_modules)
 @dataclass(frozen=True, slots=True)
 class TrainSettings:
     """One run's settings: the task's train table as plain data. The defaults are the table's
-    (the design's r=16, alpha=32, q/k/v/o, 3 epochs)."""
+    (r=16, alpha=32, q/k/v/o, 5 epochs at 1e-3)."""
 
     backend: Backend = _DEFAULTS.backend
     # local: a model spec; remote: the model to fine-tune
@@ -43,6 +43,9 @@ class TrainSettings:
     seed: int = _DEFAULTS.seed
     # steps between holdout evaluations; None: once per epoch
     eval_every: int | None = _DEFAULTS.eval_every
+    validation: float = _DEFAULTS.validation  # share of the train split judged while training
+    stop_on: str = _DEFAULTS.stop_on  # loss | agreement
+    target_agreement: float | None = _DEFAULTS.target_agreement
     patience: int = _DEFAULTS.patience  # evaluations without improvement before stopping early
     # steps between checkpoints; None: at each evaluation
     checkpoint_every: int | None = _DEFAULTS.checkpoint_every

@@ -1,9 +1,9 @@
 """Local LoRA training: a base causal LM, an adapter on its attention projections, a plain torch
 loop over a dataset's chat examples (CPU, or a GPU in bf16 with gradient checkpointing).
 
-It reads top to bottom: encode -> batches -> steps -> holdout loss -> checkpoint -> adapter. The
-loss never sees anything but the assistant's tokens, and the base weights are never changed (a
-merged copy is written beside the adapter, never over the base).
+It reads top to bottom: encode -> batches -> steps -> validation (loss, agreement) -> checkpoint
+-> adapter. The loss never sees anything but the assistant's tokens, and the base weights are
+never changed (a merged copy is written beside the adapter, never over the base).
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ class TrainResult:
     merged_dir: Path | None
     base_dir: str  # the directory (or hub id) the adapter was trained on
     train_loss: float  # mean loss over the last epoch's steps
-    holdout_loss: float | None  # the best one, whose adapter was kept
-    initial_holdout_loss: float | None
+    validation_loss: float | None  # the kept adapter's (the best one's)
+    initial_validation_loss: float | None
+    validation_agreement: float | None  # the kept adapter's, when agreement was scored
     steps: int
     tokens: int  # tokens through the model (prompt and answer), resumed steps included
     seconds: float  # this process's training time
@@ -56,12 +57,15 @@ class TrainResult:
     resumed_at: int  # the step a checkpoint resumed from (0: a fresh run)
     device: str
     history: tuple[dict[str, float], ...] = field(default=())  # one entry per evaluation
+    train_examples: int = 0  # examples trained on
+    validation_examples: int = 0  # examples judged on
 
     def metrics(self) -> dict[str, Any]:
         return {
             "train_loss": self.train_loss,
-            "holdout_loss": self.holdout_loss,
-            "initial_holdout_loss": self.initial_holdout_loss,
+            "validation_loss": self.validation_loss,
+            "initial_validation_loss": self.initial_validation_loss,
+            "validation_agreement": self.validation_agreement,
             "steps": self.steps,
             "tokens": self.tokens,
             "seconds": round(self.seconds, 3),
@@ -70,6 +74,8 @@ class TrainResult:
             "resumed_at": self.resumed_at,
             "device": self.device,
             "history": list(self.history),
+            "train_examples": self.train_examples,
+            "validation_examples": self.validation_examples,
         }
 
 
@@ -220,10 +226,10 @@ def add_adapter(model: Any, settings: TrainSettings, device: str) -> Any:
     return peft_model
 
 
-def holdout_loss(
+def validation_loss(
     model: Any, items: Sequence[Encoded], batch_size: int, pad_id: int, **options: Any
 ) -> float:
-    """Mean loss per assistant token over the holdout (dropout off); `options` as for
+    """Mean loss per assistant token over the validation split (dropout off); `options` as for
     `batch_loss`."""
     import torch
 
@@ -286,16 +292,23 @@ def _load_checkpoint(directory: Path) -> dict[str, Any] | None:
 def train(
     settings: TrainSettings,
     train_examples: Sequence[dict[str, Any]],
-    holdout_examples: Sequence[dict[str, Any]],
+    validation_examples: Sequence[dict[str, Any]],
     out_dir: str | Path,
     *,
     progress: bool = True,
     resume: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    validate: Callable[[Any, Any], float] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on `settings.base_model`; write it (and a merged model when
     `settings.merge`) under `out_dir`. Resumes from `out_dir/checkpoint` when one is there.
-    `on_step(step, loss)` is called after each step (and after its checkpoint is written)."""
+    `on_step(step, loss)` is called after each step (and after its checkpoint is written).
+
+    `validation_examples` (a share of the train split, never the gate's holdout): at each
+    evaluation their loss is measured and, with `validate(model, tokenizer)` (a score, higher
+    is better: train/validate.Scorer's agreement), scored; the adapter kept, and the patience
+    counted, follow the score (its ties broken by the loss), else the loss alone. Training
+    stops as soon as the score reaches `settings.target_agreement`."""
     import torch
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from tqdm import tqdm
@@ -312,7 +325,9 @@ def train(
     model, tokenizer, base_dir = load_base(settings.base_model, device, settings.precision)
     pad_id = int(tokenizer.pad_token_id)
     train_items = encode_all(tokenizer, train_examples, settings.max_length, settings.turns)
-    held_items = encode_all(tokenizer, holdout_examples, settings.max_length, settings.turns)
+    validation_items = encode_all(
+        tokenizer, validation_examples, settings.max_length, settings.turns
+    )
     if not train_items:
         raise TrainingError("no training example has an assistant answer to learn")
     model = add_adapter(model, settings, device)
@@ -334,6 +349,7 @@ def train(
 
     step, tokens, losses = 0, 0, []
     best_loss: float | None = None
+    best_key: tuple[float, float] | None = None  # (score, -loss) of the adapter kept
     best_state: dict[str, Any] | None = None
     bad_evals = 0
     history: list[dict[str, float]] = []
@@ -351,11 +367,14 @@ def train(
             saved["best_state"],
             saved["bad_evals"],
         )
+        best_key = saved.get("best_key")
+        if best_key is None and best_loss is not None:  # a checkpoint from before scoring
+            best_key = (0.0, -best_loss)
         history, initial = saved["history"], saved["initial"]
     resumed_at = step
-    if initial is None and held_items:
-        initial = holdout_loss(model, held_items, settings.batch_size, pad_id, **options)
-        history.append({"step": 0, "holdout_loss": initial})
+    if initial is None and validation_items:
+        initial = validation_loss(model, validation_items, settings.batch_size, pad_id, **options)
+        history.append({"step": 0, "validation_loss": initial})
 
     started = time.perf_counter()
     run_tokens = 0
@@ -391,17 +410,27 @@ def train(
             bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{rate:.0f}", refresh=False)
             bar.update(1)
 
-            if held_items and (step % eval_every == 0 or step == total):
-                current = holdout_loss(model, held_items, settings.batch_size, pad_id, **options)
-                history.append({"step": step, "holdout_loss": current})
-                if best_loss is None or current < best_loss:
-                    best_loss, bad_evals = current, 0
+            if validation_items and (step % eval_every == 0 or step == total):
+                current = validation_loss(
+                    model, validation_items, settings.batch_size, pad_id, **options
+                )
+                entry = {"step": step, "validation_loss": current}
+                score = 0.0
+                if validate is not None:
+                    score = entry["agreement"] = validate(model, tokenizer)
+                history.append(entry)
+                key = (score, -current)
+                if best_key is None or key > best_key:
+                    best_key, best_loss, bad_evals = key, current, 0
                     best_state = {
                         k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()
                     }
                 else:
                     bad_evals += 1
                     stopped_early = bad_evals >= settings.patience and step < total
+                target = settings.target_agreement
+                if validate is not None and target is not None and score >= target:
+                    stopped_early = step < total  # the target is reached: no need to go on
             if step % checkpoint_every == 0 and step < total and not stopped_early:
                 _save_checkpoint(
                     checkpoint,
@@ -414,6 +443,7 @@ def train(
                         "tokens": tokens,
                         "losses": losses,
                         "best_loss": best_loss,
+                        "best_key": best_key,
                         "best_state": best_state,
                         "bad_evals": bad_evals,
                         "history": history,
@@ -425,7 +455,7 @@ def train(
                 on_step(step, losses[-1])
     seconds = time.perf_counter() - started
     if best_state is not None:
-        set_peft_model_state_dict(model, best_state)  # keep the adapter the holdout liked best
+        set_peft_model_state_dict(model, best_state)  # keep the adapter the validation liked best
     model.eval()
     adapter_dir = save_adapter(model, out / "adapter", base_dir)
     merged_dir = merge_adapter(model, tokenizer, out / "merged") if settings.merge else None
@@ -437,8 +467,9 @@ def train(
         merged_dir=merged_dir,
         base_dir=base_dir,
         train_loss=sum(last_epoch) / max(len(last_epoch), 1),
-        holdout_loss=best_loss,
-        initial_holdout_loss=initial,
+        validation_loss=best_loss,
+        initial_validation_loss=initial,
+        validation_agreement=best_key[0] if validate is not None and best_key else None,
         steps=step,
         tokens=tokens,
         seconds=seconds,
@@ -447,4 +478,6 @@ def train(
         resumed_at=resumed_at,
         device=device,
         history=tuple(history),
+        train_examples=len(train_examples),
+        validation_examples=len(validation_examples),
     )

@@ -90,14 +90,18 @@ def train_task(
     artifacts: dict[str, Any]
     if settings.backend == "local":
         from .lora import train
+        from .validate import Scorer, split
 
-        result = train(
-            settings,
+        # the run judges itself on a share of the train split; the holdout is the gate's alone
+        fit, validation = split(
             [e.example for e in store.dataset_examples(ds.id, "train")],
-            [e.example for e in store.dataset_examples(ds.id, "holdout")],
-            out,
-            progress=progress,
+            settings.validation,
+            settings.seed,
         )
+        scored = settings.stop_on == "agreement" or settings.target_agreement is not None
+        metric = config.tasks[task].gate.metric
+        scorer = Scorer(validation, metric) if scored and validation else None
+        result = train(settings, fit, validation, out, progress=progress, validate=scorer)
         metrics = result.metrics()
         artifacts = {
             "run_dir": str(out),
@@ -159,12 +163,13 @@ def train_task(
         "candidate": candidate.id,
         "task": task,
         "dataset": ds.id,
+        "train_examples": ds.train_count,
         "curated": curated,
         "backend": settings.backend,
         "base_model": settings.base_model,
         "config_hash": candidate.config_hash,
         "train_loss": metrics.get("train_loss"),
-        "holdout_loss": metrics.get("holdout_loss"),
+        "validation_loss": metrics.get("validation_loss"),
         "seconds": round(time.perf_counter() - started, 3),
         "metrics": metrics,
         "artifacts": artifacts,
