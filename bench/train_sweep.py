@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> None:
         "runs": [],
     }
     plan = [(lr, r, 1.0) for lr, r in GRID[: args.grid]]
-    plan += [(args.curve_lr, args.curve_r, frac) for frac in FRACTIONS if args.curve]
+    plan += [(args.curve_lr, args.curve_r, frac) for frac in args.fractions if args.curve]
     for lr, r, frac in plan:
         for task, (metric, fit, val, holdout) in sets.items():
             if time.perf_counter() - started > args.budget_s:
@@ -200,6 +200,7 @@ def run(args: argparse.Namespace) -> None:
                 precision=args.precision,
                 device=args.device,
                 seed=args.seed,
+                eval_every=10**9 if args.final_only else None,  # None: each epoch
             )
             result = one_run(task, metric, part, val, holdout, settings, args.gen_batch)
             result["fraction"] = frac
@@ -234,6 +235,8 @@ def main() -> None:
     go.add_argument("--curve", action=argparse.BooleanOptionalAction, default=True)
     go.add_argument("--curve-lr", type=float, default=1e-3, help="the data curve's settings")
     go.add_argument("--curve-r", type=int, default=16)
+    go.add_argument("--fractions", nargs="+", type=float, default=FRACTIONS)
+    go.add_argument("--final-only", action="store_true", help="score the last epoch only")
     go.add_argument("--tasks", nargs="+", default=None, help="default: every task in --data")
     go.add_argument("--limit", type=int, default=None, help="first N examples (a smoke test)")
     go.add_argument("--budget-s", type=float, default=float("inf"))

@@ -86,6 +86,10 @@ class Gateway:
             t.join(30)
 
 
+# Lifecycle ticks grace may sit unmoved after the last calls before the users send more.
+STILL_WAITING = 10
+
+
 def run(
     folder: Path,
     profile: Profile,
@@ -155,6 +159,7 @@ def run(
         deadline = time.time() + profile.budget_s
         outcome = "budget spent"
         rounds, answered = 1, 0.0
+        last_sent = time.time()
         while time.time() < deadline:
             state = current()
             note(state)
@@ -174,6 +179,14 @@ def run(
                 say(f"round {rounds}: {profile.grace_calls} more {noun} to the teacher")
                 users.send(profile.grace_calls, done)
                 gateway.settle()
+                last_sent = time.time()
+                continue
+            if state.state is State.GRACE and time.time() - last_sent > STILL_WAITING * tick:
+                # grace still waits (after a failed gate, for requests unlike those already
+                # trained on): the users keep coming, as real traffic would
+                users.send(concurrency, done)
+                gateway.settle()
+                last_sent = time.time()
                 continue
             if state.state is State.ROLLED_BACK:
                 outcome = f"stopped in {state.state.value}: {state.reason}"
