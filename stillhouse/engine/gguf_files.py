@@ -59,6 +59,12 @@ def model_gguf(spec: str) -> Path:
         model = [p for p in found if not p.name.startswith("adapter")]
         if len(model) == 1:
             return check_gguf(model[0], "model")
+        raise ConfigError(
+            f"model '{spec}' is a Hugging Face folder with no .gguf in it: llama.cpp (and "
+            "`stillhouse export --format gguf`) need the base as GGUF. Convert it with llama.cpp's "
+            "convert_hf_to_gguf.py (in the llama.cpp repository; llama-cpp-python does not "
+            'install it) and put the .gguf in the folder, or use engine = "torch"'
+        )
     raise ConfigError(
         f"model '{spec}': the llama-cpp engine loads GGUF files (a packaged model's name or a "
         '.gguf path); write one with `stillhouse export --format gguf`, or use engine = "torch"'
