@@ -308,6 +308,8 @@ def test_train_candidates_lineage_commands(tiny_base: Path, tmp_path: Path, stor
     assert [link["id"] for link in down["children"]] == [doc["candidate"]]
     text = run("lineage", doc["candidate"], cwd=tmp_path).stdout
     assert "dataset" in text and "candidate" in text
+    told = run("train", "--task", "support", "--dataset", doc["dataset"], cwd=tmp_path).stdout
+    assert "validation: " in told and "the holdout is left to the gate" in told, told
     bad = run("lineage", "nope", cwd=tmp_path, check=False)
     assert bad.returncode == 1 and "not a registry id" in bad.stderr
 

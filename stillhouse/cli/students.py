@@ -42,6 +42,14 @@ def train(
         f"{doc['candidate']}  task={task}  dataset={doc['dataset']}  backend={doc['backend']}  "
         f"train_loss={'-' if loss is None else f'{loss:.4f}'}  {doc['seconds']:.1f}s"
     )
+    metrics = doc["metrics"]
+    if metrics.get("validation_examples") and doc.get("validation_loss") is not None:
+        agreement = metrics.get("validation_agreement")
+        judged = "" if agreement is None else f", agreement {agreement:.1%}"
+        click.echo(
+            f"validation: {metrics['validation_examples']} of the train split's examples "
+            f"(loss {doc['validation_loss']:.4f}{judged}; the holdout is left to the gate)"
+        )
     where = doc["artifacts"].get("adapter_dir") or doc["artifacts"].get("fine_tuned_model")
     click.echo(f"student: {where}")
 
