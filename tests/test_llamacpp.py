@@ -241,7 +241,7 @@ def test_a_hugging_face_folder_is_refused_by_llama_cpp(tmp_path: Path) -> None:
     from stillhouse.engine.gguf_files import model_gguf
 
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(ConfigError, match="Hugging Face folder with no .gguf") as refused:
+    with pytest.raises(ConfigError, match=r"Hugging Face folder with no \.gguf") as refused:
         model_gguf(str(tmp_path))
     assert "convert_hf_to_gguf.py" in str(refused.value)  # what to do, not a loop back to export
 
