@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from stillhouse.train.config import TrainSettings
-from stillhouse.train.validate import request_messages
+from stillhouse.train.validate import prompt_messages
 
 
 def load_examples(path: Path) -> list[dict[str, Any]]:
@@ -109,7 +109,7 @@ def trl(settings: TrainSettings, examples: list[dict[str, Any]], warmup: int) ->
     model = AutoModelForCausalLM.from_pretrained(
         settings.base_model, dtype=torch.bfloat16 if bf16 else torch.float32
     )
-    rows = [{"prompt": request_messages(x), "completion": [x["messages"][-1]]} for x in examples]
+    rows = [{"prompt": prompt_messages(x), "completion": [x["messages"][-1]]} for x in examples]
     clock = Clock(warmup)
     tokens: list[int] = []
 

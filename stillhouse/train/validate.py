@@ -28,18 +28,20 @@ MAX_NEW_TOKENS = 256
 MIN_TO_SPLIT = 20
 
 
-def request_messages(example: dict[str, Any]) -> list[dict[str, Any]]:
+def _last_answer(messages: Sequence[dict[str, Any]]) -> int:
+    return max(i for i, m in enumerate(messages) if m.get("role") == "assistant")
+
+
+def prompt_messages(example: dict[str, Any]) -> list[dict[str, Any]]:
     """The messages before the example's last assistant turn: what the student is asked."""
     messages = list(example["messages"])
-    last = max(i for i, m in enumerate(messages) if m.get("role") == "assistant")
-    return messages[:last]
+    return messages[: _last_answer(messages)]
 
 
 def teacher_answer(example: dict[str, Any]) -> str:
     """The example's last assistant turn as the model says it (calls as `<tool_call>` blocks)."""
     messages = example["messages"]
-    last = max(i for i, m in enumerate(messages) if m.get("role") == "assistant")
-    return assistant_text(messages[last])
+    return assistant_text(messages[_last_answer(messages)])
 
 
 def split(
@@ -53,7 +55,7 @@ def split(
         return list(examples), []
     groups: dict[str, list[int]] = {}
     for i, example in enumerate(examples):
-        key = json.dumps(request_messages(example), sort_keys=True, ensure_ascii=False)
+        key = json.dumps(prompt_messages(example), sort_keys=True, ensure_ascii=False)
         groups.setdefault(key, []).append(i)
     ranked = sorted(
         groups.items(),
@@ -119,7 +121,7 @@ def generate(
     texts = [
         str(
             tokenizer.apply_chat_template(
-                chat_messages(request_messages(x), x.get("tools")),
+                chat_messages(prompt_messages(x), x.get("tools")),
                 tokenize=False,
                 add_generation_prompt=True,
             )
