@@ -80,6 +80,23 @@ def test_an_enum_label_cannot_be_invented(engine: Engine) -> None:
     assert len({json.loads(a.text)["intent"] for a in answers}) >= 3
 
 
+def test_the_schemas_property_order_is_the_answers(engine: Engine) -> None:
+    """The grammar keeps the fields in the schema's order, the order the teacher answered in
+    and the student was trained on (a schema written as text with sorted keys once forced
+    `amount` before `order_id` on a student trained the other way, and it lost the thread)."""
+    from stillhouse.engine.grammar import response_schema
+
+    unsorted = {
+        "type": "object",
+        "properties": {"priority": {"enum": PRIORITIES}, "intent": {"enum": INTENTS}},
+        "required": ["priority", "intent"],
+    }
+    text = response_schema(schema_format(unsorted))
+    assert text is not None and text.index('"priority"') < text.index('"intent"')
+    answer = engine.generate(TRIAGE, SamplingParams(max_tokens=80, json_schema=text))
+    assert list(json.loads(answer.text)) == ["priority", "intent"], answer.text
+
+
 def test_json_object_mode_answers_a_json_object(client: openai.OpenAI) -> None:
     for temperature in (0.0, 1.0):
         reply = client.chat.completions.create(

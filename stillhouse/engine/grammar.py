@@ -45,7 +45,10 @@ def response_schema(response_format: dict[str, Any] | None) -> str | None:
                 param="response_format",
                 code="invalid_value",
             )
-        return json.dumps(schema, sort_keys=True)  # one text per schema: the compiler caches
+        # Written in the schema's own key order: a grammar keeps the properties in the order
+        # the schema lists them, the order the teacher answered in and the student learnt (one
+        # text per schema as sent: the compiler caches on it)
+        return json.dumps(schema)
     raise BadRequest(
         f"response_format type '{kind}' is not supported: use text, json_object or json_schema",
         param="response_format",
