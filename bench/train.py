@@ -91,7 +91,7 @@ def main() -> None:
         max_steps=args.steps,
         batch_size=args.batch,
         threads=args.threads,
-        eval_every=args.steps,  # one holdout evaluation, at the end
+        eval_every=args.steps,  # one validation evaluation, at the end
     )
     with tempfile.TemporaryDirectory() as out:
         result = train(
