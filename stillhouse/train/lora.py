@@ -417,7 +417,10 @@ def train(
                 entry = {"step": step, "validation_loss": current}
                 score = 0.0
                 if validate is not None:
+                    bar.set_description("validate (generating)", refresh=True)
                     score = entry["agreement"] = validate(model, tokenizer)
+                    bar.set_description("train", refresh=False)
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", agreement=f"{score:.1%}")
                 history.append(entry)
                 key = (score, -current)
                 if best_key is None or key > best_key:
