@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from stillhouse.train.config import TrainSettings
+from stillhouse.train.lora import lora_config
 from stillhouse.train.validate import prompt_messages
 
 
@@ -96,7 +97,6 @@ def ours(settings: TrainSettings, examples: list[dict[str, Any]], warmup: int) -
 def trl(settings: TrainSettings, examples: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -143,13 +143,7 @@ def trl(settings: TrainSettings, examples: list[dict[str, Any]], warmup: int) ->
             args=config,
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
-            peft_config=LoraConfig(
-                r=settings.r,
-                lora_alpha=settings.alpha,
-                lora_dropout=settings.dropout,
-                target_modules=list(settings.target_modules),
-                task_type="CAUSAL_LM",
-            ),
+            peft_config=lora_config(settings),  # the very LoRA our loop trains
             callbacks=[Timer()],
         )
         collate = trainer.data_collator

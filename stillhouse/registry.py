@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,7 +18,6 @@ from .errors import StillhouseError
 from .store.base import TraceStore
 from .store.records import Candidate, EvalRun, Export, Release, new_id
 
-KINDS = ("dataset", "candidate", "eval_run", "release")
 _PREFIXES = {
     "ds_": "dataset",
     "cand_": "candidate",
@@ -164,15 +162,6 @@ def record_export(
     return export
 
 
-def file_digest(path: Path) -> dict[str, Any]:
-    """A written file's size and sha256 (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
-
-
 def _export_link(e: Export) -> Link:
     detail = {"format": e.format, "path": e.path, **e.config, "files": sorted(e.files)}
     return Link("export", e.id, e.created_at, e.config_hash, detail)
@@ -182,9 +171,8 @@ def kind_of(record_id: str) -> str:
     for prefix, kind in _PREFIXES.items():
         if record_id.startswith(prefix):
             return kind
-    raise StillhouseError(
-        f"{record_id!r} is not a registry id (ds_…, cand_…, eval_…, rel_…, export_…)"
-    )
+    known = ", ".join(f"{prefix}…" for prefix in _PREFIXES)
+    raise StillhouseError(f"{record_id!r} is not a registry id ({known})")
 
 
 def _dataset_link(store: TraceStore, dataset_id: str) -> Link:

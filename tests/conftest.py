@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from stillhouse.config import Config, parse_config
@@ -74,6 +75,19 @@ class Gateway:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+def sdk_client(gw: Gateway, **options: Any) -> openai.OpenAI:
+    """The official openai SDK pointed at `gw`, without retries (a test sees every failure)."""
+    return openai.OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0, **options)
+
+
+def only_call(gw: Gateway, task: str | None = None) -> Any:
+    """The one call `gw` captured (of `task`), once every capture reached the store."""
+    gw.flush()
+    with gw.store() as store:
+        (call,) = store.list_calls(task=task)
+    return call
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from stillhouse.errors import UpstreamError
 from stillhouse.providers.anthropic import to_anthropic_request, to_openai_response
 
 from .anthropic_upstream import AnthropicBehaviour, running_anthropic
-from .conftest import Gateway, make_config
+from .conftest import Gateway, make_config, only_call, sdk_client
 
 KEY_ENV = "STILLHOUSE_TEST_ANTHROPIC_KEY"
 KEY = "sk-ant-test-0123"
@@ -57,21 +57,10 @@ def gw(
     return gateway_factory(make_config(tmp_path, anthropic[0], models={"teacher": teacher}))
 
 
-def client(gw: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
-
-
-def only_call(gw: Gateway) -> Any:
-    gw.flush()
-    with gw.store() as store:
-        (call,) = store.list_calls(task="support")
-    return call
-
-
 # -- through the gateway -------------------------------------------------------------------------
 def test_answer_comes_back_in_openai_shape_and_is_captured(gw: Gateway, anthropic) -> None:
     _, behaviour = anthropic
-    reply = client(gw).chat.completions.create(
+    reply = sdk_client(gw).chat.completions.create(
         model="support",
         messages=[
             {"role": "system", "content": "be brief"},
@@ -123,7 +112,7 @@ def test_answer_comes_back_in_openai_shape_and_is_captured(gw: Gateway, anthropi
 
 def test_options_are_translated_and_unknown_ones_dropped(gw: Gateway, anthropic) -> None:
     _, behaviour = anthropic
-    reply = client(gw).chat.completions.create(
+    reply = sdk_client(gw).chat.completions.create(
         model="support",
         messages=[{"role": "user", "content": "one two three END four"}],
         max_completion_tokens=50,
@@ -153,7 +142,7 @@ def test_options_are_translated_and_unknown_ones_dropped(gw: Gateway, anthropic)
 
 
 def test_max_tokens_cuts_the_answer_and_reads_as_length(gw: Gateway, anthropic) -> None:
-    reply = client(gw).chat.completions.create(
+    reply = sdk_client(gw).chat.completions.create(
         model="support", messages=[{"role": "user", "content": "a b c d"}], max_tokens=2
     )
     assert anthropic[1].requests[0]["max_tokens"] == 2
@@ -163,7 +152,7 @@ def test_max_tokens_cuts_the_answer_and_reads_as_length(gw: Gateway, anthropic) 
 
 def test_tools_are_translated_and_tool_use_comes_back_as_tool_calls(gw: Gateway, anthropic) -> None:
     _, behaviour = anthropic
-    reply = client(gw).chat.completions.create(
+    reply = sdk_client(gw).chat.completions.create(
         model="support",
         messages=[{"role": "user", "content": "find order 42"}],
         tools=TOOLS,
@@ -190,7 +179,7 @@ def test_tools_are_translated_and_tool_use_comes_back_as_tool_calls(gw: Gateway,
 
 def test_a_tool_conversation_round_trips(gw: Gateway, anthropic) -> None:
     _, behaviour = anthropic
-    c = client(gw)
+    c = sdk_client(gw)
     messages: list[Any] = [{"role": "user", "content": "find order 42"}]
     first = c.chat.completions.create(model="support", messages=messages, tools=TOOLS)
     (tool_call,) = first.choices[0].message.tool_calls
@@ -235,7 +224,7 @@ def test_a_tool_conversation_round_trips(gw: Gateway, anthropic) -> None:
 def test_streaming_text_arrives_in_deltas_and_is_captured_whole(gw: Gateway, anthropic) -> None:
     _, behaviour = anthropic
     behaviour.cache_read_tokens = 4
-    stream = client(gw).chat.completions.create(
+    stream = sdk_client(gw).chat.completions.create(
         model="support",
         stream=True,
         stream_options={"include_usage": True},
@@ -305,7 +294,7 @@ async def test_async_client_streams_tool_calls_and_answers_plainly(gw: Gateway, 
 def test_overloaded_529_is_retried(gw: Gateway, anthropic, stream: bool) -> None:
     _, behaviour = anthropic
     behaviour.fail(529, "Overloaded")
-    reply = client(gw).chat.completions.create(
+    reply = sdk_client(gw).chat.completions.create(
         model="support", stream=stream, messages=[{"role": "user", "content": "hi"}]
     )
     text = (
@@ -322,7 +311,7 @@ def test_a_400_reaches_the_client_with_anthropics_message(gw: Gateway, anthropic
     _, behaviour = anthropic
     behaviour.fail(400, "messages.0.content: prompt is too long")
     with pytest.raises(openai.BadRequestError) as info:
-        client(gw).chat.completions.create(
+        sdk_client(gw).chat.completions.create(
             model="support", messages=[{"role": "user", "content": "hi"}]
         )
     assert info.value.body["message"] == "messages.0.content: prompt is too long"
@@ -334,7 +323,7 @@ def test_a_400_reaches_the_client_with_anthropics_message(gw: Gateway, anthropic
 
 def test_n_above_one_is_refused_before_anthropic_is_called(gw: Gateway, anthropic) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client(gw).chat.completions.create(
+        sdk_client(gw).chat.completions.create(
             model="support", messages=[{"role": "user", "content": "hi"}], n=2
         )
     assert "n must be 1" in info.value.message and info.value.param == "n"
@@ -344,7 +333,7 @@ def test_n_above_one_is_refused_before_anthropic_is_called(gw: Gateway, anthropi
 def test_a_missing_key_is_a_clear_error(gw: Gateway, anthropic, monkeypatch) -> None:
     monkeypatch.delenv(KEY_ENV)
     with pytest.raises(openai.InternalServerError) as info:
-        client(gw).chat.completions.create(
+        sdk_client(gw).chat.completions.create(
             model="support", messages=[{"role": "user", "content": "hi"}]
         )
     assert KEY_ENV in info.value.message
@@ -365,7 +354,7 @@ def test_a_broken_stream_ends_in_an_error_and_is_captured(
     _, behaviour = anthropic
     # after message_start, content_block_start, ping and the first two text deltas
     setattr(behaviour, setting, 5)
-    stream = client(gw).chat.completions.create(
+    stream = sdk_client(gw).chat.completions.create(
         model="support", stream=True, messages=[{"role": "user", "content": "one two three"}]
     )
     pieces = []
@@ -385,7 +374,7 @@ def test_an_error_event_quoting_the_key_reaches_no_one_with_it(gw: Gateway, anth
     _, behaviour = anthropic
     behaviour.error_event_after = 5
     behaviour.error_event_message = f"rate limited for key {KEY}"
-    stream = client(gw).chat.completions.create(
+    stream = sdk_client(gw).chat.completions.create(
         model="support", stream=True, messages=[{"role": "user", "content": "one two three"}]
     )
     with pytest.raises(openai.APIError) as info:

@@ -14,13 +14,8 @@ from stillhouse.gateway import create_app
 from stillhouse.routing import RoutingTable, TaskRoute
 from stillhouse.store import open_store
 
-from .conftest import Gateway, make_config
+from .conftest import Gateway, make_config, sdk_client
 from .upstream import ServerThread, running_upstream
-
-
-def client(gw: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
-
 
 WEATHER = {
     "type": "function",
@@ -38,7 +33,7 @@ def test_a_string_input_with_instructions_is_answered_and_captured(
     gateway: Gateway, upstream
 ) -> None:
     _, behaviour = upstream
-    raw = client(gateway).responses.with_raw_response.create(
+    raw = sdk_client(gateway).responses.with_raw_response.create(
         model="support", instructions="be brief", input="where is my parcel", user="customer-7"
     )
     response = raw.parse()
@@ -69,7 +64,7 @@ def test_a_string_input_with_instructions_is_answered_and_captured(
 
 def test_input_items_become_chat_turns(gateway: Gateway, upstream) -> None:
     _, behaviour = upstream
-    response = client(gateway).responses.create(
+    response = sdk_client(gateway).responses.create(
         model="support",
         input=[
             {"role": "developer", "content": "answer in English"},
@@ -108,7 +103,9 @@ EVENTS = [
 
 def test_a_streamed_response_sends_the_sdks_event_sequence(gateway: Gateway, upstream) -> None:
     _, behaviour = upstream
-    events = list(client(gateway).responses.create(model="support", input="one two", stream=True))
+    events = list(
+        sdk_client(gateway).responses.create(model="support", input="one two", stream=True)
+    )
     assert [e.type for e in events] == EVENTS
     assert [e.sequence_number for e in events] == list(range(len(EVENTS)))
     deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
@@ -119,7 +116,7 @@ def test_a_streamed_response_sends_the_sdks_event_sequence(gateway: Gateway, ups
     assert events[0].response.id == completed.id and events[0].response.status == "in_progress"
     assert behaviour.requests[0]["stream"] is True
     # the streamed response is kept like a whole one
-    again = client(gateway).responses.retrieve(completed.id)
+    again = sdk_client(gateway).responses.retrieve(completed.id)
     assert again.output_text == "echo: one two"
     gateway.flush()
     with gateway.store() as store:
@@ -128,7 +125,7 @@ def test_a_streamed_response_sends_the_sdks_event_sequence(gateway: Gateway, ups
 
 
 def test_the_stream_helper_gives_the_final_response(gateway: Gateway) -> None:
-    with client(gateway).responses.stream(model="support", input="a b c") as stream:
+    with sdk_client(gateway).responses.stream(model="support", input="a b c") as stream:
         texts = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
     assert "".join(texts) == "echo: a b c" == final.output_text
@@ -136,7 +133,7 @@ def test_the_stream_helper_gives_the_final_response(gateway: Gateway) -> None:
 
 def test_tools_give_a_function_call_and_its_output_continues(gateway: Gateway, upstream) -> None:
     _, behaviour = upstream
-    sdk = client(gateway)
+    sdk = sdk_client(gateway)
     first = sdk.responses.create(model="support", input="weather in Oslo", tools=[WEATHER])
     (call,) = first.output
     assert call.type == "function_call" and call.name == "get_weather"
@@ -167,7 +164,7 @@ def test_tools_give_a_function_call_and_its_output_continues(gateway: Gateway, u
 
 def test_a_streamed_function_call(gateway: Gateway) -> None:
     events = list(
-        client(gateway).responses.create(
+        sdk_client(gateway).responses.create(
             model="support", input="weather", tools=[WEATHER], stream=True
         )
     )
@@ -188,7 +185,7 @@ def test_a_streamed_function_call(gateway: Gateway) -> None:
 
 def test_previous_response_id_continues_the_conversation(gateway: Gateway, upstream) -> None:
     _, behaviour = upstream
-    sdk = client(gateway)
+    sdk = sdk_client(gateway)
     first = sdk.responses.create(model="support", instructions="be brief", input="my name is Ada")
     second = sdk.responses.create(
         model="support", instructions="be kind", previous_response_id=first.id, input="who am I"
@@ -211,22 +208,22 @@ def test_a_response_is_retrieved_by_id_also_from_the_store(
     base_url, _ = upstream
     config = make_config(tmp_path, base_url)
     gw = gateway_factory(config)
-    created = client(gw).responses.create(model="support", input="keep me", metadata={"k": "v"})
-    assert client(gw).responses.retrieve(created.id).model_dump() == created.model_dump()
+    created = sdk_client(gw).responses.create(model="support", input="keep me", metadata={"k": "v"})
+    assert sdk_client(gw).responses.retrieve(created.id).model_dump() == created.model_dump()
     gw.flush()
     gw.stop()
     # a new gateway on the same store: the response comes from the store, and continues
     later = gateway_factory(config)
-    again = client(later).responses.retrieve(created.id)
+    again = sdk_client(later).responses.retrieve(created.id)
     assert again.output_text == "echo: keep me" and again.metadata == {"k": "v"}
-    follow = client(later).responses.create(
+    follow = sdk_client(later).responses.create(
         model="support", previous_response_id=created.id, input="more"
     )
     assert follow.status == "completed"
 
 
 def test_store_false_is_answered_and_captured_but_not_kept(gateway: Gateway) -> None:
-    sdk = client(gateway)
+    sdk = sdk_client(gateway)
     response = sdk.responses.create(model="support", input="forget me", store=False)
     assert response.output_text == "echo: forget me" and response.store is False
     with pytest.raises(openai.NotFoundError) as err:
@@ -244,7 +241,7 @@ def test_text_format_json_schema_becomes_the_chat_response_format(
 ) -> None:
     _, behaviour = upstream
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
-    response = client(gateway).responses.create(
+    response = sdk_client(gateway).responses.create(
         model="support",
         input="x",
         text={"format": {"type": "json_schema", "name": "thing", "schema": schema}},
@@ -265,7 +262,7 @@ def test_an_unknown_item_type_is_a_400_and_nothing_is_sent_or_stored(
 ) -> None:
     _, behaviour = upstream
     with pytest.raises(openai.BadRequestError) as err:
-        client(gateway).responses.create(
+        sdk_client(gateway).responses.create(
             model="support",
             input=[{"role": "user", "content": "hi"}, {"type": "telepathy", "thought": "x"}],
         )
@@ -273,7 +270,7 @@ def test_an_unknown_item_type_is_a_400_and_nothing_is_sent_or_stored(
     assert err.value.body["param"] == "input[1].type"
     assert "telepathy" in err.value.body["message"]
     with pytest.raises(openai.BadRequestError) as err:
-        client(gateway).responses.create(
+        sdk_client(gateway).responses.create(
             model="support", input="hi", tools=[{"type": "web_search_preview"}]
         )
     assert err.value.body["param"] == "tools[0].type"
@@ -286,7 +283,7 @@ def test_an_unknown_item_type_is_a_400_and_nothing_is_sent_or_stored(
 def test_an_unknown_previous_response_id_is_a_404(gateway: Gateway, upstream) -> None:
     _, behaviour = upstream
     with pytest.raises(openai.NotFoundError) as err:
-        client(gateway).responses.create(
+        sdk_client(gateway).responses.create(
             model="support", previous_response_id="resp_nope", input="hi"
         )
     assert err.value.body["param"] == "previous_response_id"
@@ -362,7 +359,7 @@ def test_a_stream_that_fails_midway_ends_failed_and_keeps_nothing(
 ) -> None:
     _, behaviour = upstream
     behaviour.error_stream_after = 2
-    events = list(client(gateway).responses.create(model="support", input="a b c", stream=True))
+    events = list(sdk_client(gateway).responses.create(model="support", input="a b c", stream=True))
     kinds = [e.type for e in events]
     assert kinds[:2] == ["response.created", "response.in_progress"]
     assert kinds[-2:] == ["error", "response.failed"]
@@ -370,7 +367,7 @@ def test_a_stream_that_fails_midway_ends_failed_and_keeps_nothing(
     failed = events[-1].response
     assert failed.status == "failed" and failed.error is not None
     with pytest.raises(openai.NotFoundError):
-        client(gateway).responses.retrieve(failed.id)
+        sdk_client(gateway).responses.retrieve(failed.id)
     gateway.flush()
     with gateway.store() as store:
         (call,) = store.list_calls(task="support")

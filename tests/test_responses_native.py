@@ -18,7 +18,8 @@ from stillhouse.gateway import create_app
 from stillhouse.routing import RoutingTable, TaskRoute
 from stillhouse.store import open_store
 
-from .conftest import Gateway, make_config
+from .conftest import Gateway, make_config, only_call, sdk_client
+from .test_responses import EVENTS  # the SDK's event sequence, native or bridged
 from .upstream import ServerThread
 from .upstream_responses import ResponsesBehaviour, running_responses_upstream
 
@@ -32,19 +33,6 @@ WEATHER = {
         "required": ["query"],
     },
 }
-NATIVE_EVENTS = [
-    "response.created",
-    "response.in_progress",
-    "response.output_item.added",
-    "response.content_part.added",
-    "response.output_text.delta",
-    "response.output_text.delta",
-    "response.output_text.delta",
-    "response.output_text.done",
-    "response.content_part.done",
-    "response.output_item.done",
-    "response.completed",
-]
 
 
 @pytest.fixture
@@ -66,22 +54,11 @@ def native(tmp_path: Path, fake: tuple[str, ResponsesBehaviour], gateway_factory
     return gateway_factory(teacher_config(tmp_path, root))
 
 
-def client(gw: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
-
-
-def only_call(gw: Gateway) -> Any:
-    gw.flush()
-    with gw.store() as store:
-        (call,) = store.list_calls(task="support")
-    return call
-
-
 def test_an_openai_teacher_answers_natively_and_the_call_is_distilled(
     native: Gateway, fake: tuple[str, ResponsesBehaviour]
 ) -> None:
     _, behaviour = fake
-    raw = client(native).responses.with_raw_response.create(
+    raw = sdk_client(native).responses.with_raw_response.create(
         model="support",
         instructions="be brief",
         input="where is my parcel",
@@ -118,16 +95,18 @@ def test_an_openai_teacher_answers_natively_and_the_call_is_distilled(
         "role": "assistant",
         "content": "echo: where is my parcel",
     }
-    assert client(native).responses.retrieve(response.id).model_dump() == response.model_dump()
+    assert sdk_client(native).responses.retrieve(response.id).model_dump() == response.model_dump()
 
 
 def test_a_native_stream_relays_the_upstreams_events(
     native: Gateway, fake: tuple[str, ResponsesBehaviour]
 ) -> None:
     _, behaviour = fake
-    events = list(client(native).responses.create(model="support", input="one two", stream=True))
-    assert [e.type for e in events] == NATIVE_EVENTS
-    assert [e.sequence_number for e in events] == list(range(len(NATIVE_EVENTS)))
+    events = list(
+        sdk_client(native).responses.create(model="support", input="one two", stream=True)
+    )
+    assert [e.type for e in events] == EVENTS
+    assert [e.sequence_number for e in events] == list(range(len(EVENTS)))
     assert [e.delta for e in events if e.type == "response.output_text.delta"] == [
         "echo:",
         " one",
@@ -136,13 +115,13 @@ def test_a_native_stream_relays_the_upstreams_events(
     completed = events[-1].response
     assert events[0].response.id == completed.id and completed.output_text == "echo: one two"
     assert behaviour.paths == ["/v1/responses"] and behaviour.requests[0]["stream"] is True
-    assert client(native).responses.retrieve(completed.id).output_text == "echo: one two"
+    assert sdk_client(native).responses.retrieve(completed.id).output_text == "echo: one two"
     call = only_call(native)
     assert call.stream and call.status == "ok" and call.ttft_ms is not None
     assert call.response["choices"][0]["message"]["content"] == "echo: one two"
     assert (call.input_tokens, call.output_tokens) == (2, 3)
     assert call.metadata["response"]["id"] == completed.id
-    with client(native).responses.stream(model="support", input="a b c") as stream:
+    with sdk_client(native).responses.stream(model="support", input="a b c") as stream:
         texts = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
     assert "".join(texts) == "echo: a b c" == final.output_text
@@ -152,7 +131,7 @@ def test_previous_response_id_sends_the_kept_conversation(
     native: Gateway, fake: tuple[str, ResponsesBehaviour]
 ) -> None:
     _, behaviour = fake
-    sdk = client(native)
+    sdk = sdk_client(native)
     first = sdk.responses.create(model="support", instructions="be brief", input="my name is Ada")
     second = sdk.responses.create(
         model="support", instructions="be kind", previous_response_id=first.id, input="who am I"
@@ -188,7 +167,7 @@ def test_a_native_function_call_and_its_output(
     native: Gateway, fake: tuple[str, ResponsesBehaviour]
 ) -> None:
     _, behaviour = fake
-    sdk = client(native)
+    sdk = sdk_client(native)
     first = sdk.responses.create(model="support", input="weather in Oslo", tools=[WEATHER])
     (item,) = first.output
     assert item.type == "function_call" and item.name == "get_weather"
@@ -231,19 +210,19 @@ def test_upstream_errors_are_openai_shaped_and_captured(
     _, behaviour = fake
     behaviour.fail(400, message="input is not allowed")
     with pytest.raises(openai.BadRequestError) as err:
-        client(native).responses.create(model="support", input="hi")
+        sdk_client(native).responses.create(model="support", input="hi")
     assert err.value.body["message"] == "input is not allowed"
     call = only_call(native)
     assert (call.status, call.http_status, call.error) == ("error", 400, "input is not allowed")
     assert call.request["messages"] == [{"role": "user", "content": "hi"}]
     behaviour.error_stream_after = 4
-    events = list(client(native).responses.create(model="support", input="a b c", stream=True))
+    events = list(sdk_client(native).responses.create(model="support", input="a b c", stream=True))
     assert [e.type for e in events][-2:] == ["error", "response.failed"]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     failed = events[-1].response
     assert failed.status == "failed" and events[-2].message == "scripted stream error"
     with pytest.raises(openai.NotFoundError):
-        client(native).responses.retrieve(failed.id)
+        sdk_client(native).responses.retrieve(failed.id)
     native.flush()
     with native.store() as store:
         streamed = [c for c in store.list_calls(task="support") if c.stream]
@@ -255,7 +234,9 @@ def test_a_native_stream_cut_midway_keeps_its_partial_answer(
 ) -> None:
     _, behaviour = fake
     behaviour.cut_stream_after = 6  # after two text deltas
-    events = list(client(native).responses.create(model="support", input="one two", stream=True))
+    events = list(
+        sdk_client(native).responses.create(model="support", input="one two", stream=True)
+    )
     assert [e.type for e in events][-2:] == ["error", "response.failed"]
     call = only_call(native)
     assert call.status == "error" and "broke off" in (call.error or "")
@@ -270,7 +251,7 @@ def test_an_azure_teacher_is_sent_to_its_v1_responses_with_its_deployment(
         tmp_path, root, "azure", deployment="my-deploy", api_key="azure-secret-key"
     )
     gw = gateway_factory(config)
-    assert client(gw).responses.create(model="support", input="hi").output_text == "echo: hi"
+    assert sdk_client(gw).responses.create(model="support", input="hi").output_text == "echo: hi"
     assert behaviour.paths == ["/openai/v1/responses"]
     assert behaviour.requests[0]["model"] == "my-deploy"
     assert behaviour.headers[0]["api-key"] == "azure-secret-key"
@@ -281,9 +262,9 @@ def test_an_openai_compatible_teacher_is_still_bridged(
 ) -> None:
     root, behaviour = fake
     gw = gateway_factory(teacher_config(tmp_path, root, "openai-compatible"))
-    response = client(gw).responses.create(model="support", input="hello")
+    response = sdk_client(gw).responses.create(model="support", input="hello")
     assert response.output_text == "echo: hello" and response.model == "support"
-    list(client(gw).responses.create(model="support", input="again", stream=True))
+    list(sdk_client(gw).responses.create(model="support", input="again", stream=True))
     assert behaviour.paths == ["/v1/chat/completions"] * 2
     assert "response" in only_call_of(gw, "hello").metadata
     assert "native" not in only_call_of(gw, "hello").metadata["response"]

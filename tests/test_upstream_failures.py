@@ -10,29 +10,17 @@ import pytest
 
 from stillhouse.config import Secret
 
-from .conftest import Gateway, make_config
+from .conftest import Gateway, make_config, only_call, sdk_client
 from .upstream import free_port
 
-
-def client(gw: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
-
-
 MESSAGES = [{"role": "user", "content": "hello"}]
-
-
-def only_call(gw: Gateway):
-    gw.flush()
-    with gw.store() as store:
-        (call,) = store.list_calls()
-    return call
 
 
 def test_429_with_retry_after_is_retried(gateway: Gateway, upstream) -> None:
     _, behaviour = upstream
     behaviour.fail(429, times=1, retry_after=0.2)
     started = time.monotonic()
-    reply = client(gateway).chat.completions.create(model="support", messages=MESSAGES)
+    reply = sdk_client(gateway).chat.completions.create(model="support", messages=MESSAGES)
     assert reply.choices[0].message.content == "echo: hello"
     assert time.monotonic() - started >= 0.2  # honoured Retry-After
     assert len(behaviour.requests) == 2
@@ -43,7 +31,7 @@ def test_persistent_500_reaches_the_client_and_is_captured(gateway: Gateway, ups
     _, behaviour = upstream
     behaviour.fail(500, times=3)  # max_retries = 2: three attempts, all fail
     with pytest.raises(openai.InternalServerError) as info:
-        client(gateway).chat.completions.create(model="support", messages=MESSAGES)
+        sdk_client(gateway).chat.completions.create(model="support", messages=MESSAGES)
     assert info.value.status_code == 500
     assert info.value.body["message"] == "scripted failure"
     assert len(behaviour.requests) == 3
@@ -56,7 +44,7 @@ def test_400_is_not_retried(gateway: Gateway, upstream) -> None:
     _, behaviour = upstream
     behaviour.fail(400)
     with pytest.raises(openai.BadRequestError):
-        client(gateway).chat.completions.create(model="support", messages=MESSAGES)
+        sdk_client(gateway).chat.completions.create(model="support", messages=MESSAGES)
     assert len(behaviour.requests) == 1
 
 
@@ -67,7 +55,7 @@ def test_refused_connection_is_a_502_and_captured(tmp_path, gateway_factory) -> 
     dead = f"http://127.0.0.1:{port}/v1"
     gw = gateway_factory(make_config(tmp_path, dead))
     with pytest.raises(openai.APIStatusError) as info:
-        client(gw).chat.completions.create(model="support", messages=MESSAGES)
+        sdk_client(gw).chat.completions.create(model="support", messages=MESSAGES)
     assert info.value.status_code == 502
     assert info.value.body["code"] == "upstream_unreachable"
     message = info.value.body["message"]
@@ -85,7 +73,7 @@ def test_a_stalled_upstream_times_out_with_504(tmp_path, upstream, gateway_facto
     gw = gateway_factory(config)
     behaviour.latency = 2.0
     with pytest.raises(openai.APIStatusError) as info:
-        client(gw).chat.completions.create(model="support", messages=MESSAGES)
+        sdk_client(gw).chat.completions.create(model="support", messages=MESSAGES)
     assert info.value.status_code == 504
     assert only_call(gw).http_status == 504
 
@@ -97,7 +85,9 @@ def test_stream_failing_before_the_first_chunk_gets_an_http_error(
     behaviour.fail(503, times=3)
     with pytest.raises(openai.APIStatusError) as info:
         list(
-            client(gateway).chat.completions.create(model="support", messages=MESSAGES, stream=True)
+            sdk_client(gateway).chat.completions.create(
+                model="support", messages=MESSAGES, stream=True
+            )
         )
     assert info.value.status_code == 503
     call = only_call(gateway)
@@ -107,7 +97,7 @@ def test_stream_failing_before_the_first_chunk_gets_an_http_error(
 def test_stream_cut_midway_ends_with_an_error_and_is_captured(gateway: Gateway, upstream) -> None:
     _, behaviour = upstream
     behaviour.cut_stream_after = 2
-    stream = client(gateway).chat.completions.create(
+    stream = sdk_client(gateway).chat.completions.create(
         model="support",
         stream=True,
         messages=[{"role": "user", "content": "one two three four five"}],
@@ -133,6 +123,6 @@ def test_missing_upstream_key_is_a_clear_error(
     )
     gw = gateway_factory(config.model_copy(update={"models": {"teacher": teacher}}))
     with pytest.raises(openai.InternalServerError) as info:
-        client(gw).chat.completions.create(model="support", messages=MESSAGES)
+        sdk_client(gw).chat.completions.create(model="support", messages=MESSAGES)
     assert "NO_SUCH_KEY_SET is not set" in info.value.message
     assert upstream[1].requests == []

@@ -115,8 +115,9 @@ def _export_candidate(
     from pathlib import Path
 
     from ..engine.export import export_gguf
+    from ..engine.sources import sha256_of
     from ..errors import ConfigError
-    from ..registry import file_digest, lineage, record_export
+    from ..registry import lineage, record_export
     from ..store import open_store
 
     with open_store(config.store.url) as store:
@@ -137,7 +138,7 @@ def _export_candidate(
         manifest={"candidate": candidate_id, "task": candidate.task, "lineage": chain},
     )
     files = {
-        p.name: file_digest(p)
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_of([p])}
         for p in (done.model, done.adapter, done.modelfile, done.manifest)
         if p is not None
     }

@@ -91,13 +91,13 @@ def demo(
         raise click.UsageError(f"--intents: the {task.name} task has {len(task.labels)}")
     _check_can_run(teacher or TEACHER, student or STUDENT)
     if engine == "llama-cpp":
-        from importlib.util import find_spec
+        from ..engine.llamacpp import import_llama_cpp
+        from ..errors import ConfigError
 
-        if find_spec("llama_cpp") is None:
-            raise click.ClickException(
-                "--engine llama-cpp needs llama-cpp-python: pip install 'stillhouse[cpu]' "
-                "(compiles llama.cpp, 5-10 min)"
-            )
+        try:
+            import_llama_cpp()  # refused now, not after the folder is emptied
+        except ConfigError as err:
+            raise click.ClickException(f"--engine llama-cpp: {err}") from None
 
     def say(line: str) -> None:
         click.echo(line, err=True)

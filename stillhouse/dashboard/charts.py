@@ -14,7 +14,7 @@ W, H = 640, 220
 LEFT, RIGHT, TOP, BOTTOM = 56, 12, 12, 40
 
 
-def _esc(text: object) -> str:
+def esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
@@ -27,9 +27,9 @@ def _num(value: float) -> str:
 def _frame(title: str, y_max: float, x_labels: Sequence[str], unit: str) -> list[str]:
     plot_h = H - TOP - BOTTOM
     parts = [
-        f'<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{_esc(title)}" '
+        f'<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{esc(title)}" '
         'xmlns="http://www.w3.org/2000/svg">',
-        f"<title>{_esc(title)}</title>",
+        f"<title>{esc(title)}</title>",
     ]
     for i in range(5):
         y = TOP + plot_h * i / 4
@@ -37,25 +37,27 @@ def _frame(title: str, y_max: float, x_labels: Sequence[str], unit: str) -> list
         parts.append(
             f'<line class="grid" x1="{LEFT}" y1="{y:.1f}" x2="{W - RIGHT}" y2="{y:.1f}"/>'
             f'<text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
-            f"{_esc(_num(value) + unit)}</text>"
+            f"{esc(_num(value) + unit)}</text>"
         )
     if x_labels:
         step = max(1, len(x_labels) // 6)
         for i in range(0, len(x_labels), step):
-            x = _x(i, len(x_labels))
+            x = x_at(i, len(x_labels))
             parts.append(
                 f'<text class="tick" x="{x:.1f}" y="{H - BOTTOM + 16}" text-anchor="middle">'
-                f"{_esc(x_labels[i])}</text>"
+                f"{esc(x_labels[i])}</text>"
             )
     return parts
 
 
-def _x(i: int, n: int) -> float:
+def x_at(i: int, n: int) -> float:
+    """The x of the middle of slot `i` of `n` across the plot."""
     span = W - LEFT - RIGHT
     return LEFT + (span * (i + 0.5) / n if n else 0)
 
 
-def _y(value: float, y_max: float) -> float:
+def y_at(value: float, y_max: float) -> float:
+    """The y of `value` on a plot whose top is `y_max`."""
     plot_h = H - TOP - BOTTOM
     return TOP + plot_h * (1 - (value / y_max if y_max else 0))
 
@@ -66,7 +68,7 @@ def _legend(names: Sequence[str]) -> list[str]:
         color = PALETTE[i % len(PALETTE)]
         parts.append(
             f'<rect x="{x}" y="{H - 14}" width="10" height="10" fill="{color}"/>'
-            f'<text class="legend" x="{x + 14}" y="{H - 5}">{_esc(name)}</text>'
+            f'<text class="legend" x="{x + 14}" y="{H - 5}">{esc(name)}</text>'
         )
         x += 24 + 7 * len(name)
     return parts
@@ -87,11 +89,11 @@ def stacked_bars(
         for i, value in enumerate(values):
             if value <= 0:
                 continue
-            top, bottom = _y(base[i] + value, y_max), _y(base[i], y_max)
+            top, bottom = y_at(base[i] + value, y_max), y_at(base[i], y_max)
             parts.append(
-                f'<rect class="bar" x="{_x(i, n) - width / 2:.1f}" y="{top:.1f}" '
+                f'<rect class="bar" x="{x_at(i, n) - width / 2:.1f}" y="{top:.1f}" '
                 f'width="{width:.1f}" height="{bottom - top:.1f}" fill="{color}">'
-                f"<title>{_esc(name)} {_esc(x_labels[i])}: {_esc(_num(value))}</title></rect>"
+                f"<title>{esc(name)} {esc(x_labels[i])}: {esc(_num(value))}</title></rect>"
             )
             base[i] += value
     parts += _legend(list(series))
@@ -113,7 +115,7 @@ def lines(
     parts = _frame(title, top, x_labels, unit)
     for k, (name, points) in enumerate(series.items()):
         color = PALETTE[k % len(PALETTE)]
-        coords = [(_x(i, n), _y(v, top), v) for i, v in enumerate(points) if v is not None]
+        coords = [(x_at(i, n), y_at(v, top), v) for i, v in enumerate(points) if v is not None]
         if len(coords) > 1:
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in coords)
             parts.append(f'<polyline class="line" points="{path}" stroke="{color}" fill="none"/>')
@@ -121,7 +123,7 @@ def lines(
         for (x, y, v), i in zip(coords, present, strict=True):
             parts.append(
                 f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}">'
-                f"<title>{_esc(name)} {_esc(x_labels[i])}: {_esc(_num(v) + unit)}</title></circle>"
+                f"<title>{esc(name)} {esc(x_labels[i])}: {esc(_num(v) + unit)}</title></circle>"
             )
     parts += _legend(list(series))
     parts.append("</svg>")
@@ -143,12 +145,12 @@ def grouped_bars(
         for i, value in enumerate(points):
             if value is None:
                 continue
-            x = _x(i, n) - group / 2 + k * width
-            top = _y(value, y_max)
+            x = x_at(i, n) - group / 2 + k * width
+            top = y_at(value, y_max)
             parts.append(
                 f'<rect class="bar" x="{x:.1f}" y="{top:.1f}" width="{width * 0.9:.1f}" '
                 f'height="{H - BOTTOM - top:.1f}" fill="{color}">'
-                f"<title>{_esc(categories[i])} {_esc(name)}: {_esc(_num(value) + unit)}</title>"
+                f"<title>{esc(categories[i])} {esc(name)}: {esc(_num(value) + unit)}</title>"
                 "</rect>"
             )
     parts += _legend(list(series))

@@ -125,7 +125,6 @@ def run(
     tick = config.lifecycle.tick
     say(f"gateway on {gateway.url} with the lifecycle controller ticking every {tick:g} s")
     users = Users(gateway.url, concurrency=concurrency, intents=intents, task=task)
-    states: list[str] = [State.GRACE.value]
     marks: dict[str, float] = {"grace": started}
     spans: list[tuple[float, str]] = [(started, State.GRACE.value)]  # every move, for the chart
     counter = {"n": 0}
@@ -145,8 +144,7 @@ def run(
         label = state.state.value
         if state.state is State.ROLLOUT:
             label = f"rollout:{state.share:.0%}"
-        if states[-1] != label:
-            states.append(label)
+        if spans[-1][1] != label:
             spans.append((time.time(), label))
             marks.setdefault(label, time.time())
             say(f"[{time.time() - started:6.0f} s] {label}: {state.reason}")
@@ -169,7 +167,7 @@ def run(
                 users.send(profile.serving_calls, done)
                 outcome = "serving"
                 break
-            if state.state is State.GRACE and len(states) > 1 and state.created_at != answered:
+            if state.state is State.GRACE and len(spans) > 1 and state.created_at != answered:
                 # the gate sent the candidate back: the controller waits for more teacher data
                 if rounds >= profile.rounds:
                     outcome = f"stopped in grace: {state.reason}"
@@ -205,7 +203,7 @@ def run(
         doc["story"] = story(store, name, spans, started)
     doc.update(
         task=name,
-        states=states,
+        states=[label for _, label in spans],
         outcome=outcome,
         profile=profile.name,
         calls_sent=users.sent,

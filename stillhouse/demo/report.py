@@ -5,7 +5,6 @@ chart helpers."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,13 @@ from ..dashboard.charts import (
     TOP,
     H,
     W,
+    esc,
     grouped_bars,
     lines,
     stacked_bars,
+    x_at,
+    y_at,
 )
-
-
-def _esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
 
 
 def _pct(v: float | None) -> str:
@@ -123,9 +121,9 @@ def _story_panels(told: dict[str, Any]) -> list[str]:
         bands.append(
             f'<rect class="state" x="{x0:.1f}" y="{TOP}" width="{max(x1 - x0, 0.5):.1f}" '
             f'height="{H - TOP - BOTTOM}" fill="{PALETTE[k % len(PALETTE)]}" opacity="0.08">'
-            f"<title>{_esc(span['state'])} from {span['t']:.0f} s</title></rect>"
+            f"<title>{esc(span['state'])} from {span['t']:.0f} s</title></rect>"
             f'<text class="state" x="{x0 + 2:.1f}" y="{TOP + 10 + 10 * (k % 3)}" '
-            f'font-size="9">{_esc(span["state"])}</text>'
+            f'font-size="9">{esc(span["state"])}</text>'
         )
     traffic = traffic.replace("</svg>", "".join(bands) + "</svg>")
     panels = [traffic]
@@ -159,16 +157,15 @@ def _gates(gates: list[dict[str, Any]]) -> str:
         y_max=100,
     )
     marks = []
-    plot = H - TOP - BOTTOM
     for i, g in enumerate(gates):
-        x = LEFT + (W - LEFT - RIGHT) * (i + 0.5) / len(gates)
+        x = x_at(i, len(gates))
         low, high = g.get("agreement_ci") or (0.0, 0.0)
         marks.append(
-            f'<line class="interval" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP + plot * (1 - high):.1f}" '
-            f'y2="{TOP + plot * (1 - low):.1f}" stroke="#2b6cb0" stroke-width="2"/>'
+            f'<line class="interval" x1="{x:.1f}" x2="{x:.1f}" y1="{y_at(high, 1):.1f}" '
+            f'y2="{y_at(low, 1):.1f}" stroke="#2b6cb0" stroke-width="2"/>'
         )
         if g.get("bar") is not None:
-            y = TOP + plot * (1 - g["bar"])
+            y = y_at(g["bar"], 1)
             marks.append(
                 f'<line class="bar-line" x1="{x - 20:.1f}" x2="{x + 20:.1f}" y1="{y:.1f}" '
                 f'y2="{y:.1f}" stroke="#c53030" stroke-dasharray="3 2">'

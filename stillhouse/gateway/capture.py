@@ -90,6 +90,22 @@ class Capture:
         self.metrics.upstream_errors.labels(call.model).inc()
         self._finish(call, started, status="error", http_status=err.status, error=err.message)
 
+    def stream_once(
+        self, call: Call, acc: StreamAccumulator, started: float
+    ) -> Callable[..., None]:
+        """`stream` for one relayed stream, written the first time it is called and never again
+        (a stream ends, fails or is cut in several places; only the first of them is its end):
+        `capture()` on a whole stream, `capture(error, http_status)` on a broken one."""
+        captured = False
+
+        def capture(error: str | None = None, http_status: int = 200) -> None:
+            nonlocal captured
+            if not captured:
+                captured = True
+                self.stream(call, acc, started, error, http_status)
+
+        return capture
+
     def stream(
         self,
         call: Call,

@@ -141,15 +141,9 @@ class NativeResponses:
             return self._stamped(x, error_response(err, x.headers))
 
         async def relayed() -> AsyncIterator[bytes]:
-            captured = False
+            capture = self.capture.stream_once(x.call, acc, x.started)
             sequence = -1
             last: dict[str, Any] = {"id": request.response_id, "object": "response"}
-
-            def capture(error: str | None = None, http_status: int = 200) -> None:
-                nonlocal captured
-                if not captured:
-                    captured = True
-                    self.capture.stream(x.call, acc, x.started, error, http_status)
 
             try:
                 event: dict[str, Any] | None = first

@@ -118,13 +118,7 @@ class Streams:
             return stamped(error_response(err, x.headers), x.started, x.clock, self._overhead(x))
 
         async def events() -> AsyncIterator[bytes]:
-            captured = False
-
-            def capture(error: str | None = None, http_status: int = 200) -> None:
-                nonlocal captured
-                if not captured:
-                    captured = True
-                    self.capture.stream(x.call, acc, x.started, error, http_status)
+            capture = self.capture.stream_once(x.call, acc, x.started)
 
             try:
                 if opening := shape.opening(x):

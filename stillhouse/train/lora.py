@@ -203,19 +203,25 @@ def load_base(spec: str, device: str, precision: str = "auto") -> tuple[Any, Any
     return model, tokenizer, str(directory)
 
 
-def add_adapter(model: Any, settings: TrainSettings, device: str) -> Any:
-    import torch
-    from peft import LoraConfig, get_peft_model
+def lora_config(settings: TrainSettings) -> Any:
+    """The peft LoraConfig of `settings` (r, alpha, dropout, target modules)."""
+    from peft import LoraConfig
 
-    torch.manual_seed(settings.seed)  # LoRA's A matrices start random: seed them
-    lora = LoraConfig(
+    return LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=list(settings.target_modules),
         task_type="CAUSAL_LM",
     )
-    peft_model = get_peft_model(model, lora)
+
+
+def add_adapter(model: Any, settings: TrainSettings, device: str) -> Any:
+    import torch
+    from peft import get_peft_model
+
+    torch.manual_seed(settings.seed)  # LoRA's A matrices start random: seed them
+    peft_model = get_peft_model(model, lora_config(settings))
     if device == "cuda":
         # Activations dominate a GPU's memory at long contexts; on a CPU recomputing them costs
         # ~15% and saves nothing that matters (MODELS.md).
@@ -348,7 +354,6 @@ def train(
     )
 
     step, tokens, losses = 0, 0, []
-    best_loss: float | None = None
     best_key: tuple[float, float] | None = None  # (score, -loss) of the adapter kept
     best_state: dict[str, Any] | None = None
     bad_evals = 0
@@ -362,14 +367,10 @@ def train(
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"])
         step, tokens, losses = saved["step"], saved["tokens"], saved["losses"]
-        best_loss, best_state, bad_evals = (
-            saved["best_loss"],
-            saved["best_state"],
-            saved["bad_evals"],
-        )
+        best_state, bad_evals = saved["best_state"], saved["bad_evals"]
         best_key = saved.get("best_key")
-        if best_key is None and best_loss is not None:  # a checkpoint from before scoring
-            best_key = (0.0, -best_loss)
+        if best_key is None and saved.get("best_loss") is not None:  # saved before scoring
+            best_key = (0.0, -saved["best_loss"])
         history, initial = saved["history"], saved["initial"]
     resumed_at = step
     if initial is None and validation_items:
@@ -424,7 +425,7 @@ def train(
                 history.append(entry)
                 key = (score, -current)
                 if best_key is None or key > best_key:
-                    best_key, best_loss, bad_evals = key, current, 0
+                    best_key, bad_evals = key, 0
                     best_state = {
                         k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()
                     }
@@ -445,7 +446,6 @@ def train(
                         "step": step,
                         "tokens": tokens,
                         "losses": losses,
-                        "best_loss": best_loss,
                         "best_key": best_key,
                         "best_state": best_state,
                         "bad_evals": bad_evals,
@@ -470,7 +470,7 @@ def train(
         merged_dir=merged_dir,
         base_dir=base_dir,
         train_loss=sum(last_epoch) / max(len(last_epoch), 1),
-        validation_loss=best_loss,
+        validation_loss=-best_key[1] if best_key else None,
         initial_validation_loss=initial,
         validation_agreement=best_key[0] if validate is not None and best_key else None,
         steps=step,

@@ -97,13 +97,14 @@ class Scorer:
         return score
 
     def _budget(self, tokenizer: Any) -> int:
-        if self.max_new_tokens is not None:
-            return self.max_new_tokens
-        longest = max(
-            (len(tokenizer(teacher_answer(x), add_special_tokens=False)["input_ids"]))
-            for x in self.examples
-        )
-        return min(MAX_NEW_TOKENS, longest + 8)
+        """`max_new_tokens`, set from the teacher's longest answer the first time it is needed."""
+        if self.max_new_tokens is None:
+            longest = max(
+                len(tokenizer(teacher_answer(x), add_special_tokens=False)["input_ids"])
+                for x in self.examples
+            )
+            self.max_new_tokens = min(MAX_NEW_TOKENS, longest + 8)
+        return self.max_new_tokens
 
 
 def generate(
