@@ -267,8 +267,5 @@ def running_anthropic(
 ) -> Iterator[tuple[str, AnthropicBehaviour]]:
     """Yield (base_url, behaviour); like https://api.anthropic.com, base_url has no /v1."""
     behaviour = behaviour or AnthropicBehaviour()
-    server = ServerThread(build_app(behaviour)).start()
-    try:
+    with ServerThread(build_app(behaviour)) as server:
         yield server.url, behaviour
-    finally:
-        server.stop()

@@ -19,20 +19,9 @@ from stillhouse.routing import RoutingTable, TaskRoute
 from stillhouse.store import open_store
 
 from .conftest import Gateway, make_config, only_call, sdk_client
-from .test_responses import EVENTS  # the SDK's event sequence, native or bridged
+from .test_responses import EVENTS, WEATHER  # the same requests, native or bridged
 from .upstream import ServerThread
 from .upstream_responses import ResponsesBehaviour, running_responses_upstream
-
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "The weather in a city",
-    "parameters": {
-        "type": "object",
-        "properties": {"query": {"type": "string"}},
-        "required": ["query"],
-    },
-}
 
 
 @pytest.fixture

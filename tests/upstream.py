@@ -313,6 +313,12 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(10)
 
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
 
 @contextlib.contextmanager
 def running_upstream(
@@ -320,11 +326,8 @@ def running_upstream(
 ) -> Iterator[tuple[str, UpstreamBehaviour]]:
     """Yield (base_url ending in /v1, behaviour) of an upstream running on loopback."""
     behaviour = behaviour or UpstreamBehaviour()
-    server = ServerThread(build_app(behaviour)).start()
-    try:
+    with ServerThread(build_app(behaviour)) as server:
         yield server.url + "/v1", behaviour
-    finally:
-        server.stop()
 
 
 def main() -> None:

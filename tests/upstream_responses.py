@@ -229,8 +229,5 @@ def running_responses_upstream(
 ) -> Iterator[tuple[str, ResponsesBehaviour]]:
     """Yield (server root, behaviour): OpenAI's base_url is the root + "/v1", Azure's the root."""
     behaviour = behaviour or ResponsesBehaviour()
-    server = ServerThread(build_responses_app(behaviour)).start()
-    try:
+    with ServerThread(build_responses_app(behaviour)) as server:
         yield server.url, behaviour
-    finally:
-        server.stop()
