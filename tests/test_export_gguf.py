@@ -180,7 +180,7 @@ def test_a_hugging_face_folder_is_exported_and_served_on_llama_cpp(tmp_path: Pat
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text('{"architectures": ["NoSuchForCausalLM"]}')
-    with pytest.raises(ConfigError, match="llama.cpp's converter could not write .*broken"):
+    with pytest.raises(ConfigError, match=r"llama\.cpp's converter could not write .*broken"):
         export_gguf(str(broken), None, tmp_path / "never")
 
 

@@ -42,7 +42,9 @@ def converter_dir() -> Path:
     if named:
         folder = Path(named).expanduser()
         if not (folder / SCRIPT).is_file():
-            raise ConfigError(f"{CONVERTER_ENV}={named}: no {SCRIPT} there (name a llama.cpp checkout)")
+            raise ConfigError(
+                f"{CONVERTER_ENV}={named}: no {SCRIPT} there (name a llama.cpp checkout)"
+            )
         return folder
     if (kept_dir() / SCRIPT).is_file():
         return kept_dir()
@@ -107,9 +109,7 @@ def hf_to_gguf(folder: Path, out: Path, outtype: str = "f16") -> Path:
     partial = out.with_name(out.name + ".partial")
     command = [sys.executable, str(script), str(folder), "--outfile", str(partial)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [*command, "--outtype", outtype], capture_output=True, text=True, env=env
-    )
+    done = subprocess.run([*command, "--outtype", outtype], capture_output=True, text=True, env=env)
     if done.returncode != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
         raise ConfigError(
@@ -123,9 +123,8 @@ def hf_to_gguf(folder: Path, out: Path, outtype: str = "f16") -> Path:
 def converted_gguf(folder: Path) -> Path:
     """`folder` written as GGUF once and kept under models_dir(), keyed by its files' sizes and
     times, so that serving it on llama.cpp or exporting it again does not convert again."""
-    stats = sorted(
-        f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in folder.iterdir() if p.is_file()
-    )
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    stats = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
     key = hashlib.sha1(f"{folder}|{'|'.join(stats)}".encode()).hexdigest()[:10]
     target = models_dir() / f"{folder.name}-{key}.gguf"
     if not target.is_file():
