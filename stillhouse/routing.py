@@ -49,6 +49,9 @@ class TaskRoute:
     # which `stillhouse.confidence` reduction each threshold is on (evaluate.calibrate chose it)
     signal: str = DEFAULT_SIGNAL
     incumbent_signal: str = DEFAULT_SIGNAL
+    # per-intent thresholds where the calibration chose them (`threshold`: the other intents')
+    intent_thresholds: Mapping[str, float] | None = None
+    incumbent_intent_thresholds: Mapping[str, float] | None = None
 
 
 class RoutingTable:
@@ -129,11 +132,13 @@ def needs_fallback(
     entry: TaskRoute | None,
     route: Route,
     confidence: Mapping[str, Any] | None,
+    intent: str | None = None,
 ) -> bool:
     """A student answer in auto mode whose confidence (`answers.confidence_of`: min, mean,
-    p10), on the signal its threshold was calibrated on, is under that threshold is replaced
-    by the teacher's. No threshold or no confidence reported: no fallback."""
-    threshold = fallback_threshold(task, entry, route)
+    p10), on the signal its threshold was calibrated on, is under that threshold (its
+    intent's, where thresholds are per intent) is replaced by the teacher's. No threshold or
+    no confidence reported: no fallback."""
+    threshold = fallback_threshold(task, entry, route, intent)
     if threshold is None or not confidence or entry is None:
         return False
     value = confidence.get(fallback_signal(entry, route))
@@ -147,16 +152,23 @@ def fallback_signal(entry: TaskRoute, route: Route) -> str:
     return entry.signal
 
 
-def fallback_threshold(task: TaskConfig, entry: TaskRoute | None, route: Route) -> float | None:
+def fallback_threshold(
+    task: TaskConfig, entry: TaskRoute | None, route: Route, intent: str | None = None
+) -> float | None:
     """The calibrated confidence under which this route's student answer is replaced (the
-    candidate's, or the serving incumbent's); None: no fallback on this route."""
+    candidate's, or the serving incumbent's; `intent`'s own where thresholds are per intent);
+    None: no fallback on this route."""
     if route.role != "student" or task.routing.fallback != "confidence":
         return None
     if mode_of(task, entry) != "auto" or entry is None:
         return None
     if entry.incumbent is not None and route.candidate == entry.incumbent:
-        return entry.incumbent_threshold
-    return entry.threshold
+        threshold, by_intent = entry.incumbent_threshold, entry.incumbent_intent_thresholds
+    else:
+        threshold, by_intent = entry.threshold, entry.intent_thresholds
+    if threshold is not None and by_intent and intent is not None:
+        return by_intent.get(intent, threshold)
+    return threshold
 
 
 def shadow_sampled(task: TaskConfig, role: str, call_id: str) -> bool:

@@ -243,3 +243,92 @@ def test_the_chosen_signal_travels_from_the_verdict_to_the_router() -> None:
     assert (entry.threshold, entry.signal) == (-0.5, "min")
     older = TaskState("a", State.SERVING, detail={"threshold": -0.5})  # stored before signals
     assert entry_of(older).signal == "p10"
+
+
+def _intent_rows(
+    seed: int, sure_and_wrong: str | None
+) -> tuple[list[float], list[float], list[str]]:
+    """300 answers over three intents. A wrong answer's minimum logprob is low (5% of a's and
+    b's answers), except on `sure_and_wrong`, where the student is wrong 30% of the time and as
+    sure of itself as when it is right."""
+    rng = random.Random(seed)
+    values, agree, intents = [], [], []
+    for i in range(300):
+        intent = "abc"[i % 3]
+        unsure_wrong = intent != sure_and_wrong and rng.random() < 0.05
+        sure_wrong = intent == sure_and_wrong and rng.random() < 0.3
+        values.append(rng.uniform(-2.5, -0.7) if unsure_wrong else rng.uniform(-0.05, 0))
+        agree.append(0.0 if unsure_wrong or sure_wrong else 1.0)
+        intents.append(intent)
+    return values, agree, intents
+
+
+def test_thresholds_are_per_intent_where_a_students_errors_gather_in_one() -> None:
+    """On intent c the student is wrong 30% of the time and as sure of itself as when right: no
+    one threshold separates those answers; a threshold of c's own sends c to the teacher and
+    lets the others keep theirs. Judged out of sample, as the single threshold is."""
+    values, agree, intents = _intent_rows(1, sure_and_wrong="c")
+    single = calibrate({"min": values}, agree, 0.95)
+    split = calibrate({"min": values}, agree, 0.95, intents=intents)
+    assert split.intent_thresholds is not None and split.intents_judged is not None
+    assert split.intents_judged["per_intent"]
+    c_values = [v for v, i in zip(values, intents, strict=True) if i == "c"]
+    deferred = [v for v in c_values if v < split.intent_thresholds["c"]]
+    assert len(deferred) > 0.8 * len(c_values)  # most of c goes to the teacher
+    assert split.intent_thresholds["c"] > -0.05 > split.intent_thresholds["a"]
+    assert split.held_out is not None and single.held_out is not None
+    assert split.reached and not single.reached
+    assert split.held_out.kept_low > single.held_out.kept_low
+    assert split.to_json()["intent_thresholds"] == split.intent_thresholds
+
+
+def test_one_threshold_when_the_intents_do_not_differ() -> None:
+    values, agree, intents = _intent_rows(2, sure_and_wrong=None)
+    calibration = calibrate({"min": values}, agree, 0.95, intents=intents)
+    assert calibration.intent_thresholds is None
+    assert calibration.intents_judged is not None and not calibration.intents_judged["per_intent"]
+    assert calibration.reached
+
+
+def test_per_intent_thresholds_travel_from_the_verdict_to_the_router() -> None:
+    from stillhouse.lifecycle.states import State, TaskState
+    from stillhouse.lifecycle.table import entry_of
+    from stillhouse.lifecycle.transitions import promote
+    from stillhouse.routing import Route, fallback_threshold, needs_fallback
+    from stillhouse.store.records import Verdict
+
+    task = _task(student="t")
+    validating = TaskState("a", State.VALIDATING, detail={"dataset": "ds_1"})
+    verdict = Verdict(True, "passed", threshold=-0.5, signal="min", intent_thresholds={"c": 0.1})
+    entry = entry_of(promote(task, validating, "cand_1", verdict))
+    assert entry.intent_thresholds == {"c": 0.1}
+    route = Route("student", "t", "rollout:10%", "cand_1")  # a session in the candidate's share
+    assert fallback_threshold(task, entry, route, "c") == 0.1
+    assert fallback_threshold(task, entry, route, "a") == -0.5  # not listed: the common one
+    assert fallback_threshold(task, entry, route) == -0.5  # intent unknown
+    sure = {"min": -0.01}
+    assert needs_fallback(task, entry, route, sure, "c")
+    assert not needs_fallback(task, entry, route, sure, "a")
+    # a retrained candidate rolls out against the serving incumbent, which keeps its own
+    before = {"threshold": -0.4, "signal": "min", "intent_thresholds": {"b": 0.2}}
+    rolling = TaskState(
+        "a",
+        State.ROLLOUT,
+        share=0.25,
+        candidate_id="cand_2",
+        detail={**entry_of_detail(verdict), "incumbent": "cand_1", "incumbent_detail": before},
+    )
+    retrain = entry_of(rolling)
+    incumbent = Route("student", "t", "rollout:incumbent", "cand_1")
+    assert fallback_threshold(task, retrain, incumbent, "b") == 0.2
+    assert fallback_threshold(task, retrain, incumbent, "c") == -0.4
+    older = TaskState("a", State.SERVING, detail={"threshold": -0.5})  # stored before them
+    assert entry_of(older).intent_thresholds is None
+
+
+def entry_of_detail(verdict: Any) -> dict[str, Any]:
+    return {
+        "threshold": verdict.threshold,
+        "signal": verdict.signal,
+        "intent_thresholds": verdict.intent_thresholds,
+    }

@@ -270,6 +270,52 @@ def test_shadow_rate_zero_is_fine_for_a_task_that_never_rolls_out(tmp_path: Path
     )
 
 
+# -- a threshold of the request's own intent --------------------------------------------------
+@pytest.mark.parametrize("streamed", [False, True])
+def test_the_fallback_threshold_is_the_requests_intents(tmp_path: Path, streamed: bool) -> None:
+    """Where the calibration chose per-intent thresholds, an answer is judged by its intent's
+    (metadata.intent here; the task's intent model otherwise); an intent without one of its own
+    by the common threshold."""
+    teacher = UpstreamBehaviour(reply=lambda body: "teacher answer")
+    student = UpstreamBehaviour(reply=lambda body: "student answer")
+    with (
+        running_upstream(teacher) as (teacher_url, _),
+        running_upstream(student) as (student_url, _),
+    ):
+        remote = {"provider": "openai-compatible", "base_url": student_url, "model": "ft:small"}
+        config = config_for(tmp_path, teacher_url, remote, routing={"shadow_rate": 0.01})
+        entry = TaskRoute(
+            state="rollout",
+            share=1.0,
+            threshold=-5.0,
+            signal="min",
+            intent_thresholds={"parcel": 0.001},
+        )
+        _, server, client = serve(config, entry)
+        try:
+            routes, texts = {}, {}
+            for intent in ("parcel", "refund"):
+                raw = client.chat.completions.with_raw_response.create(
+                    model="support",
+                    messages=[{"role": "user", "content": "where is my parcel"}],
+                    metadata={"intent": intent},
+                    stream=streamed,
+                )
+                routes[intent] = raw.headers["x-stillhouse-route"]
+                parsed = raw.parse()
+                if streamed:
+                    texts[intent] = "".join(
+                        c.choices[0].delta.content or "" for c in parsed if c.choices
+                    )
+                else:
+                    texts[intent] = parsed.choices[0].message.content
+        finally:
+            server.stop()
+    # the student's logprobs are <= 0: under parcel's threshold, over the common one
+    assert routes == {"parcel": "fallback", "refund": "student"}
+    assert texts == {"parcel": "teacher answer", "refund": "student answer"}
+
+
 # -- a remote student falls back on its own logprobs ---------------------------------------------
 @pytest.mark.parametrize("streamed", [False, True])
 def test_a_remote_students_logprobs_drive_the_fallback(tmp_path: Path, streamed: bool) -> None:

@@ -6,21 +6,37 @@ The router (gateway/chat.py) replaces a student answer whose confidence is *unde
 so an answer is kept when confidence >= threshold. Pure functions; the confidence is one of the
 signals the gateway can compare (`stillhouse.confidence`: min, p10 or mean of the token
 logprobs), chosen per candidate (`pick`) where the curve keeps the most answers.
+
+Per-intent thresholds (`fit_intents`): where the answers' intents are known, a ridge logistic
+regression of agreement on the standardised signal with one intercept per intent (shrunk towards
+the common one) turns one cut on its score into one threshold per intent. It is used for a task only
+when, over REPEATS fold splits, its out-of-sample operating point beats the single threshold's
+(`choose_intents`): it helped where a student's errors gather in a few intents, and hurt on a small
+holdout whose errors are spread (docs/benchmarks.md, "Deferral").
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from ..answers import DEFAULT_SIGNAL
 from ..stats import binomial_interval
 
 SIGNAL = DEFAULT_SIGNAL  # the signal when only one is given
+# The signals an eval calibrates on. Measured on four students of two tasks, 10 fold splits each
+# (bench/deferral_learned.py): min deferred at least as well as p10, mean, a learned quantile
+# combination, or picking one of them per candidate, whose choice on a small holdout cost more
+# than it bought; p10 ranked right and wrong answers worst (AUROC 0.49-0.67, min 0.64-0.87).
+CALIBRATED = ("min",)
 FOLDS = 2  # cross-fitting: each half's threshold is chosen on the other half
 COVERAGE_POINTS = 21  # the coverage curve is drawn at most at this many thresholds
+REPEATS = 10  # fold splits per-intent thresholds are judged on against the single threshold
+RIDGE = 1.0  # the L2 penalty on the standardised slope and on each intent's intercept
 
 
 def kept_low(right: float, n: int) -> float:
@@ -67,10 +83,16 @@ class Calibration:
     curve: tuple[Point, ...]
     held_out: Point | None = None
     signal: str = SIGNAL
+    # {intent: threshold} when per-intent thresholds won (`threshold` is then the one for intents
+    # not listed); None: one threshold for every answer
+    intent_thresholds: dict[str, float] | None = None
+    intents_judged: dict[str, Any] | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "signal": self.signal,
+            "intent_thresholds": self.intent_thresholds,
+            "intents_judged": self.intents_judged,
             "target": self.target,
             "threshold": self.threshold,
             "teacher_share": self.teacher_share,
@@ -174,6 +196,172 @@ def cross_fit(
     )
 
 
+# -- per-intent thresholds ---------------------------------------------------------------------
+def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE, steps: int = 50) -> np.ndarray:
+    """Ridge logistic regression by Newton's method: the weights, the intercept last (not
+    penalised)."""
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    w = np.zeros(xb.shape[1])
+    penalty = np.full(xb.shape[1], ridge)
+    penalty[-1] = 0.0
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-np.clip(xb @ w, -30.0, 30.0)))
+        grad = xb.T @ (p - y) + penalty * w
+        hess = (xb * (p * (1 - p))[:, None]).T @ xb + np.diag(penalty) + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w = w - step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w
+
+
+@dataclass(frozen=True, slots=True)
+class IntentThresholds:
+    """A threshold per intent on one signal; `default` for an intent not seen (or none)."""
+
+    default: float
+    by_intent: dict[str, float]
+
+    def of(self, intent: str | None) -> float:
+        return self.by_intent.get(intent, self.default) if intent is not None else self.default
+
+
+def fit_intents(
+    values: Sequence[float | None],
+    agree: Sequence[float],
+    intents: Sequence[str | None],
+    target: float,
+) -> IntentThresholds | None:
+    """Per-intent thresholds on `values`: the ridge logistic regression of agreement on the
+    standardised signal plus one intercept per intent, cut where the kept answers' lower bound
+    reaches `target` with the least teacher traffic (`choose`), the cut read back as a threshold
+    per intent. None with under two intents, a constant signal, or a slope that does not rise
+    with confidence (the signal does not rank agreement here)."""
+    rows = [
+        (float(v), float(a), i)
+        for v, a, i in zip(values, agree, intents, strict=True)
+        if v is not None
+    ]
+    names = sorted({i for _, _, i in rows if i is not None})
+    signal = np.array([r[0] for r in rows])
+    if len(names) < 2 or signal.std() <= 0:
+        return None
+    mean, std = float(signal.mean()), float(signal.std())
+    onehot = np.array([[r[2] == n for n in names] for r in rows], dtype=float)
+    w = fit_logistic(
+        np.hstack([((signal - mean) / std)[:, None], onehot]), np.array([r[1] for r in rows])
+    )
+    slope, offsets, bias = (
+        float(w[0]),
+        dict(zip(names, w[1:-1].tolist(), strict=True)),
+        float(w[-1]),
+    )
+    if slope <= 0:
+        return None
+    # each answer's score, term by term (a matrix product may round two equal rows apart)
+    scores = [slope * (v - mean) / std + offsets.get(i or "", 0.0) + bias for v, _, i in rows]
+    point, _ = choose(curve(scores, [r[1] for r in rows]), target)
+    cut = float(point.threshold) if point.threshold is not None else min(scores)
+
+    def back(offset: float) -> float:  # the signal value whose score is the cut, a hair under
+        value = mean + std * (cut - bias - offset) / slope
+        return value - 1e-9 * (1.0 + abs(value))
+
+    return IntentThresholds(back(0.0), {n: back(o) for n, o in offsets.items()})
+
+
+def apply_intents(
+    rule: IntentThresholds | None,
+    threshold: float | None,
+    values: Sequence[float | None],
+    intents: Sequence[str | None],
+    agree: Sequence[float],
+) -> Point:
+    """`apply` with each answer's intent's threshold (`threshold` for all when `rule` is None)."""
+    limits = [rule.of(i) if rule is not None else threshold for i in intents]
+    n = len(agree)
+    kept = [
+        a
+        for v, limit, a in zip(values, limits, agree, strict=True)
+        if limit is None or v is None or v >= limit
+    ]
+    return Point(
+        rule.default if rule is not None else threshold,
+        (n - len(kept)) / n if n else 0.0,
+        sum(kept) / len(kept) if kept else None,
+        len(kept),
+        kept_low(sum(kept), len(kept)),
+    )
+
+
+def cross_fit_intents(
+    values: Sequence[float | None],
+    agree: Sequence[float],
+    intents: Sequence[str | None],
+    target: float,
+    seed: int = 0,
+) -> Point:
+    """`cross_fit` of per-intent thresholds: each fold judged by the thresholds fitted on the
+    other (the single threshold where none could be fitted there)."""
+    fold = _folds(len(agree), seed)
+    kept = right = sent = 0.0
+    for k in range(FOLDS):
+        fit = [i for i, f in enumerate(fold) if f != k]
+        test = [i for i, f in enumerate(fold) if f == k]
+        rule = fit_intents(
+            [values[i] for i in fit], [agree[i] for i in fit], [intents[i] for i in fit], target
+        )
+        _, threshold = pick({SIGNAL: [values[i] for i in fit]}, [agree[i] for i in fit], target)
+        judged = apply_intents(
+            rule,
+            threshold,
+            [values[i] for i in test],
+            [intents[i] for i in test],
+            [agree[i] for i in test],
+        )
+        kept += judged.kept
+        right += (judged.kept_agreement or 0.0) * judged.kept
+        sent += len(test) - judged.kept
+    n = len(agree)
+    return Point(
+        None,
+        sent / n if n else 0.0,
+        right / kept if kept else None,
+        int(kept),
+        kept_low(round(right), int(kept)),
+    )
+
+
+def _mean_point(points: Sequence[Point]) -> dict[str, float]:
+    """The mean operating point over fold splits: student share and kept answers' lower bound."""
+    share = sum(1.0 - p.teacher_share for p in points) / len(points)
+    low = sum(p.kept_low for p in points) / len(points)
+    return {"student_share": round(share, 4), "kept_low": round(low, 4)}
+
+
+def choose_intents(
+    values: Sequence[float | None],
+    agree: Sequence[float],
+    intents: Sequence[str | None],
+    target: float,
+) -> dict[str, Any]:
+    """Whether per-intent thresholds beat one threshold on this signal, judged out of sample
+    over REPEATS fold splits: they must reach the target where the single one does not, or keep
+    at least as many answers at a lower bound at least as high, one of the two strictly (the
+    rule with more parameters is not bought with a trade). {"per_intent": bool, "single": {...},
+    "intents": {...}, "splits": n}."""
+    one = _mean_point([cross_fit({SIGNAL: values}, agree, target, s) for s in range(REPEATS)])
+    many = _mean_point(
+        [cross_fit_intents(values, agree, intents, target, s) for s in range(REPEATS)]
+    )
+    if (many["kept_low"] >= target) != (one["kept_low"] >= target):
+        better = many["kept_low"] >= target
+    else:
+        pairs = [(many[k], one[k]) for k in ("student_share", "kept_low")]
+        better = all(m >= o for m, o in pairs) and any(m > o for m, o in pairs)
+    return {"per_intent": better, "single": one, "intents": many, "splits": REPEATS}
+
+
 def _signals(confidences: Sequence[float | None] | Signals) -> Signals:
     return confidences if isinstance(confidences, Mapping) else {SIGNAL: confidences}
 
@@ -183,6 +371,7 @@ def calibrate(
     agree: Sequence[float],
     target: float,
     seed: int = 0,
+    intents: Sequence[str | None] | None = None,
 ) -> Calibration:
     """Choose the signal and threshold whose kept answers reach `target` agreement (on the lower
     bound) with the least teacher traffic (`pick`; one signal when `confidences` is a plain
@@ -191,7 +380,10 @@ def calibrate(
     Answers without a confidence (a remote model without logprobs) cannot be routed on and are
     kept, as the router keeps them; when none has one there is no threshold and every answer is
     kept. When the target is out of reach the threshold with the best lower bound is chosen, and
-    `reached` is False: the gate fails on it unless the task's fallback is off."""
+    `reached` is False: the gate fails on it unless the task's fallback is off.
+
+    With `intents` (each answer's), per-intent thresholds on the chosen signal are weighed
+    against the single one (`choose_intents`) and used when they do better out of sample."""
     signals = _signals(confidences)
     held_out = cross_fit(signals, agree, target, seed) if agree else None
     reached = held_out is not None and held_out.kept_low >= target
@@ -212,6 +404,28 @@ def calibrate(
         )
     points = curve([c for c, _ in known], [a for _, a in known])
     point, _ = choose(points, target)
+    if intents is not None:
+        judged = choose_intents(chosen, agree, intents, target)
+        rule = fit_intents(chosen, agree, intents, target) if judged["per_intent"] else None
+        if rule is None:
+            judged["per_intent"] = False
+        else:
+            in_sample = apply_intents(rule, None, chosen, intents, agree)
+            held_out = cross_fit_intents(chosen, agree, intents, target, seed)
+            return Calibration(
+                target,
+                rule.default,
+                in_sample.teacher_share,
+                in_sample.kept_agreement,
+                held_out.kept_low >= target,
+                tuple(points),
+                held_out=held_out,
+                signal=name,
+                intent_thresholds=rule.by_intent,
+                intents_judged=judged,
+            )
+    else:
+        judged = None
     return Calibration(
         target,
         point.threshold,
@@ -221,6 +435,7 @@ def calibrate(
         tuple(points),
         held_out=held_out,
         signal=name,
+        intents_judged=judged,
     )
 
 

@@ -25,7 +25,7 @@ from ..store.base import TraceStore
 from ..store.records import Candidate, Verdict, new_id
 from ..toolcalls import assistant_text
 from . import metrics
-from .calibrate import Calibration, calibrate, coverage
+from .calibrate import CALIBRATED, Calibration, calibrate, coverage
 from .gate import Evidence, Rules, decide
 from .serve import Answer, serve
 
@@ -164,6 +164,7 @@ def _write_answers(
                 "agreement": a,
                 "format_ok": ok,
                 "confidence": {s: (answer.confidence or {}).get(s) for s in SIGNALS},
+                "token_logprobs": [round(lp, 4) for lp in answer.logprobs],
                 "error": answer.error,
             }
             f.write(json.dumps(row) + "\n")
@@ -258,11 +259,13 @@ def _kept_per_intent(
     items: Sequence[Item],
     agree: Sequence[float],
     confidences: Sequence[float | None],
-    threshold: float | None,
+    calibration: Calibration,
 ) -> dict[str, tuple[int, float]]:
-    """Each intent's kept answers at the calibrated threshold: (n, agreement upper bound)."""
+    """Each intent's kept answers at the calibrated threshold (its own, where thresholds are per
+    intent): (n, agreement upper bound)."""
     kept: dict[str, list[float]] = defaultdict(list)
     for item, a, c in zip(items, agree, confidences, strict=True):
+        threshold = (calibration.intent_thresholds or {}).get(item.intent, calibration.threshold)
         if threshold is None or c is None or c >= threshold:
             kept[item.intent].append(a)
     return {k: (len(v), rate_interval(v)[1]) for k, v in kept.items()}
@@ -343,7 +346,13 @@ def evaluate(
         for a in ok
         if (c := call_cost(price_for(price), a.input_tokens, a.output_tokens)) is not None
     ]
-    calibration = calibrate(signals, agree, settings.gate.kept_agreement, seed=seed)
+    calibration = calibrate(
+        {s: signals[s] for s in CALIBRATED},
+        agree,
+        settings.gate.kept_agreement,
+        seed=seed,
+        intents=[item.intent for item in items],
+    )
     confidences = signals[calibration.signal]  # the coverage curves are drawn on the chosen one
     per_intent, intent_curves = _per_intent(items, agree, confidences)
 
@@ -381,7 +390,7 @@ def evaluate(
             intents={k: (v["n"], v["agreement_ci"][1]) for k, v in per_intent.items()},
             kept_low=calibration.held_out.kept_low if calibration.held_out else None,
             coverage=1.0 - calibration.held_out.teacher_share if calibration.held_out else None,
-            kept_intents=_kept_per_intent(items, agree, confidences, calibration.threshold),
+            kept_intents=_kept_per_intent(items, agree, confidences, calibration),
         ),
     )
     n_ok = sum(compliant)
@@ -484,6 +493,7 @@ def validate(
         reason=str(doc["reason"]),
         threshold=doc["confidence_threshold"],
         signal=str(doc["calibration"]["signal"]),
+        intent_thresholds=doc["calibration"]["intent_thresholds"],
         eval_run_id=str(doc["eval"]),
         metrics={
             k: doc[k]

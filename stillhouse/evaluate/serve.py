@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..answers import answer_text, confidence_of
+from ..answers import answer_text, confidence_of, token_logprobs
 from ..config import ModelConfig
 
 
@@ -27,6 +27,7 @@ class Answer:
     input_tokens: int | None = None
     output_tokens: int | None = None
     error: str | None = None
+    logprobs: tuple[float, ...] = ()  # each generated token's, when the model returned them
 
 
 def _answer(reply: dict[str, Any], latency_ms: float) -> Answer:
@@ -41,6 +42,7 @@ def _answer(reply: dict[str, Any], latency_ms: float) -> Answer:
         confidence=confidence,
         input_tokens=usage.get("prompt_tokens"),
         output_tokens=usage.get("completion_tokens"),
+        logprobs=tuple(token_logprobs(reply)),
     )
 
 

@@ -94,7 +94,7 @@ class ChatCompletions:
             self.capture.error(x.call, err, x.started)
             return self._stamped(x, error_response(err, x.headers))
         if x.threshold is not None and needs_fallback(
-            self.config.tasks[x.call.task], x.entry, x.route, confidence_of(response)
+            self.config.tasks[x.call.task], x.entry, x.route, confidence_of(response), x.intent
         ):
             return self._stamped(x, await self._fallback(x, response, shape))
         self.capture.answer(x.call, response, x.started)

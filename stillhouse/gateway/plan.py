@@ -37,6 +37,7 @@ class Exchange:
     headers: dict[str, str]
     entry: TaskRoute | None = None
     threshold: float | None = None
+    intent: str | None = None  # the request's intent, where known: its threshold may be its own
     hide_logprobs: bool = False  # the gateway asked for logprobs the client did not
     clock: UpstreamClock = field(default_factory=UpstreamClock)  # kept by replace(): shared
 
@@ -162,7 +163,7 @@ class Planner:
         if task is not None:  # a task's student: its schema, its threshold
             if route.role == "student" and task.constrain_student:
                 constrain(forward, task.response_schema, task_name)
-            threshold = fallback_threshold(task, entry, route)
+            threshold = fallback_threshold(task, entry, route, intent)
         return Exchange(
             call=call,
             route=route,
@@ -173,6 +174,7 @@ class Planner:
             headers=headers,
             entry=entry,
             threshold=threshold,
+            intent=intent,
             hide_logprobs=threshold is not None and ask_for_logprobs(forward),
         )
 

@@ -89,7 +89,8 @@ class Streams:
             with contextlib.suppress(Exception):
                 await chunks.aclose()  # type: ignore[attr-defined]
         task = self.config.tasks[x.call.task]
-        if not needs_fallback(task, x.entry, x.route, confidence_of(acc.response())):
+        confidence = confidence_of(acc.response())
+        if not needs_fallback(task, x.entry, x.route, confidence, x.intent):
             return await self.relay(x.replace(provider=Replay(chunks_held, x.provider)), shape)
         replaced = dataclasses.replace(x.call, route_reason="fallback:replaced")
         self.capture.stream(replaced, acc, x.started, None, 200)

@@ -57,6 +57,12 @@ def check_transition(current: State, target: State) -> None:
         raise TransitionError(f"cannot go from {current} to {target} (from {current}: {allowed})")
 
 
+def intent_thresholds_of(detail: dict[str, Any]) -> dict[str, float] | None:
+    """A state detail's per-intent thresholds (None where one threshold serves every intent)."""
+    found = detail.get("intent_thresholds")
+    return {str(k): float(v) for k, v in found.items()} if isinstance(found, dict) else None
+
+
 @dataclass(frozen=True, slots=True)
 class TaskState:
     """A task's whole lifecycle state after one event (the newest event is the current state).
@@ -90,6 +96,11 @@ class TaskState:
     def signal(self) -> str:
         """The confidence signal the threshold is on (states stored before it had one: p10)."""
         return str(self.detail.get("signal") or DEFAULT_SIGNAL)
+
+    @property
+    def intent_thresholds(self) -> dict[str, float] | None:
+        """Per-intent thresholds, where the calibration chose them (`threshold`: the others')."""
+        return intent_thresholds_of(self.detail)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -19,7 +19,7 @@ from ..routing import RoutingTable, TaskRoute
 from ..store import open_store
 from ..store.base import TraceStore
 from . import events
-from .states import State, TaskState
+from .states import State, TaskState, intent_thresholds_of
 
 log = logging.getLogger("stillhouse.lifecycle")
 
@@ -35,12 +35,14 @@ def entry_of(state: TaskState, store: TraceStore | None = None) -> TaskRoute:
         mode=state.mode,
         threshold=state.threshold,
         signal=state.signal,
+        intent_thresholds=state.intent_thresholds,
         candidate=state.candidate_id,
         serving=serving_of(store, state.candidate_id),
         incumbent=incumbent,
         incumbent_serving=serving_of(store, incumbent),
         incumbent_threshold=before.get("threshold") if incumbent else None,
         incumbent_signal=str(before.get("signal") or DEFAULT_SIGNAL),
+        incumbent_intent_thresholds=intent_thresholds_of(before) if incumbent else None,
     )
 
 

@@ -36,6 +36,7 @@ def promote(task: TaskConfig, state: TaskState, candidate: str, verdict: Verdict
             "dataset": state.detail["dataset"],
             "threshold": verdict.threshold,
             "signal": verdict.signal,
+            "intent_thresholds": verdict.intent_thresholds,
             **judged(verdict),
             **keep,
         },

@@ -176,6 +176,8 @@ class Verdict:
     eval_run_id: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     signal: str = "p10"  # the confidence reduction the threshold is on (answers.SIGNALS)
+    # {intent: threshold} where thresholds are per intent (`threshold`: for the others)
+    intent_thresholds: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
