@@ -260,7 +260,8 @@ def test_a_student_that_agrees_passes_and_the_untrained_base_fails(workspace: An
     assert doc["format_compliance"] >= 0.99 and doc["latency_ms"]["p50"] > 0
     assert doc["latency_ms"]["p95"] >= doc["latency_ms"]["p50"]
     assert set(doc["per_intent"]) == {"card_lost", "refund", "delivery", "cancel"}
-    assert doc["confidence_threshold"] is not None and doc["calibration"]["signal"] == "p10"
+    assert doc["confidence_threshold"] is not None and doc["calibration"]["signal"] == "min"
+    assert doc["calibration"]["intents_judged"]["splits"] == 10  # weighed against per intent
     # the untrained base served (a release in state serving): the candidate is not worse
     assert doc["versus"]["candidate"] == w.base and doc["versus"]["difference_ci"][0] > 0.5
     chart = Path(doc["report"]["chart"])
@@ -273,6 +274,10 @@ def test_a_student_that_agrees_passes_and_the_untrained_base_fails(workspace: An
     assert len(rows) == 40 and {r["intent"] for r in rows} == set(doc["per_intent"])
     assert sum(r["agreement"] for r in rows) / 40 == pytest.approx(doc["agreement"])
     assert all(r["teacher"] and r["call"].startswith("call_") for r in rows)
+    # each answer's token logprobs, whose minimum is the signal calibrated on
+    assert all(
+        min(r["token_logprobs"]) == pytest.approx(r["confidence"]["min"], abs=1e-4) for r in rows
+    )
 
     with open_store(w.url) as store:
         stored = store.get_eval_run(doc["eval"])

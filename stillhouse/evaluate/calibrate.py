@@ -29,9 +29,10 @@ from ..stats import binomial_interval
 
 SIGNAL = DEFAULT_SIGNAL  # the signal when only one is given
 # The signals an eval calibrates on. Measured on four students of two tasks, 10 fold splits each
-# (bench/deferral_learned.py): min deferred at least as well as p10, mean, a learned quantile
-# combination, or picking one of them per candidate, whose choice on a small holdout cost more
-# than it bought; p10 ranked right and wrong answers worst (AUROC 0.49-0.67, min 0.64-0.87).
+# (bench/deferral_learned.py, docs/benchmarks.md "Deferral"): min's kept lower bound was the best
+# of min, p10 and mean on three and 0.013 under mean's on the fourth; picking one per candidate
+# lowered it on all four (its choice on a small holdout costs more than it buys); p10 ranked right
+# and wrong answers worst (AUROC 0.49-0.67, min 0.64-0.87).
 CALIBRATED = ("min",)
 FOLDS = 2  # cross-fitting: each half's threshold is chosen on the other half
 COVERAGE_POINTS = 21  # the coverage curve is drawn at most at this many thresholds
