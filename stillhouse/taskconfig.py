@@ -110,6 +110,11 @@ class RoutingConfig(Table):
     stream_fallback: Literal["buffer", "none"] = Field(
         "buffer", description="buffer: hold a student stream until its confidence is known"
     )
+    teacher_logprobs: bool = Field(
+        False,
+        description="ask the teacher for token logprobs (hidden from a client that did not), so "
+        "each teacher answer is captured with its confidence; only for teachers that return them",
+    )
     teacher_intents: list[str] = Field(default_factory=list, description="always the teacher")
     student_intents: list[str] = Field(
         default_factory=list, description="the student at full share from the first stage"
@@ -140,6 +145,12 @@ class CurateConfig(Table):
     max_per_intent: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="the student's context, in tokens")
     intents: Literal["auto", "metadata", "tfidf", "embeddings"] = "auto"
+    min_teacher_confidence: float | None = Field(
+        None,
+        le=0,
+        description="drop teacher answers whose lowest token logprob is under this (answers "
+        "captured without logprobs are kept); see routing.teacher_logprobs",
+    )
 
 
 class OptimizeConfig(Table):

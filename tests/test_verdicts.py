@@ -316,6 +316,44 @@ def test_the_fallback_threshold_is_the_requests_intents(tmp_path: Path, streamed
     assert texts == {"parcel": "teacher answer", "refund": "student answer"}
 
 
+# -- the teacher's confidence, captured ----------------------------------------------------------
+@pytest.mark.parametrize("streamed", [False, True])
+def test_the_teachers_logprobs_are_captured_not_shown(tmp_path: Path, streamed: bool) -> None:
+    """`routing.teacher_logprobs`: the gateway asks the teacher for its token logprobs, keeps
+    them with the captured call (curation can read its confidence) and shows the client none."""
+    teacher = UpstreamBehaviour(reply=lambda body: "teacher answer in words")
+    with running_upstream(teacher) as (teacher_url, _):
+        remote = {"provider": "openai-compatible", "base_url": teacher_url, "model": "small"}
+        config = config_for(tmp_path, teacher_url, remote, routing={"teacher_logprobs": True})
+        _, server, client = serve(config, TaskRoute(state="grace"))
+        try:
+            messages = [{"role": "user", "content": "where is my parcel"}]
+            raw = client.chat.completions.with_raw_response.create(
+                model="support", messages=messages, stream=streamed
+            )
+            parsed = raw.parse()
+            if streamed:
+                chunks = [c for c in parsed if c.choices]
+                shown = [c.choices[0].logprobs for c in chunks]
+                text = "".join(c.choices[0].delta.content or "" for c in chunks)
+            else:
+                shown = [parsed.choices[0].logprobs]
+                text = parsed.choices[0].message.content
+        finally:
+            server.stop()
+    assert raw.headers["x-stillhouse-route"] == "teacher" and text == "teacher answer in words"
+    assert teacher.requests[-1]["logprobs"] is True  # asked for ...
+    assert not any(shown)  # ... and not shown
+    with open_store(config.store.url) as store:
+        deadline = time.monotonic() + 5
+        while (
+            not (rows := store.list_calls(task="support", limit=5)) and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+    (captured,) = rows
+    assert answers.routing_confidence(captured.response, "min") is not None
+
+
 # -- a remote student falls back on its own logprobs ---------------------------------------------
 @pytest.mark.parametrize("streamed", [False, True])
 def test_a_remote_students_logprobs_drive_the_fallback(tmp_path: Path, streamed: bool) -> None:

@@ -160,10 +160,13 @@ class Planner:
         if deployed is not None:
             forward = deployed.body(forward)
         threshold = None
+        asked = False  # logprobs the gateway asked for and the client did not
         if task is not None:  # a task's student: its schema, its threshold
             if route.role == "student" and task.constrain_student:
                 constrain(forward, task.response_schema, task_name)
             threshold = fallback_threshold(task, entry, route, intent)
+            if threshold is not None or (route.role == "teacher" and task.routing.teacher_logprobs):
+                asked = ask_for_logprobs(forward)
         return Exchange(
             call=call,
             route=route,
@@ -175,14 +178,15 @@ class Planner:
             entry=entry,
             threshold=threshold,
             intent=intent,
-            hide_logprobs=threshold is not None and ask_for_logprobs(forward),
+            hide_logprobs=asked,
         )
 
     def teacher_call(self, of: Call, reason: str, link: str) -> tuple[Call, dict[str, Any]]:
         """The teacher's call for a student's (a fallback or a shadow): a call of its own linked
         to the student's (`metadata.<link>`), and its non-streaming body from the request as
-        sent."""
-        teacher = self.config.tasks[of.task].teacher
+        sent (asking for logprobs where the task captures the teacher's)."""
+        task = self.config.tasks[of.task]
+        teacher = task.teacher
         model = self.config.models[teacher]
         call = dataclasses.replace(
             of,
@@ -199,6 +203,8 @@ class Planner:
         forward = upstream_body(of.request, model.model)
         forward.pop("stream", None)
         forward.pop("stream_options", None)
+        if task.routing.teacher_logprobs:
+            ask_for_logprobs(forward)
         return call, forward
 
     def teacher(self, of: Exchange, reason: str, link: str) -> Exchange:
@@ -211,5 +217,5 @@ class Planner:
             forward=forward,
             headers={**of.headers, "x-stillhouse-route": reason},
             threshold=None,
-            hide_logprobs=False,
+            hide_logprobs=bool(forward.get("logprobs")) and not of.checked.logprobs,
         )
