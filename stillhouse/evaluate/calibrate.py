@@ -5,7 +5,8 @@ that choice holds on examples it was not chosen on (cross-fitted), which is what
 The router (gateway/chat.py) replaces a student answer whose confidence is *under* the threshold,
 so an answer is kept when confidence >= threshold. Pure functions; the confidence is one of the
 signals the gateway can compare (`stillhouse.confidence`: min, p10 or mean of the token
-logprobs), chosen per candidate (`pick`) where the curve keeps the most answers.
+logprobs): `stillhouse eval` calibrates on CALIBRATED; given several, `pick` chooses the one whose
+curve keeps the most answers.
 
 Per-intent thresholds (`fit_intents`): where the answers' intents are known, a ridge logistic
 regression of agreement on the standardised signal with one intercept per intent (shrunk towards
@@ -405,28 +406,26 @@ def calibrate(
         )
     points = curve([c for c, _ in known], [a for _, a in known])
     point, _ = choose(points, target)
+    judged = rule = None
     if intents is not None:
         judged = choose_intents(chosen, agree, intents, target)
         rule = fit_intents(chosen, agree, intents, target) if judged["per_intent"] else None
-        if rule is None:
-            judged["per_intent"] = False
-        else:
-            in_sample = apply_intents(rule, None, chosen, intents, agree)
-            held_out = cross_fit_intents(chosen, agree, intents, target, seed)
-            return Calibration(
-                target,
-                rule.default,
-                in_sample.teacher_share,
-                in_sample.kept_agreement,
-                held_out.kept_low >= target,
-                tuple(points),
-                held_out=held_out,
-                signal=name,
-                intent_thresholds=rule.by_intent,
-                intents_judged=judged,
-            )
-    else:
-        judged = None
+        judged["per_intent"] = rule is not None  # chosen, and a rule fitted on the whole holdout
+    if rule is not None and intents is not None:
+        in_sample = apply_intents(rule, None, chosen, intents, agree)
+        held_out = cross_fit_intents(chosen, agree, intents, target, seed)
+        return Calibration(
+            target,
+            rule.default,
+            in_sample.teacher_share,
+            in_sample.kept_agreement,
+            held_out.kept_low >= target,
+            tuple(points),
+            held_out=held_out,
+            signal=name,
+            intent_thresholds=rule.by_intent,
+            intents_judged=judged,
+        )
     return Calibration(
         target,
         point.threshold,
