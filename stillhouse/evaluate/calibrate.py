@@ -19,6 +19,7 @@ holdout whose errors are spread (docs/benchmarks.md, "Deferral").
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ FOLDS = 2  # cross-fitting: each half's threshold is chosen on the other half
 COVERAGE_POINTS = 21  # the coverage curve is drawn at most at this many thresholds
 REPEATS = 10  # fold splits per-intent thresholds are judged on against the single threshold
 RIDGE = 1.0  # the L2 penalty on the standardised slope and on each intent's intercept
+MIN_PER_INTENT = 3  # answers an intent needs for an intercept of its own
 
 
 def kept_low(right: float, n: int) -> float:
@@ -244,7 +246,10 @@ def fit_intents(
         for v, a, i in zip(values, agree, intents, strict=True)
         if v is not None
     ]
-    names = sorted({i for _, _, i in rows if i is not None})
+    counts = Counter(i for _, _, i in rows if i is not None)
+    # an intercept of one or two answers is noise (and a column each to solve for): such intents
+    # share the common threshold
+    names = sorted(i for i, n in counts.items() if n >= MIN_PER_INTENT)
     signal = np.array([r[0] for r in rows])
     if len(names) < 2 or signal.std() <= 0:
         return None
