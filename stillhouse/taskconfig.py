@@ -145,12 +145,6 @@ class CurateConfig(Table):
     max_per_intent: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="the student's context, in tokens")
     intents: Literal["auto", "metadata", "tfidf", "embeddings"] = "auto"
-    min_teacher_confidence: float | None = Field(
-        None,
-        le=0,
-        description="drop teacher answers whose lowest token logprob is under this (answers "
-        "captured without logprobs are kept); see routing.teacher_logprobs",
-    )
 
 
 class OptimizeConfig(Table):

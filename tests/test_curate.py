@@ -113,7 +113,6 @@ def test_each_filter_removes_and_counts(store_url: str, tmp_path: Path) -> None:
         "incomplete": 2,
         "truncated": 1,
         "flagged": 3,
-        "teacher_unsure": 0,
         "invalid_schema": 2,
         "too_long": 1,
         "duplicate": 0,
@@ -122,34 +121,6 @@ def test_each_filter_removes_and_counts(store_url: str, tmp_path: Path) -> None:
     }
     assert report.dataset.source_count == len(good) + len(bad)
     assert {e.call_id for e in report.examples} == {c.id for c in good}
-
-
-def test_unsure_teacher_answers_are_dropped_when_the_task_asks(
-    store_url: str, tmp_path: Path
-) -> None:
-    """`curate.min_teacher_confidence`: a teacher answer whose lowest token logprob is under it
-    is not trained on; one captured without logprobs is kept, and without the setting none is
-    dropped."""
-
-    def answered(user: str, answer: str, logprobs: list[float] | None) -> Call:
-        made = call(user, answer)
-        if logprobs is not None:
-            content = [{"token": "t", "logprob": lp, "top_logprobs": []} for lp in logprobs]
-            made.response["choices"][0]["logprobs"] = {"content": content}
-        return made
-
-    sure = answered("where is my parcel please", "It is on its way.", [-0.1, -0.3])
-    unsure = answered("is my refund coming or not", "Perhaps next week.", [-0.1, -2.5])
-    silent = answered("can I change my delivery address", "Yes, in your account.", None)
-    with open_store(store_url) as store:
-        store.insert_calls([sure, unsure, silent])
-        strict = curate(
-            store, config(tmp_path, store_url, curate={"min_teacher_confidence": -1.0}), "support"
-        )
-        plain = curate(store, config(tmp_path, store_url), "support")
-    assert strict.dataset.removed["teacher_unsure"] == 1
-    assert {e.call_id for e in strict.examples} == {sure.id, silent.id}
-    assert plain.dataset.removed["teacher_unsure"] == 0 and len(plain.examples) == 3
 
 
 # -- PII ----------------------------------------------------------------

@@ -32,7 +32,6 @@ FILTER_NAMES = (
     "incomplete",
     "truncated",
     "flagged",
-    "teacher_unsure",
     "invalid_schema",
     "too_long",
 )
@@ -98,18 +97,6 @@ def _flagged(call: Call, ctx: FilterContext) -> bool:
     return is_flagged(call, ctx.scores.get(call.id, ()))
 
 
-def _teacher_unsure(call: Call, ctx: FilterContext) -> bool:
-    """The teacher's own answer, under `curate.min_teacher_confidence` on its lowest token
-    logprob (captured when `routing.teacher_logprobs` asked for them, or the client did)."""
-    from ..answers import routing_confidence
-
-    floor = ctx.task.curate.min_teacher_confidence
-    if floor is None:
-        return False
-    confidence = routing_confidence(call.response, "min")
-    return confidence is not None and confidence < floor
-
-
 def _invalid_schema(call: Call, ctx: FilterContext) -> bool:
     from ..answers import breaks_schema
 
@@ -135,7 +122,6 @@ FILTERS: tuple[tuple[str, Callable[[Call, FilterContext], bool]], ...] = (
     ("incomplete", _incomplete),
     ("truncated", _truncated),
     ("flagged", _flagged),
-    ("teacher_unsure", _teacher_unsure),
     ("invalid_schema", _invalid_schema),
     ("too_long", _too_long),
 )
