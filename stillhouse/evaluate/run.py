@@ -24,7 +24,7 @@ from ..stats import binomial_interval, mean, paired_difference_ci, percentile, r
 from ..store.base import TraceStore
 from ..store.records import Candidate, Verdict, new_id
 from ..toolcalls import assistant_text
-from . import metrics
+from . import by_intent, metrics
 from .calibrate import CALIBRATED, Calibration, calibrate, coverage
 from .gate import Evidence, Rules, decide
 from .serve import Answer, serve
@@ -235,42 +235,6 @@ def majority_baseline(metric: metrics.Metric, teachers: Sequence[str]) -> dict[s
     return {"answer": answer, "agreement": sum(verdicts) / len(verdicts)}
 
 
-def _per_intent(
-    items: Sequence[Item], agree: Sequence[float], confidences: Sequence[float | None]
-) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
-    """Each intent's n, agreement and interval, and its coverage curve."""
-    rows: dict[str, list[int]] = defaultdict(list)
-    for i, item in enumerate(items):
-        rows[item.intent].append(i)
-    per_intent, curves = {}, {}
-    for intent, idx in sorted(rows.items()):
-        mine = [agree[i] for i in idx]
-        low, high = rate_interval(mine)
-        per_intent[intent] = {
-            "n": len(mine),
-            "agreement": sum(mine) / len(mine),
-            "agreement_ci": [low, high],
-        }
-        curves[intent] = coverage([confidences[i] for i in idx], mine)
-    return per_intent, curves
-
-
-def _kept_per_intent(
-    items: Sequence[Item],
-    agree: Sequence[float],
-    confidences: Sequence[float | None],
-    calibration: Calibration,
-) -> dict[str, tuple[int, float]]:
-    """Each intent's kept answers at the calibrated threshold (its own, where thresholds are per
-    intent): (n, agreement upper bound)."""
-    kept: dict[str, list[float]] = defaultdict(list)
-    for item, a, c in zip(items, agree, confidences, strict=True):
-        threshold = (calibration.intent_thresholds or {}).get(item.intent, calibration.threshold)
-        if threshold is None or c is None or c >= threshold:
-            kept[item.intent].append(a)
-    return {k: (len(v), rate_interval(v)[1]) for k, v in kept.items()}
-
-
 def _operating_point(calibration: Calibration, rules: Rules) -> dict[str, Any] | None:
     """The headline: the share of answers the student keeps at its calibrated threshold, and
     their agreement with its lower bound, both out of sample (None: nothing was judged)."""
@@ -346,15 +310,16 @@ def evaluate(
         for a in ok
         if (c := call_cost(price_for(price), a.input_tokens, a.output_tokens)) is not None
     ]
+    intents = [item.intent for item in items]
     calibration = calibrate(
         {s: signals[s] for s in CALIBRATED},
         agree,
         settings.gate.kept_agreement,
         seed=seed,
-        intents=[item.intent for item in items],
+        intents=intents,
     )
     confidences = signals[calibration.signal]  # the coverage curves are drawn on the chosen one
-    per_intent, intent_curves = _per_intent(items, agree, confidences)
+    per_intent, intent_curves = by_intent.per_intent(intents, agree, confidences)
 
     versus: dict[str, Any] | None = None
     if incumbent is not None and incumbent != candidate.id:
@@ -390,7 +355,7 @@ def evaluate(
             intents={k: (v["n"], v["agreement_ci"][1]) for k, v in per_intent.items()},
             kept_low=calibration.held_out.kept_low if calibration.held_out else None,
             coverage=1.0 - calibration.held_out.teacher_share if calibration.held_out else None,
-            kept_intents=_kept_per_intent(items, agree, confidences, calibration),
+            kept_intents=by_intent.kept_per_intent(intents, agree, confidences, calibration),
         ),
     )
     n_ok = sum(compliant)
