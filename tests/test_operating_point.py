@@ -280,6 +280,9 @@ def test_thresholds_are_per_intent_where_a_students_errors_gather_in_one() -> No
     assert split.reached and not single.reached
     assert split.held_out.kept_low > single.held_out.kept_low
     assert split.to_json()["intent_thresholds"] == split.intent_thresholds
+    point = {"threshold": split.threshold, "coverage": 0.9, "kept_agreement": 0.97}
+    shown = table(_doc(split, {**point, "kept_low": 0.95, "target": 0.95}))
+    assert f"c {split.intent_thresholds['c']:.3f}" in shown  # the report lists them
 
 
 def test_one_threshold_when_the_intents_do_not_differ() -> None:

@@ -79,6 +79,10 @@ def table(doc: dict[str, Any]) -> str:
             f"{'' if cal['reached'] else ', not reached'})",
         ),
     ]
+    by_intent = cal.get("intent_thresholds")
+    if by_intent:  # the threshold above is then the one for intents not listed
+        own = ", ".join(f"{k} {v:.3f}" for k, v in sorted(by_intent.items()))
+        rows.append(("per-intent thresholds", f"{own} (others: the threshold above)"))
     if doc.get("versus"):
         v = doc["versus"]
         d_low, d_high = v["difference_ci"]
