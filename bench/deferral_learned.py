@@ -28,16 +28,17 @@ from typing import Any
 
 import numpy as np
 
+from stillhouse.answers import token_confidence
 from stillhouse.evaluate.calibrate import (
     FOLDS,
     RIDGE,
-    _folds,
+    Point,
     apply,
     calibrate,
     choose,
     curve,
     fit_logistic,
-    kept_low,
+    pooled,
 )
 from stillhouse.evaluate.calibrate import cross_fit as chosen_cross_fit
 from stillhouse.stats import percentile
@@ -97,27 +98,34 @@ def auroc(scores: Sequence[float], agree: Sequence[float]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
+def read_answers(path: Path) -> list[dict[str, Any]]:
+    """An eval run's answers.jsonl (or any JSONL), one dict a line."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def row(point: Point, auroc: float | None = None) -> dict[str, Any]:
+    return {
+        "student_share": 1 - point.teacher_share,
+        "kept_agreement": point.kept_agreement,
+        "kept_low": point.kept_low,
+        "auroc": auroc,
+    }
+
+
 def cross_fit(score: Scorer, agree: Sequence[float], target: float, seed: int) -> dict[str, Any]:
-    fold = _folds(len(agree), seed)
-    kept = right = 0.0
-    pooled: list[float] = [0.0] * len(agree)
-    for k in range(FOLDS):
-        fit = [i for i, f in enumerate(fold) if f != k]
-        test = [i for i, f in enumerate(fold) if f == k]
+    """calibrate.pooled with a threshold on `score`'s values chosen on each fitting fold; the
+    held-out scores pooled for the AUROC."""
+    scores: list[float] = [0.0] * len(agree)
+
+    def judge(fit: list[int], test: list[int]) -> Point:
         fit_scores, test_scores = score(fit, test)
         point, _ = choose(curve(fit_scores, [agree[i] for i in fit]), target)
-        judged = apply(point.threshold, test_scores, [agree[i] for i in test])
-        kept += judged.kept
-        right += (judged.kept_agreement or 0.0) * judged.kept
         for i, s in zip(test, test_scores, strict=True):
-            pooled[i] = s
-    n = len(agree)
-    return {
-        "student_share": kept / n,
-        "kept_agreement": right / kept if kept else None,
-        "kept_low": kept_low(round(right), int(kept)),
-        "auroc": auroc(pooled, agree),
-    }
+            scores[i] = s
+        return apply(point.threshold, test_scores, [agree[i] for i in test])
+
+    point = pooled(len(agree), seed, judge)
+    return row(point, auroc(scores, agree))
 
 
 def summarise(results: list[dict[str, Any]], target: float) -> dict[str, Any]:
@@ -144,49 +152,26 @@ def main() -> None:
     args = parser.parse_args()
     runs = []
     for path in args.answers:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if r.get("token_logprobs")]
+        rows = [r for r in read_answers(path) if r.get("token_logprobs")]
         agree = [float(r["agreement"]) for r in rows]
-        lps = [r["token_logprobs"] for r in rows]
+        reduced = [token_confidence(r["token_logprobs"]) for r in rows]
+        signals = {s: [float(c[s] or 0.0) for c in reduced] for s in ("min", "p10", "mean")}
         methods: dict[str, Scorer] = {
-            "min": fixed([min(x) for x in lps]),
-            "p10": fixed([float(percentile(x, 10) or 0.0) for x in lps]),
-            "mean": fixed([sum(x) / len(x) for x in lps]),
+            **{name: fixed(values) for name, values in signals.items()},
             "quantiles": learned(rows, agree, "quantiles", intents=False),
             "quantiles+intent": learned(rows, agree, "quantiles", intents=True),
             "min+intent": learned(rows, agree, "min", intents=True),
             "min-learned": learned(rows, agree, "min", intents=False),
         }
-        signals = {
-            "min": [min(x) for x in lps],
-            "p10": [float(percentile(x, 10) or 0.0) for x in lps],
-            "mean": [sum(x) / len(x) for x in lps],
-        }
-        picked = []
-        for seed in range(args.seeds):  # the signal picked in each fold (calibrate did, till now)
-            point = chosen_cross_fit(signals, agree, args.target, seed)
-            picked.append(
-                {
-                    "student_share": 1 - point.teacher_share,
-                    "kept_agreement": point.kept_agreement,
-                    "kept_low": point.kept_low,
-                    "auroc": None,
-                }
-            )
+        # the signal picked in each fold (what calibrate did until this bench)
+        picked = [row(chosen_cross_fit(signals, agree, args.target, s)) for s in range(args.seeds)]
         product, chose = [], []
         intents = [r.get("intent") for r in rows]
         for seed in range(args.seeds):  # what `stillhouse eval` does: min, per intent if better
             done = calibrate({"min": signals["min"]}, agree, args.target, seed, intents=intents)
             assert done.held_out is not None
             chose.append(done.intent_thresholds is not None)
-            product.append(
-                {
-                    "student_share": 1 - done.held_out.teacher_share,
-                    "kept_agreement": done.held_out.kept_agreement,
-                    "kept_low": done.held_out.kept_low,
-                    "auroc": None,
-                }
-            )
+            product.append(row(done.held_out))
         results = {
             "picked (calibrate)": summarise(picked, args.target),
             "min, per intent if better": {

@@ -23,7 +23,10 @@ import json
 import random
 import sys
 from pathlib import Path
-from typing import Any
+
+from deferral_learned import auroc, read_answers  # beside this script
+
+from stillhouse.answers import token_confidence
 
 
 def score(args: argparse.Namespace) -> None:
@@ -69,13 +72,14 @@ def score(args: argparse.Namespace) -> None:
             row = np.asarray(llm.scores[j - 1], dtype=np.float64)
             top = row.max()
             logprobs.append(float(row[full[j]] - top - np.log(np.exp(row - top).sum())))
+        reduced = token_confidence(logprobs)
         line = {
             "position": ex.position,
             "split": ex.split,
             "call": ex.call_id,
             "intent": ex.intent,
-            "min": min(logprobs) if logprobs else None,
-            "mean": sum(logprobs) / len(logprobs) if logprobs else None,
+            "min": reduced["min"],
+            "mean": reduced["mean"],
             "token_logprobs": [round(lp, 4) for lp in logprobs],
         }
         out.write(json.dumps(line) + "\n")
@@ -86,18 +90,11 @@ def score(args: argparse.Namespace) -> None:
     engine.close()
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def read(args: argparse.Namespace) -> None:
     from stillhouse.evaluate.calibrate import kept_low
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from deferral_learned import auroc
-
-    teacher = {r["call"]: r for r in _rows(args.confidence)}
-    answers = [a for a in _rows(args.answers) if a["call"] in teacher]
+    teacher = {r["call"]: r for r in read_answers(args.confidence)}
+    answers = [a for a in read_answers(args.answers) if a["call"] in teacher]
     pairs = sorted(
         ((teacher[a["call"]]["min"], a["agreement"]) for a in answers), key=lambda p: p[0]
     )
@@ -136,7 +133,7 @@ def read(args: argparse.Namespace) -> None:
 def split_data(args: argparse.Namespace) -> None:
     """Write <task>_sure (the train split without its least confident `--drop`) and <task>_random
     (without as many drawn at random, seeded) beside <task> in --data, same holdout."""
-    scored = [r for r in _rows(args.confidence) if r["split"] == "train"]
+    scored = [r for r in read_answers(args.confidence) if r["split"] == "train"]
     lines = (args.data / f"{args.task}.train.jsonl").read_text().splitlines()
     if len(lines) != len(scored):
         raise SystemExit(f"{len(lines)} train lines, {len(scored)} scored examples")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,6 +65,15 @@ def same_start(got: Finished, want: Finished, n: int = 3) -> None:
         assert mine.logprob == pytest.approx(theirs.logprob, abs=0.15)
 
 
+def answered(engine: Any, params: SamplingParams) -> tuple[Finished, dict[str, str]]:
+    """`engine`'s answer to ASK and, for a llama.cpp engine, its GGUF metadata; closed after."""
+    try:
+        metadata = dict(engine.llm.metadata) if hasattr(engine, "llm") else {}
+        return engine.generate(ASK, params), metadata
+    finally:
+        engine.close()
+
+
 @pytest.mark.slow
 def test_an_exported_candidate_answers_as_it_does_in_torch(tmp_path: Path) -> None:
     need_llama_cpp()
@@ -75,24 +85,12 @@ def test_an_exported_candidate_answers_as_it_does_in_torch(tmp_path: Path) -> No
     torch.set_num_threads(1)
     adapter = lora(tmp_path / "adapter")
     params = SamplingParams(max_tokens=12)
-    candidate = Engine.load(MODEL, adapter=adapter)
-    try:
-        want = candidate.generate(ASK, params)
-    finally:
-        candidate.close()
+    want, _ = answered(Engine.load(MODEL, adapter=adapter), params)
 
     done = export_gguf(MODEL, adapter, tmp_path / "gguf", manifest={"candidate": "cand_x"})
     assert done.adapter is not None
-    exported = LlamaCppEngine.load(str(done.model), adapter=done.adapter)
-    try:
-        got = exported.generate(ASK, params)
-    finally:
-        exported.close()
-    base = LlamaCppEngine.load(MODEL)
-    try:
-        plain = base.generate(ASK, params)
-    finally:
-        base.close()
+    got, _ = answered(LlamaCppEngine.load(str(done.model), adapter=done.adapter), params)
+    plain, _ = answered(LlamaCppEngine.load(MODEL), params)
     assert plain.tokens[0].token != want.tokens[0].token  # the adapter changes the answer ...
     same_start(got, want)  # ... and the exported one changes it the same way
 
@@ -106,11 +104,7 @@ def test_an_exported_candidate_answers_as_it_does_in_torch(tmp_path: Path) -> No
 
     merged = export_gguf(MODEL, adapter, tmp_path / "merged", merge=True)
     assert merged.adapter is None and "ADAPTER" not in merged.modelfile.read_text()
-    engine = LlamaCppEngine.load(str(merged.model))
-    try:
-        same_start(engine.generate(ASK, params), want)
-    finally:
-        engine.close()
+    same_start(answered(LlamaCppEngine.load(str(merged.model)), params)[0], want)
 
 
 def need_converter() -> None:
@@ -147,35 +141,22 @@ def test_a_hugging_face_folder_is_exported_and_served_on_llama_cpp(tmp_path: Pat
     folder = str(local_directory(resolve(MODEL)))  # config.json, model.safetensors, tokenizer
     adapter = lora(tmp_path / "adapter")
     params = SamplingParams(max_tokens=12)
-    candidate = Engine.load(folder, adapter=adapter)
-    try:
-        want = candidate.generate(ASK, params)
-    finally:
-        candidate.close()
+    want, _ = answered(Engine.load(folder, adapter=adapter), params)
 
     done = export_gguf(folder, adapter, tmp_path / "gguf")
     assert done.adapter is not None
-    exported = LlamaCppEngine.load(str(done.model), adapter=done.adapter)
-    try:
-        assert exported.llm.metadata["general.file_type"] == "1"  # F16, from fp32 weights
-        same_start(exported.generate(ASK, params), want)
-    finally:
-        exported.close()
+    got, metadata = answered(LlamaCppEngine.load(str(done.model), adapter=done.adapter), params)
+    assert metadata["general.file_type"] == "1"  # F16, from fp32 weights
+    same_start(got, want)
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in done.modelfile.read_text()
 
     merged = export_gguf(folder, adapter, tmp_path / "merged", merge=True)
-    engine = LlamaCppEngine.load(str(merged.model))
-    try:
-        same_start(engine.generate(ASK, params), want)
-    finally:
-        engine.close()
+    same_start(answered(LlamaCppEngine.load(str(merged.model)), params)[0], want)
     quantised = export_gguf(folder, adapter, tmp_path / "q8", merge=True, quant="q8_0")
-    engine = LlamaCppEngine.load(str(quantised.model))
-    try:  # 8-bit weights move the logprobs (by 0.17 here), not the adapter's first word
-        assert engine.llm.metadata["general.file_type"] == "7"
-        assert engine.generate(ASK, params).tokens[0].token == want.tokens[0].token
-    finally:
-        engine.close()
+    got, metadata = answered(LlamaCppEngine.load(str(quantised.model)), params)
+    assert metadata["general.file_type"] == "7"
+    # 8-bit weights move the logprobs (by 0.17 here), not the adapter's first word
+    assert got.tokens[0].token == want.tokens[0].token
 
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -219,12 +200,10 @@ def test_export_a_candidate_from_the_command_line(tmp_path: Path) -> None:
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["candidate"] == candidate.id and manifest["quant"] == "q8_0"
     assert [link["kind"] for link in manifest["lineage"]] == ["dataset", "candidate"]
-    engine = LlamaCppEngine.load(str(out / "model.gguf"))
-    try:
-        assert engine.llm.metadata["general.file_type"] == "7"  # Q8_0
-        assert engine.generate(ASK, SamplingParams(max_tokens=8)).text
-    finally:
-        engine.close()
+    got, metadata = answered(
+        LlamaCppEngine.load(str(out / "model.gguf")), SamplingParams(max_tokens=8)
+    )
+    assert metadata["general.file_type"] == "7" and got.text  # Q8_0
     # the registry records the export: its files' digests, and the lineage runs through it
     with open_store(f"sqlite:///{tmp_path / 'stillhouse.db'}") as store:
         (export,) = store.list_exports(candidate.id)

@@ -8,6 +8,7 @@ itself needs a GPU)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -92,6 +93,22 @@ def config_for(tmp_path: Path, teacher_url: str, student: dict[str, Any], **task
         },
         tmp_path,
     )
+
+
+@contextlib.contextmanager
+def teacher_and_remote_student(
+    teacher: UpstreamBehaviour, student: UpstreamBehaviour
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Two loopback upstreams: the teacher's URL, and the [models.x] table of a remote student
+    (an OpenAI-compatible fine-tune) served by the other."""
+    with (
+        running_upstream(teacher) as (teacher_url, _),
+        running_upstream(student) as (student_url, _),
+    ):
+        yield (
+            teacher_url,
+            {"provider": "openai-compatible", "base_url": student_url, "model": "ft:small"},
+        )
 
 
 def serve(config: Config, entry: TaskRoute) -> tuple[Any, ServerThread, openai.OpenAI]:

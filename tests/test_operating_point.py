@@ -15,9 +15,9 @@ from stillhouse.routing import TaskRoute
 from stillhouse.stats import rate_interval
 from stillhouse.taskconfig import GateConfig
 
-from .test_lifecycle_serving import config_for, serve
+from .test_lifecycle_serving import config_for, serve, teacher_and_remote_student
 from .test_tiers import _task
-from .upstream import UpstreamBehaviour, running_upstream
+from .upstream import UpstreamBehaviour
 
 
 def _holdout(seed: int = 0) -> tuple[list[float], list[float]]:
@@ -157,11 +157,7 @@ def test_students_decode_under_the_tasks_schema_and_teachers_as_asked(tmp_path: 
     it, and a client's own response_format wins."""
     teacher = UpstreamBehaviour(reply=lambda body: '{"intent": "refund"}')
     student = UpstreamBehaviour(reply=lambda body: '{"intent": "refund"}')
-    with (
-        running_upstream(teacher) as (teacher_url, _),
-        running_upstream(student) as (student_url, _),
-    ):
-        remote = {"provider": "openai-compatible", "base_url": student_url, "model": "ft:small"}
+    with teacher_and_remote_student(teacher, student) as (teacher_url, remote):
 
         def ask(entry: TaskRoute, **task: Any) -> None:
             config = config_for(
@@ -280,6 +276,8 @@ def test_thresholds_are_per_intent_where_a_students_errors_gather_in_one() -> No
     assert split.reached and not single.reached
     assert split.held_out.kept_low > single.held_out.kept_low
     assert split.to_json()["intent_thresholds"] == split.intent_thresholds
+    assert split.threshold_of("c") == split.intent_thresholds["c"]
+    assert split.threshold_of("unseen") == split.threshold_of(None) == split.threshold
     point = {"threshold": split.threshold, "coverage": 0.9, "kept_agreement": 0.97}
     shown = table(_doc(split, {**point, "kept_low": 0.95, "target": 0.95}))
     assert f"c {split.intent_thresholds['c']:.3f}" in shown  # the report lists them

@@ -26,7 +26,7 @@ from stillhouse.routing import TaskRoute
 from stillhouse.stats import binomial_interval, rate_interval
 from stillhouse.store import Call, Score, new_id, open_store
 
-from .test_lifecycle_serving import config_for, serve
+from .test_lifecycle_serving import config_for, serve, teacher_and_remote_student
 from .upstream import UpstreamBehaviour, running_upstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -271,6 +271,16 @@ def test_shadow_rate_zero_is_fine_for_a_task_that_never_rolls_out(tmp_path: Path
 
 
 # -- a threshold of the request's own intent --------------------------------------------------
+def text_and_logprobs(parsed: Any, streamed: bool) -> tuple[str, list[Any]]:
+    """What the SDK gave the client: the answer's text and the logprobs it was shown (one entry
+    per chunk when streamed)."""
+    if streamed:
+        chunks = [c for c in parsed if c.choices]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        return text, [c.choices[0].logprobs for c in chunks]
+    return parsed.choices[0].message.content or "", [parsed.choices[0].logprobs]
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 def test_the_fallback_threshold_is_the_requests_intents(tmp_path: Path, streamed: bool) -> None:
     """Where the calibration chose per-intent thresholds, an answer is judged by its intent's
@@ -278,11 +288,7 @@ def test_the_fallback_threshold_is_the_requests_intents(tmp_path: Path, streamed
     by the common threshold."""
     teacher = UpstreamBehaviour(reply=lambda body: "teacher answer")
     student = UpstreamBehaviour(reply=lambda body: "student answer")
-    with (
-        running_upstream(teacher) as (teacher_url, _),
-        running_upstream(student) as (student_url, _),
-    ):
-        remote = {"provider": "openai-compatible", "base_url": student_url, "model": "ft:small"}
+    with teacher_and_remote_student(teacher, student) as (teacher_url, remote):
         config = config_for(tmp_path, teacher_url, remote, routing={"shadow_rate": 0.01})
         entry = TaskRoute(
             state="rollout",
@@ -302,13 +308,7 @@ def test_the_fallback_threshold_is_the_requests_intents(tmp_path: Path, streamed
                     stream=streamed,
                 )
                 routes[intent] = raw.headers["x-stillhouse-route"]
-                parsed = raw.parse()
-                if streamed:
-                    texts[intent] = "".join(
-                        c.choices[0].delta.content or "" for c in parsed if c.choices
-                    )
-                else:
-                    texts[intent] = parsed.choices[0].message.content
+                texts[intent], _ = text_and_logprobs(raw.parse(), streamed)
         finally:
             server.stop()
     # the student's logprobs are <= 0: under parcel's threshold, over the common one
@@ -320,7 +320,7 @@ def test_the_fallback_threshold_is_the_requests_intents(tmp_path: Path, streamed
 @pytest.mark.parametrize("streamed", [False, True])
 def test_the_teachers_logprobs_are_captured_not_shown(tmp_path: Path, streamed: bool) -> None:
     """`routing.teacher_logprobs`: the gateway asks the teacher for its token logprobs, keeps
-    them with the captured call (curation can read its confidence) and shows the client none."""
+    them with the captured call (its confidence can be read there) and shows the client none."""
     teacher = UpstreamBehaviour(reply=lambda body: "teacher answer in words")
     with running_upstream(teacher) as (teacher_url, _):
         remote = {"provider": "openai-compatible", "base_url": teacher_url, "model": "small"}
@@ -331,14 +331,7 @@ def test_the_teachers_logprobs_are_captured_not_shown(tmp_path: Path, streamed: 
             raw = client.chat.completions.with_raw_response.create(
                 model="support", messages=messages, stream=streamed
             )
-            parsed = raw.parse()
-            if streamed:
-                chunks = [c for c in parsed if c.choices]
-                shown = [c.choices[0].logprobs for c in chunks]
-                text = "".join(c.choices[0].delta.content or "" for c in chunks)
-            else:
-                shown = [parsed.choices[0].logprobs]
-                text = parsed.choices[0].message.content
+            text, shown = text_and_logprobs(raw.parse(), streamed)
         finally:
             server.stop()
     assert raw.headers["x-stillhouse-route"] == "teacher" and text == "teacher answer in words"
@@ -359,11 +352,7 @@ def test_the_teachers_logprobs_are_captured_not_shown(tmp_path: Path, streamed: 
 def test_a_remote_students_logprobs_drive_the_fallback(tmp_path: Path, streamed: bool) -> None:
     teacher = UpstreamBehaviour(reply=lambda body: "teacher answer")
     student = UpstreamBehaviour(reply=lambda body: "student answer with several tokens")
-    with (
-        running_upstream(teacher) as (teacher_url, _),
-        running_upstream(student) as (student_url, _),
-    ):
-        remote = {"provider": "openai-compatible", "base_url": student_url, "model": "ft:small"}
+    with teacher_and_remote_student(teacher, student) as (teacher_url, remote):
         config = config_for(tmp_path, teacher_url, remote, routing={"shadow_rate": 0.01})
 
         def ask(threshold: float, **extra: Any) -> tuple[dict[str, str], str, Any]:

@@ -10,7 +10,6 @@ The converter itself needs torch and sentencepiece (the train extra).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -21,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
-from .sources import home, models_dir
+from .sources import home, models_dir, stat_key
 
 CONVERTER_ENV = "STILLHOUSE_LLAMA_CPP"
 SCRIPT = "convert_hf_to_gguf.py"
@@ -123,9 +122,7 @@ def hf_to_gguf(folder: Path, out: Path, outtype: str = "f16") -> Path:
 def converted_gguf(folder: Path) -> Path:
     """`folder` written as GGUF once and kept under models_dir(), keyed by its files' sizes and
     times, so that serving it on llama.cpp or exporting it again does not convert again."""
-    files = sorted(p for p in folder.iterdir() if p.is_file())
-    stats = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
-    key = hashlib.sha1(f"{folder}|{'|'.join(stats)}".encode()).hexdigest()[:10]
+    key = stat_key(sorted(p for p in folder.iterdir() if p.is_file()))
     target = models_dir() / f"{folder.name}-{key}.gguf"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -159,6 +159,13 @@ def sha256_of(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def stat_key(paths: list[Path]) -> str:
+    """A cache key for files that changes when any of them is replaced: their paths, sizes and
+    modification times (not their bytes: a model is too big to hash at every load)."""
+    marks = [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths]
+    return hashlib.sha1("|".join(marks).encode()).hexdigest()[:10]
+
+
 def _join_parts(packaged: Packaged, paths: list[Path], target: Path) -> None:
     """Concatenate the parts into `target`, refusing anything but the recorded sha256."""
     digest = hashlib.sha256()
@@ -209,9 +216,7 @@ def local_directory(source: ModelSource) -> Path | str:
     models_dir().mkdir(parents=True, exist_ok=True)
     if source.kind == "gguf":
         assert source.path is not None
-        stat = source.path.stat()
-        key = hashlib.sha1(f"{source.path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-        target = converted_dir(f"{source.path.stem}-{key[:10]}")
+        target = converted_dir(f"{source.path.stem}-{stat_key([source.path])}")
         if not _is_converted(target):
             _convert_gguf(source.path, target)
         return target

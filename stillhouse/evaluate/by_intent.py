@@ -42,7 +42,7 @@ def kept_per_intent(
     intent): (n, agreement upper bound)."""
     kept: dict[str, list[float]] = defaultdict(list)
     for intent, a, c in zip(intents, agree, confidences, strict=True):
-        threshold = (calibration.intent_thresholds or {}).get(intent, calibration.threshold)
+        threshold = calibration.threshold_of(intent)
         if threshold is None or c is None or c >= threshold:
             kept[intent].append(a)
     return {k: (len(v), rate_interval(v)[1]) for k, v in kept.items()}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +91,13 @@ class Calibration:
     # not listed); None: one threshold for every answer
     intent_thresholds: dict[str, float] | None = None
     intents_judged: dict[str, Any] | None = field(default=None, compare=False)
+
+    def threshold_of(self, intent: str | None) -> float | None:
+        """The threshold an answer of `intent` is judged by: its own where thresholds are per
+        intent, else the common one."""
+        if self.intent_thresholds and intent is not None:
+            return self.intent_thresholds.get(intent, self.threshold)
+        return self.threshold
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -178,22 +185,30 @@ def cross_fit(
     """Each fold judged by the signal and threshold chosen on the other folds (`pick`), pooled:
     what choosing them on this much data does on data they were not chosen on."""
     signals = _signals(confidences)
-    fold = _folds(len(agree), seed)
-    kept = right = sent = 0.0
-    for k in range(FOLDS):
-        fit = [i for i, f in enumerate(fold) if f != k]
-        test = [i for i, f in enumerate(fold) if f == k]
+
+    def judge(fit: list[int], test: list[int]) -> Point:
         name, threshold = pick(
             {n: [c[i] for i in fit] for n, c in signals.items()}, [agree[i] for i in fit], target
         )
-        judged = apply(threshold, [signals[name][i] for i in test], [agree[i] for i in test])
+        return apply(threshold, [signals[name][i] for i in test], [agree[i] for i in test])
+
+    return pooled(len(agree), seed, judge)
+
+
+def pooled(n: int, seed: int, judge: Callable[[list[int], list[int]], Point]) -> Point:
+    """Cross-fitting: n examples in FOLDS seeded folds, each fold judged (`judge(fit, test)`,
+    indices) by what was chosen on the others, the judged folds pooled into one point."""
+    fold = _folds(n, seed)
+    kept = right = 0.0
+    for k in range(FOLDS):
+        judged = judge(
+            [i for i, f in enumerate(fold) if f != k], [i for i, f in enumerate(fold) if f == k]
+        )
         kept += judged.kept
         right += (judged.kept_agreement or 0.0) * judged.kept
-        sent += len(test) - judged.kept
-    n = len(agree)
     return Point(
         None,
-        sent / n if n else 0.0,
+        (n - kept) / n if n else 0.0,
         right / kept if kept else None,
         int(kept),
         kept_low(round(right), int(kept)),
@@ -228,6 +243,10 @@ class IntentThresholds:
 
     def of(self, intent: str | None) -> float:
         return self.by_intent.get(intent, self.default) if intent is not None else self.default
+
+    def thresholds(self, intents: Sequence[str | None]) -> list[float]:
+        """Each answer's threshold, by its intent."""
+        return [self.of(i) for i in intents]
 
 
 def fit_intents(
@@ -277,30 +296,6 @@ def fit_intents(
     return IntentThresholds(back(0.0), {n: back(o) for n, o in offsets.items()})
 
 
-def apply_intents(
-    rule: IntentThresholds | None,
-    threshold: float | None,
-    values: Sequence[float | None],
-    intents: Sequence[str | None],
-    agree: Sequence[float],
-) -> Point:
-    """`apply` with each answer's intent's threshold (`threshold` for all when `rule` is None)."""
-    limits = [rule.of(i) if rule is not None else threshold for i in intents]
-    n = len(agree)
-    kept = [
-        a
-        for v, limit, a in zip(values, limits, agree, strict=True)
-        if limit is None or v is None or v >= limit
-    ]
-    return Point(
-        rule.default if rule is not None else threshold,
-        (n - len(kept)) / n if n else 0.0,
-        sum(kept) / len(kept) if kept else None,
-        len(kept),
-        kept_low(sum(kept), len(kept)),
-    )
-
-
 def cross_fit_intents(
     values: Sequence[float | None],
     agree: Sequence[float],
@@ -310,33 +305,17 @@ def cross_fit_intents(
 ) -> Point:
     """`cross_fit` of per-intent thresholds: each fold judged by the thresholds fitted on the
     other (the single threshold where none could be fitted there)."""
-    fold = _folds(len(agree), seed)
-    kept = right = sent = 0.0
-    for k in range(FOLDS):
-        fit = [i for i, f in enumerate(fold) if f != k]
-        test = [i for i, f in enumerate(fold) if f == k]
-        rule = fit_intents(
-            [values[i] for i in fit], [agree[i] for i in fit], [intents[i] for i in fit], target
-        )
-        _, threshold = pick({SIGNAL: [values[i] for i in fit]}, [agree[i] for i in fit], target)
-        judged = apply_intents(
-            rule,
-            threshold,
-            [values[i] for i in test],
-            [intents[i] for i in test],
-            [agree[i] for i in test],
-        )
-        kept += judged.kept
-        right += (judged.kept_agreement or 0.0) * judged.kept
-        sent += len(test) - judged.kept
-    n = len(agree)
-    return Point(
-        None,
-        sent / n if n else 0.0,
-        right / kept if kept else None,
-        int(kept),
-        kept_low(round(right), int(kept)),
-    )
+
+    def judge(fit: list[int], test: list[int]) -> Point:
+        fit_values, fit_agree = [values[i] for i in fit], [agree[i] for i in fit]
+        rule = fit_intents(fit_values, fit_agree, [intents[i] for i in fit], target)
+        if rule is not None:
+            threshold: float | list[float] | None = rule.thresholds([intents[i] for i in test])
+        else:
+            threshold = pick({SIGNAL: fit_values}, fit_agree, target)[1]
+        return apply(threshold, [values[i] for i in test], [agree[i] for i in test])
+
+    return pooled(len(agree), seed, judge)
 
 
 def _mean_point(points: Sequence[Point]) -> dict[str, float]:
@@ -351,22 +330,26 @@ def choose_intents(
     agree: Sequence[float],
     intents: Sequence[str | None],
     target: float,
-) -> dict[str, Any]:
+    seed: int = 0,
+) -> tuple[dict[str, Any], Point]:
     """Whether per-intent thresholds beat one threshold on this signal, judged out of sample
     over REPEATS fold splits: they must reach the target where the single one does not, or keep
     at least as many answers at a lower bound at least as high, one of the two strictly (the
-    rule with more parameters is not bought with a trade). {"per_intent": bool, "single": {...},
-    "intents": {...}, "splits": n}."""
+    rule with more parameters is not bought with a trade). Returns {"per_intent": bool,
+    "single": {...}, "intents": {...}, "splits": n} and the per-intent thresholds' pooled point
+    on `seed`'s split (the one the calibration reports; one of the REPEATS when seed < REPEATS)."""
     one = _mean_point([cross_fit({SIGNAL: values}, agree, target, s) for s in range(REPEATS)])
-    many = _mean_point(
-        [cross_fit_intents(values, agree, intents, target, s) for s in range(REPEATS)]
-    )
+    split = [cross_fit_intents(values, agree, intents, target, s) for s in range(REPEATS)]
+    many = _mean_point(split)
     if (many["kept_low"] >= target) != (one["kept_low"] >= target):
         better = many["kept_low"] >= target
     else:
         pairs = [(many[k], one[k]) for k in ("student_share", "kept_low")]
         better = all(m >= o for m, o in pairs) and any(m > o for m, o in pairs)
-    return {"per_intent": better, "single": one, "intents": many, "splits": REPEATS}
+    judged = {"per_intent": better, "single": one, "intents": many, "splits": REPEATS}
+    if 0 <= seed < REPEATS:
+        return judged, split[seed]
+    return judged, cross_fit_intents(values, agree, intents, target, seed)
 
 
 def _signals(confidences: Sequence[float | None] | Signals) -> Signals:
@@ -413,20 +396,19 @@ def calibrate(
     point, _ = choose(points, target)
     judged = rule = None
     if intents is not None:
-        judged = choose_intents(chosen, agree, intents, target)
+        judged, split = choose_intents(chosen, agree, intents, target, seed)
         rule = fit_intents(chosen, agree, intents, target) if judged["per_intent"] else None
         judged["per_intent"] = rule is not None  # chosen, and a rule fitted on the whole holdout
     if rule is not None and intents is not None:
-        in_sample = apply_intents(rule, None, chosen, intents, agree)
-        held_out = cross_fit_intents(chosen, agree, intents, target, seed)
+        in_sample = apply(rule.thresholds(intents), chosen, agree)
         return Calibration(
             target,
             rule.default,
             in_sample.teacher_share,
             in_sample.kept_agreement,
-            held_out.kept_low >= target,
+            split.kept_low >= target,
             tuple(points),
-            held_out=held_out,
+            held_out=split,
             signal=name,
             intent_thresholds=rule.by_intent,
             intents_judged=judged,
@@ -460,20 +442,23 @@ def coverage(
 
 
 def apply(
-    threshold: float | None, confidences: Sequence[float | None], agree: Sequence[float]
+    threshold: float | Sequence[float] | None,
+    confidences: Sequence[float | None],
+    agree: Sequence[float],
 ) -> Point:
     """What a threshold does on other data (a second split, live traffic): the router's rule
-    (an answer without a confidence is kept, as the gateway keeps it)."""
+    (an answer without a confidence is kept, as the gateway keeps it). `threshold` may be one
+    per answer (its intent's); the point then carries none."""
     n = len(agree)
+    limits = threshold if isinstance(threshold, Sequence) else [threshold] * n
     kept = [
         a
-        for c, a in zip(confidences, agree, strict=True)
-        if threshold is None or c is None or c >= threshold
+        for c, limit, a in zip(confidences, limits, agree, strict=True)
+        if limit is None or c is None or c >= limit
     ]
-    share = (n - len(kept)) / n if n else 0.0
     return Point(
-        threshold,
-        share,
+        None if isinstance(threshold, Sequence) else threshold,
+        (n - len(kept)) / n if n else 0.0,
         sum(kept) / len(kept) if kept else None,
         len(kept),
         kept_low(sum(kept), len(kept)),
