@@ -54,6 +54,7 @@ def test_init_writes_a_starter_that_works(tmp_path: Path) -> None:
                 "grace": {
                     "conversations": 0,
                     "unique_intents": 0,
+                    "intents_needed": 50,
                     "intent_method": "none",
                     "days": None,
                     "met": {

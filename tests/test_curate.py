@@ -326,6 +326,64 @@ def test_grace_counts_clustered_intents_of_callers_without_metadata(
     assert ready["met"]["min_unique_intents"] and ready["ready"]
 
 
+REVIEW_PARTS = (
+    ("blender", "kettle", "backpack", "lamp", "keyboard", "tent"),
+    ("broke after a week", "works great", "arrived scratched", "is too loud", "fits well"),
+    (
+        "shipping was fast",
+        "support never replied",
+        "the price was fair",
+        "I returned it",
+        "my kids love it",
+        "the box was crushed",
+        "setup took minutes",
+        "it smells odd",
+        "the colour is lovely",
+        "it overheats",
+    ),
+)
+
+
+def test_grace_ends_for_varied_traffic_without_metadata_under_the_defaults(
+    store_url: str, tmp_path: Path
+) -> None:
+    """The product's defaults (300 conversations, 50 intents) on a task whose callers send no
+    metadata.intent: its 300 distinct requests cluster into round(sqrt(300 / 2)) = 12 intents, a
+    count that follows from how many distinct requests there were; grace asks no more of it than
+    300 distinct requests make, where it used to wait for the ~5,000 that 50 clusters need."""
+    cfg = config(tmp_path, store_url)
+    assert cfg.tasks["support"].grace.min_unique_intents == 50
+    a, b, c = REVIEW_PARTS
+    texts = [f"The {x} {y}, and {z}." for x in a for y in b for z in c]
+    with open_store(store_url) as store:
+        store.insert_calls(unlabelled(texts))
+        ready = grace_readiness(store, cfg, now=2000.0)["support"]
+        assert ready["conversations"] == 300 and ready["intent_method"] == "tfidf"
+        assert ready["intents_needed"] == 12 and ready["unique_intents"] >= 12
+        assert ready["met"]["min_unique_intents"] and ready["ready"]
+        # the same 300 calls as the callers' intents: the configured 50 still stand
+        store.insert_calls(
+            [call(t, intent=f"i{k % 8}", created_at=3000.0 + k) for k, t in enumerate(texts)]
+        )
+    labelled = config(tmp_path, store_url, curate={"intents": "metadata"})
+    with open_store(store_url) as store:
+        ready = grace_readiness(store, labelled, now=4000.0)["support"]
+    assert ready["intent_method"] == "metadata" and ready["intents_needed"] == 50
+    assert not ready["met"]["min_unique_intents"]
+
+
+def test_grace_waits_for_distinct_requests_without_metadata(store_url: str, tmp_path: Path) -> None:
+    """300 calls of 8 requests, repeated: 2 clusters, not the 12 that 300 distinct requests
+    make, so grace waits (the dataset would hold 8 examples)."""
+    cfg = config(tmp_path, store_url)
+    texts = [f"my {t} {t} again please" for t in TOPICS] * 38
+    with open_store(store_url) as store:
+        store.insert_calls(unlabelled(texts[:300]))
+        ready = grace_readiness(store, cfg, now=2000.0)["support"]
+    assert ready["conversations"] == 300 and ready["met"]["min_conversations"]
+    assert ready["unique_intents"] == 2 and not ready["ready"]
+
+
 def test_grace_counts_repeated_requests_once(store_url: str, tmp_path: Path) -> None:
     grace = {"min_conversations": 80, "min_unique_intents": 6, "max_days": 9999}
     cfg = config(tmp_path, store_url, grace=grace)

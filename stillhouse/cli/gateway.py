@@ -157,7 +157,8 @@ def status(config: Config, as_json: bool) -> None:
         g = t["grace"]
         met = ", ".join(k for k, v in g["met"].items() if v) or "none yet"
         click.echo(
-            f"{'':<20} grace: {g['conversations']} conversations, {g['unique_intents']} intents, "
+            f"{'':<20} grace: {g['conversations']} conversations, "
+            f"{g['unique_intents']} intents ({g['intent_method']}, {g['intents_needed']} needed), "
             f"{g['days']} days; met: {met}"
         )
         settings = ", ".join(

@@ -16,7 +16,7 @@ from typing import Any
 from ..config import Config, TaskConfig
 from ..store.base import TraceStore
 from .dedupe import content_key, dedupe, words
-from .intents import assign_intents
+from .intents import assign_intents, default_clusters
 from .normalize import dedupe_text, request_messages, user_text
 
 SAMPLE = 20_000  # the newest teacher calls grace gives intents to (k-means finds up to 100)
@@ -110,15 +110,28 @@ class GraceCounter:
         return count
 
 
+def intents_needed(task: TaskConfig, method: str) -> int:
+    """The intents grace waits for. Caller-given intents (`metadata`): `min_unique_intents`.
+    Clustered ones: k-means makes k = round(sqrt(n / 2)) clusters of n distinct requests, so
+    their count says how many distinct requests there were, not how varied they are; grace asks
+    of it at most what `min_conversations` distinct requests make (300: 12), else a task whose
+    callers send no `metadata.intent` would wait for ~5,000 distinct requests (the default 50)."""
+    wanted = task.grace.min_unique_intents
+    if method not in ("tfidf", "embeddings"):  # the callers' own, or nothing seen yet
+        return wanted
+    return min(wanted, default_clusters(task.grace.min_conversations))
+
+
 def grace_readiness(
     store: TraceStore,
     config: Config,
     now: float | None = None,
     counter: GraceCounter | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per configured task: conversations, unique intents (as curation will find them),
-    days since the first call, and which of min_conversations / min_unique_intents / max_days
-    is met (`ready`: the first two, or max_days). `counter` keeps counts between calls."""
+    """Per configured task: conversations, unique intents (as curation will find them) and
+    how many grace needs (`intents_needed`), days since the first call, and which of
+    min_conversations / min_unique_intents / max_days is met (`ready`: the first two, or
+    max_days). `counter` keeps counts between calls."""
     now = time.time() if now is None else now
     counter = counter or GraceCounter()
     seen = store.task_readiness()
@@ -132,14 +145,16 @@ def grace_readiness(
         first = row.get("first_call_at")
         days = round((now - first) / 86400, 2) if first is not None else None
         conversations = int(row.get("conversations", 0))
+        needed = intents_needed(task, method)
         met = {
             "min_conversations": conversations >= task.grace.min_conversations,
-            "min_unique_intents": intents >= task.grace.min_unique_intents,
+            "min_unique_intents": intents >= needed,
             "max_days": days is not None and days >= task.grace.max_days,
         }
         out[name] = {
             "conversations": conversations,
             "unique_intents": intents,
+            "intents_needed": needed,
             "intent_method": method,
             "days": days,
             "met": met,
