@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -311,12 +312,12 @@ def test_a_bad_candidate_is_stopped_at_the_gate(
             w.stop()
 
 
-def start_worker(folder: Path) -> subprocess.Popen[bytes]:
+def start_worker(folder: Path, log: Path | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "stillhouse", "worker"],
         cwd=folder,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("wb") if log is not None else subprocess.DEVNULL,
     )
 
 
@@ -340,7 +341,7 @@ def test_a_killed_worker_resumes_and_never_promotes_an_unvalidated_candidate(
         # evaluation, which this test kills half-way, needs the time to load
         toml(tmp_path, teacher_url, tiny_base, url, prompt=False)
         seed_intent_calls(url, 160)
-        worker = start_worker(tmp_path)
+        worker = start_worker(tmp_path, tmp_path / "worker.log")
         try:
             state = wait_for(url, {"validating"})
             time.sleep(0.25)  # the next tick (0.2 s) starts the evaluation; kill it early on
@@ -364,6 +365,11 @@ def test_a_killed_worker_resumes_and_never_promotes_an_unvalidated_candidate(
         history = [e["state"] for e in reversed(events.history(store, "support"))]
     assert run is not None and run.candidate_id == rolled.candidate_id and run.passed
     assert history == ["curating", "training", "validating", "rollout"]
+    # its operator saw each move and the training's progress on stderr
+    said = (tmp_path / "worker.log").read_text()
+    assert "stillhouse.lifecycle: support: grace -> curating: grace met" in said
+    assert "support: training -> validating: trained cand_" in said
+    assert re.search(r"stillhouse.train: training support-ds_[\w-]+: step \d+/\d+, loss", said)
 
 
 class CountingSteps(DefaultSteps):

@@ -29,6 +29,20 @@ def printable(text: str) -> str:
     return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
+def log_to_stderr(level: str = "info") -> None:
+    """Show the product's own log lines (lifecycle moves, training progress) on stderr, as
+    uvicorn shows its own: a server's operator sees what the loop is doing."""
+    import logging
+
+    logger = logging.getLogger("stillhouse")
+    if not any(getattr(h, "stillhouse_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.stillhouse_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())
+
+
 def print_json(payload: Any) -> None:
     click.echo(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
 

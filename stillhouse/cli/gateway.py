@@ -10,7 +10,7 @@ import click
 
 from ..config import Config, config_path, load_config
 from ..errors import StillhouseError
-from .common import CONFIG_HELP, config_option, main, print_json, printable
+from .common import CONFIG_HELP, config_option, log_to_stderr, main, print_json, printable
 
 
 @main.command()
@@ -58,6 +58,7 @@ def serve(config: Config, host: str | None, port: int | None, log_level: str) ->
     from ..worker import controller
 
     open_store(config.store.url).close()  # fail now, with a clear message, if the store is wrong
+    log_to_stderr(log_level)
     app = create_app(config)
     if config.lifecycle.controller:
         # Off the request path: a daemon thread that ticks and publishes into the app's table.

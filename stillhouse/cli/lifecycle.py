@@ -6,7 +6,7 @@ import click
 
 from ..config import Config
 from ..errors import StillhouseError
-from .common import StillhouseGroup, config_option, main, print_json
+from .common import StillhouseGroup, config_option, log_to_stderr, main, print_json
 
 
 @main.command()
@@ -86,5 +86,6 @@ def worker(config: Config, once: bool) -> None:
                 click.echo(f"{name}: {state.state} share={state.share:.0%}  {state.reason}")
         return
     click.echo(f"stillhouse worker: ticking every {config.lifecycle.tick:g} s", err=True)
+    log_to_stderr()
     with contextlib.suppress(KeyboardInterrupt):
         ctl.run(threading.Event())

@@ -141,9 +141,7 @@ def run(
             return events.current(store, name)
 
     def note(state: Any) -> None:
-        label = state.state.value
-        if state.state is State.ROLLOUT:
-            label = f"rollout:{state.share:.0%}"
+        label = state.label
         if spans[-1][1] != label:
             spans.append((time.time(), label))
             marks.setdefault(label, time.time())

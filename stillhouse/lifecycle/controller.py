@@ -75,7 +75,9 @@ class Controller:
         new = HANDLERS[state.state](self, store, name, task, state, now)
         if new is None:
             return state
-        return events.record(store, new, previous=state.state)
+        recorded = events.record(store, new, previous=state.state)
+        log.info("%s: %s -> %s: %s", name, state.label, recorded.label, recorded.reason)
+        return recorded
 
     # -- one method per state: the next state, or None to stay ---------------------------------
     def _grace(

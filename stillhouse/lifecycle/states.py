@@ -83,6 +83,13 @@ class TaskState:
     created_at: float = 0.0
     id: str | None = None
 
+    @property
+    def label(self) -> str:
+        """The state as people read it: `rollout:25%` for a rollout stage."""
+        if self.state is State.ROLLOUT:
+            return f"rollout:{self.share:.0%}"
+        return self.state.value
+
     def moved(self, state: State, reason: str, **changes: Any) -> TaskState:
         check_transition(self.state, state)
         return dataclasses.replace(self, state=state, reason=reason, **changes)

@@ -295,6 +295,20 @@ def _load_checkpoint(directory: Path) -> dict[str, Any] | None:
 
 
 # -- the loop ----------------------------------------------------------------------------------
+def _log_step(out: Path, step: int, total: int, loss: float, spent: float, resumed: int) -> None:
+    """Where a run without a progress bar (the controller's, in `stillhouse serve`) stands."""
+    each = spent / max(step - resumed, 1)
+    log.info(
+        "training %s: step %d/%d, loss %.4f, %.1f s a step, ~%.0f min left",
+        out.name,
+        step,
+        total,
+        loss,
+        each,
+        each * (total - step) / 60,
+    )
+
+
 def train(
     settings: TrainSettings,
     train_examples: Sequence[dict[str, Any]],
@@ -410,6 +424,8 @@ def train(
             rate = run_tokens / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{rate:.0f}", refresh=False)
             bar.update(1)
+            if not progress and (step % max(1, total // 10) == 0 or step == total):
+                _log_step(out, step, total, losses[-1], time.perf_counter() - started, resumed_at)
 
             if validation_items and (step % eval_every == 0 or step == total):
                 current = validation_loss(
@@ -423,6 +439,14 @@ def train(
                     bar.set_description("train", refresh=False)
                     bar.set_postfix(loss=f"{losses[-1]:.4f}", agreement=f"{score:.1%}")
                 history.append(entry)
+                log.info(
+                    "training %s: step %d/%d, validation loss %.4f%s",
+                    out.name,
+                    step,
+                    total,
+                    current,
+                    f", agreement {score:.1%}" if validate is not None else "",
+                )
                 key = (score, -current)
                 if best_key is None or key > best_key:
                     best_key, bad_evals = key, 0
