@@ -7,6 +7,7 @@ comparisons, gates, drift) is the real code."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -326,7 +327,8 @@ def test_a_bad_candidate_is_stopped_at_the_gate(world: World) -> None:
     assert w.tick() is State.GRACE and "failed the gate" in w.state().reason
     assert all(r.headers["x-stillhouse-route"] == "teacher" for r in w.ask(8))
     assert w.tick() is State.CURATING  # 8 new distinct examples: try again
-    assert w.state().reason.startswith("8 new distinct examples")
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"  # when the gate failed, as people read it
+    assert re.fullmatch(f"8 new distinct examples since {stamp}", w.state().reason)
 
 
 def _failed_once(w: World) -> tuple[str, Controller]:

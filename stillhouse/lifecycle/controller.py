@@ -90,7 +90,8 @@ class Controller:
             met = ", ".join(k for k, v in ready["met"].items() if v)
             return state.moved(State.CURATING, f"grace met: {met}", detail={})
         since = float(state.detail["collect_since"])
-        return self._collected(store, name, task, state, now, f"since {since:.0f}")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
+        return self._collected(store, name, task, state, now, f"since {stamp}")
 
     def _collected(
         self,
