@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, help="run in this folder and keep it (its store, runs and evals)"
     )
-    parser.add_argument("--engine", choices=["torch", "llama-cpp"], default="torch")
+    parser.add_argument("--engine", choices=["auto", "torch", "llama-cpp"], default="auto")
     args = parser.parse_args()
     profile = "full" if args.full else "fast"
     env = {

@@ -111,6 +111,8 @@ def test_demo_runs_the_lifecycle_and_prints_its_figures(
         str(student),
         "--train",
         json.dumps(STUDENT_TRAIN),
+        "--engine",  # the tiny models are transformers folders; the lifecycle is what is tested
+        "torch",
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

@@ -46,16 +46,25 @@ from .common import main, print_json
 @click.option(
     "--calls",
     type=click.IntRange(20, 100_000),
-    help="Teacher calls in grace (default: the profile's, 520; --fast: 96). The gates need a "
-    "holdout (30% of them) of about 75 or more.",
+    help="Teacher calls in grace (default: the profile's, 700; --fast: 96). The cost tier's "
+    "gates need a holdout (30% of the schema-valid ones) of about 150.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 10),
+    default=1,
+    show_default=True,
+    help="Grace rounds: after a candidate fails the gate the demo sends another round of calls "
+    "(new distinct ones) and the lifecycle curates, trains and judges again, up to this many.",
 )
 @click.option(
     "--engine",
-    type=click.Choice(["torch", "llama-cpp"]),
-    default="torch",
+    type=click.Choice(["auto", "torch", "llama-cpp"]),
+    default="auto",
     show_default=True,
-    help="The local engine teacher and student run on: torch, or llama-cpp (GGUF models, "
-    "several times faster on a CPU; needs the cpu extra). Training is torch either way.",
+    help="The local engine teacher and student run on: llama-cpp (GGUF models, several times "
+    "faster on a CPU; the cpu extra, which `make demo` installs) or torch; auto: llama-cpp "
+    "when llama-cpp-python is installed, else torch. Training is torch either way.",
 )
 @click.option("--train", "train_json", help="JSON object of train settings to override.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the final figures as JSON.")
@@ -67,6 +76,7 @@ def demo(
     student: str | None,
     intents: int | None,
     calls: int | None,
+    rounds: int,
     engine: str,
     train_json: str | None,
     as_json: bool,
@@ -90,6 +100,10 @@ def demo(
     if intents is not None and intents > len(task.labels):
         raise click.UsageError(f"--intents: the {task.name} task has {len(task.labels)}")
     _check_can_run(teacher or TEACHER, student or STUDENT)
+    if engine == "auto":
+        import importlib.util
+
+        engine = "llama-cpp" if importlib.util.find_spec("llama_cpp") else "torch"
     if engine == "llama-cpp":
         from ..engine.llamacpp import import_llama_cpp
         from ..errors import ConfigError
@@ -102,7 +116,9 @@ def demo(
     def say(line: str) -> None:
         click.echo(line, err=True)
 
+    say(f"engine: {engine} (teacher and student; training is torch)")
     profile = FAST if fast else FULL
+    profile = replace(profile, rounds=rounds)
     if calls is not None:
         profile = replace(profile, grace_calls=calls)
     try:

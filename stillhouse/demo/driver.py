@@ -204,6 +204,7 @@ def run(
         states=[label for _, label in spans],
         outcome=outcome,
         profile=profile.name,
+        engine=engine,
         calls_sent=users.sent,
         rounds=rounds,
         wall_s=round(time.time() - started, 1),
