@@ -69,7 +69,8 @@ def lora_step(intents: int, steps: int) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
 
     from stillhouse.demo.tickets import Tickets, label
-    from stillhouse.train.lora import collate, encode_all, load_base
+    from stillhouse.train.data import collate, encode_all
+    from stillhouse.train.lora import load_base
     from stillhouse.train.loss import batch_loss
 
     torch.set_num_threads(2)

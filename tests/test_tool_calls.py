@@ -365,7 +365,7 @@ def test_captured_tool_calls_and_results_stay_in_the_rows_and_the_training_text(
     from transformers import AutoTokenizer
 
     from stillhouse.engine.runtime import Engine
-    from stillhouse.train.lora import IGNORE, encode
+    from stillhouse.train.data import IGNORE, encode
 
     with open_store(weather.config.store.url) as store:
         rows = [e.example for e in store.dataset_examples(weather.dataset_id, "train")]

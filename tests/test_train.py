@@ -74,7 +74,7 @@ def test_the_adapter_is_one_vllm_serves(tiny_base: Path, trained: Any, tmp_path:
 def test_labels_cover_only_the_answer_or_every_assistant_turn(tiny_base: Path) -> None:
     from transformers import AutoTokenizer
 
-    from stillhouse.train.lora import IGNORE, TrainingError, encode
+    from stillhouse.train.data import IGNORE, TrainingError, encode
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     example = {
@@ -107,7 +107,7 @@ def test_the_loss_runs_the_shared_opening_once_and_equals_the_models_own(tiny_ba
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stillhouse.train.lora import IGNORE, collate, encode_all
+    from stillhouse.train.data import IGNORE, collate, encode_all
     from stillhouse.train.loss import _shared_prefix, batch_loss
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
@@ -143,7 +143,7 @@ def test_the_loss_runs_the_shared_opening_once_and_equals_the_models_own(tiny_ba
 
 
 def test_data_order_is_seeded() -> None:
-    from stillhouse.train.lora import epoch_order
+    from stillhouse.train.data import epoch_order
 
     assert epoch_order(50, 0, 1) == epoch_order(50, 0, 1)
     assert epoch_order(50, 0, 1) != epoch_order(50, 0, 2) != epoch_order(50, 1, 1)

@@ -20,7 +20,7 @@ def batch_loss(
     model: Any, batch: dict[str, Any], *, share_prefix: bool = True, cpu_bf16: bool = False
 ) -> Any:
     """Mean cross-entropy over the labelled tokens of a right-padded batch (`input_ids`,
-    `attention_mask`, `labels` as from `lora.collate`), as the model's own loss computes it.
+    `attention_mask`, `labels` as from `data.collate`), as the model's own loss computes it.
     `share_prefix=False` when the model cannot return a cache (gradient checkpointing);
     `cpu_bf16`: compute in bfloat16 autocast on the CPU (train.precision = "bfloat16": ~17%
     faster a step where the CPU has native bfloat16, and no longer exactly the float32 loss)."""
