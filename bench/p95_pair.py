@@ -128,6 +128,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/p95_pair.json")
+    parser.add_argument(
+        "--student-unconstrained",
+        action="store_true",
+        help="also time the student without its schema (llama.cpp's grammar off)",
+    )
     args = parser.parse_args()
     config = tomllib.loads((args.dir / "stillhouse.toml").read_text())
     ((name, task_cfg),) = config["tasks"].items()
@@ -149,6 +154,9 @@ def main() -> None:
     }
     teacher = side(model["teacher"]["model"], None, tickets, schema=None, **common)
     student = side(model["student"]["model"], adapter, tickets, schema=schema, **common)
+    free = None
+    if args.student_unconstrained:
+        free = side(model["student"]["model"], adapter, tickets, schema=None, **common)
     metric = "json" if schema else "exact"
     pairs = zip(teacher["answers"], student["answers"], strict=True)
     agreed = [agree(metric, t, s) for t, s in pairs]
@@ -163,6 +171,7 @@ def main() -> None:
         "candidate": candidate,
         "teacher": {k: v for k, v in teacher.items() if k != "answers"},
         "student": {k: v for k, v in student.items() if k != "answers"},
+        "student_unconstrained": free and {k: v for k, v in free.items() if k != "answers"},
         "p95_ratio": round(teacher["p95_s"] / student["p95_s"], 2),
         "p50_ratio": round(teacher["p50_s"] / student["p50_s"], 2),
         "student_agrees": round(sum(agreed) / len(agreed), 3),
