@@ -96,6 +96,38 @@ def test_one_interval_and_twenty_of_twenty_does_not_pass_092() -> None:
     assert not decision.passed and "0.839 < 0.92" in decision.reason
 
 
+def test_free_text_judged_word_for_word_fails_saying_why() -> None:
+    """A new user keeps `stillhouse init`'s `exact` metric on a task whose answers are free
+    text: the student says the same things in other words and fails. The verdict says the
+    answers look like free text and names the metrics that compare meaning; a label task's
+    failure does not get the hint."""
+    teachers = [f"Your order {i} ships on Monday; we are sorry for the wait." for i in range(40)]
+    students = [f"Order {i} will ship Monday. Sorry for the delay!" for i in range(40)]
+    agree = [s.agree for s in metrics.score("exact", students, teachers)]
+    baseline = majority_baseline("exact", teachers)
+    assert baseline is not None and baseline["distinct"] == 1.0 and not any(agree)
+
+    def verdict(distinct: float) -> str:
+        evidence = GateEvidence(agreement=0.0, majority_baseline=0.025, distinct_answers=distinct)
+        decision = decide(
+            Rules(agreement=0.92, kept_agreement=None),
+            n=40,
+            agreement_ci=rate_interval(agree),
+            format_compliance=1.0,
+            p95_ms=None,
+            evidence=evidence,
+        )
+        assert not decision.passed
+        return next(c.detail for c in decision.checks if c.name == "agreement")
+
+    said = verdict(baseline["distinct"])
+    assert "100% of the teacher's answers differ from each other" in said
+    assert 'gate.metric = "similarity" or "judge"' in said
+    labels = majority_baseline("exact", ["positive", "mixed", "negative"] * 13 + ["mixed"])
+    assert labels is not None and labels["distinct"] == 3 / 40
+    assert "free text" not in verdict(labels["distinct"])
+
+
 def test_a_constant_answer_does_not_pass_a_skewed_task() -> None:
     # 95% of the teacher's answers are one label: the student that always says it agrees 95%
     teachers = ['{"intent": "refund"}'] * 380 + ['{"intent": "lost_card"}'] * 20

@@ -34,6 +34,10 @@ NON_INFERIORITY_MARGIN = 0.02
 MIN_EXAMPLES = 20
 # An intent is judged on its own when it has at least this many held-out examples.
 MIN_INTENT_EXAMPLES = 10
+# When at least this share of the teacher's held-out answers differ from each other under the
+# `exact` metric, a failed agreement rule says they look like free text (a hint, never a rule:
+# extracted ids are all distinct too, and `exact` is right for them).
+FREE_TEXT_DISTINCT = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +98,9 @@ class Decision:
 class Evidence:
     """What the rules beyond overall agreement read: the majority-answer baseline's agreement,
     each intent's (n, agreement upper bound), the kept answers' out-of-sample lower bound (None
-    when no kept answer was judged) and the share kept there (`coverage`), and each intent's kept
-    answers at the calibrated threshold (n, upper bound)."""
+    when no kept answer was judged) and the share kept there (`coverage`), each intent's kept
+    answers at the calibrated threshold (n, upper bound), and, under the `exact` metric, the
+    share of the teacher's answers that are distinct (`distinct_answers`)."""
 
     agreement: float | None = None
     majority_baseline: float | None = None
@@ -103,6 +108,7 @@ class Evidence:
     kept_low: float | None = None
     coverage: float | None = None
     kept_intents: dict[str, tuple[int, float]] = field(default_factory=dict)
+    distinct_answers: float | None = None
 
     def at_operating_point(self, rules: Rules) -> bool:
         """Whether the calibrated operating point carries the agreement rule (module doc)."""
@@ -174,7 +180,21 @@ def decide(
 
 
 def _agreement_check(rules: Rules, low: float, e: Evidence | None) -> Check:
-    """The raw agreement's lower bound against the bar, or else the operating point."""
+    """The raw agreement's lower bound against the bar, or else the operating point; a failure
+    on answers that look like free text under `exact` says so."""
+    check = _agreement(rules, low, e)
+    distinct = e.distinct_answers if e is not None else None
+    if check.passed or distinct is None or distinct < FREE_TEXT_DISTINCT:
+        return check
+    hint = (
+        f" ({distinct:.0%} of the teacher's answers differ from each other, as free text does: "
+        '`exact` compares them word for word; gate.metric = "similarity" or "judge" compares '
+        "what they say)"
+    )
+    return Check(check.name, False, check.detail + hint)
+
+
+def _agreement(rules: Rules, low: float, e: Evidence | None) -> Check:
     raw = f"lower bound {low:.3f} {'>=' if low >= rules.agreement else '<'} {rules.agreement}"
     if low >= rules.agreement or rules.min_coverage is None:
         return Check("agreement", low >= rules.agreement, raw)

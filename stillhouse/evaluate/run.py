@@ -232,7 +232,8 @@ def majority_baseline(metric: metrics.Metric, teachers: Sequence[str]) -> dict[s
     top = max(counts, key=lambda k: (counts[k], k))
     answer = teachers[keys.index(top)]
     verdicts, _ = agreements(metric, teachers, [answer] * len(teachers))
-    return {"answer": answer, "agreement": sum(verdicts) / len(verdicts)}
+    distinct = len(counts) / len(teachers)  # near 1: free text, each answer its own
+    return {"answer": answer, "agreement": sum(verdicts) / len(verdicts), "distinct": distinct}
 
 
 def _operating_point(calibration: Calibration, rules: Rules) -> dict[str, Any] | None:
@@ -352,6 +353,9 @@ def evaluate(
         evidence=Evidence(
             agreement=mean(agree),
             majority_baseline=baseline["agreement"] if baseline else None,
+            distinct_answers=baseline["distinct"]
+            if baseline and settings.gate.metric == "exact"
+            else None,
             intents={k: (v["n"], v["agreement_ci"][1]) for k, v in per_intent.items()},
             kept_low=calibration.held_out.kept_low if calibration.held_out else None,
             coverage=1.0 - calibration.held_out.teacher_share if calibration.held_out else None,
