@@ -1,6 +1,7 @@
 """A task the project never tuned for, run as a new user runs it: product reviews labelled
-positive / negative / mixed in plain text (no JSON Schema, metric `exact`), callers that send no
-`metadata.intent`, the teacher behind an OpenAI-compatible server, the `stillhouse init`
+positive / negative / mixed in plain text (`--task reviews`: no JSON Schema, metric `exact`), or
+summarised in a free-text sentence (`--task summaries`: metric `similarity`); callers that send
+no `metadata.intent`, the teacher behind an OpenAI-compatible server, the `stillhouse init`
 defaults otherwise (grace 300 conversations / 50 intents, gate agreement 0.92, no tier).
 
 Three steps, each a subcommand, in a folder of its own:
@@ -33,6 +34,12 @@ SYSTEM = (
     "You label customer reviews for an online shop. Read the review and answer with exactly "
     "one word: positive, negative or mixed. No punctuation, no explanation."
 )
+# The free-text task on the same reviews: a summary, judged by meaning (metric similarity).
+SUMMARY = (
+    "You help an online shop's product team. Summarise the customer's review in one short "
+    "sentence of at most twelve words: what they think of the product and why."
+)
+TASKS = {"reviews": (SYSTEM, "exact"), "summaries": (SUMMARY, "similarity")}
 PRODUCTS = (
     "blender", "running shoes", "phone case", "desk lamp", "backpack", "coffee grinder",
     "headphones", "yoga mat", "kettle", "office chair", "water bottle", "keyboard",
@@ -83,19 +90,19 @@ provider = "local"
 model = "smollm2-135m-instruct"
 engine = "llama-cpp"
 
-[tasks.reviews]
+[tasks.{task}]
 teacher = "teacher"
 student = "student"
 mode = "auto"
 
-[tasks.reviews.grace]
+[tasks.{task}.grace]
 min_conversations = 300
 min_unique_intents = 50
 max_days = 14
 
-[tasks.reviews.gate]
+[tasks.{task}.gate]
 agreement = 0.92
-metric = "exact"
+metric = "{metric}"
 """
 
 
@@ -115,7 +122,9 @@ def review(rng: random.Random) -> str:
     return opener + body[0].upper() + body[1:] + rng.choice(ENDS)
 
 
-def traffic(port: int, n: int, seed: int, concurrency: int = 4) -> Counter[str]:
+def traffic(
+    port: int, n: int, seed: int, task: str = "reviews", concurrency: int = 4
+) -> Counter[str]:
     """Send `n` reviews through the gateway with the openai SDK; the answers' counts."""
     from openai import OpenAI
 
@@ -127,9 +136,12 @@ def traffic(port: int, n: int, seed: int, concurrency: int = 4) -> Counter[str]:
 
     def one(i: int) -> str:
         reply = client.chat.completions.create(
-            model="reviews",
+            model=task,
             user=f"user-{i % 97}",
-            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": texts[i]}],
+            messages=[
+                {"role": "system", "content": TASKS[task][0]},
+                {"role": "user", "content": texts[i]},
+            ],
         )
         return (reply.choices[0].message.content or "").strip().lower()
 
@@ -195,10 +207,12 @@ def main() -> None:
     c.add_argument("--dir", type=Path, required=True)
     c.add_argument("--port", type=int, default=8400)
     c.add_argument("--teacher-port", type=int, default=8501)
+    c.add_argument("--task", choices=sorted(TASKS), default="reviews")
     t = sub.add_parser("traffic", help="send reviews through the gateway")
     t.add_argument("--port", type=int, default=8400)
     t.add_argument("--n", type=int, default=400)
     t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--task", choices=sorted(TASKS), default="reviews")
     r = sub.add_parser("read", help="collect the recorded figures as JSON")
     r.add_argument("--dir", type=Path, required=True)
     r.add_argument("--out", type=Path)
@@ -207,10 +221,18 @@ def main() -> None:
     if args.step == "config":
         args.dir.mkdir(parents=True, exist_ok=True)
         path = args.dir / "stillhouse.toml"
-        path.write_text(CONFIG.format(port=args.port, teacher_port=args.teacher_port))
+        path.write_text(
+            CONFIG.format(
+                port=args.port,
+                teacher_port=args.teacher_port,
+                task=args.task,
+                metric=TASKS[args.task][1],
+            )
+        )
         print(f"wrote {path}")
     elif args.step == "traffic":
-        print(json.dumps(traffic(args.port, args.n, args.seed)))
+        answers = traffic(args.port, args.n, args.seed, args.task)
+        print(json.dumps(dict(answers.most_common(20))))
     else:
         doc = {
             "date": dt.date.today().isoformat(),
