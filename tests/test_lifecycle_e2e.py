@@ -370,6 +370,7 @@ def test_a_killed_worker_resumes_and_never_promotes_an_unvalidated_candidate(
     assert "stillhouse.lifecycle: support: grace -> curating: grace met" in said
     assert "support: training -> validating: trained cand_" in said
     assert re.search(r"stillhouse.train: training support-ds_[\w-]+: step \d+/\d+, loss", said)
+    assert "it/s]" not in said  # lines, not the progress bars of model loading
 
 
 class CountingSteps(DefaultSteps):

@@ -31,8 +31,13 @@ def printable(text: str) -> str:
 
 def log_to_stderr(level: str = "info") -> None:
     """Show the product's own log lines (lifecycle moves, training progress) on stderr, as
-    uvicorn shows its own: a server's operator sees what the loop is doing."""
+    uvicorn shows its own: a server's operator sees what the loop is doing. A server's log is
+    lines: the progress bars Hugging Face libraries draw when a model loads are turned off
+    (before they are imported; HF_HUB_DISABLE_PROGRESS_BARS=0 brings them back)."""
     import logging
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     logger = logging.getLogger("stillhouse")
     if not any(getattr(h, "stillhouse_cli", False) for h in logger.handlers):
