@@ -10,7 +10,8 @@ after >= 4x lower than before; this says whether the pair can reach it on this m
     .venv/bin/python bench/p95_pair.py --dir /work/demo-full-s10 [--calls 160] [--concurrency 16]
 
 `--dir`: a demo folder kept by `bench/demo.py --keep` (its stillhouse.toml and its store's
-newest local candidate). Raw: bench/results/p95_pair.json.
+newest local candidate). p50 and p95 by `stillhouse.stats.percentile`, as the demo's own.
+Raw: bench/results/p95_pair.json.
 """
 
 from __future__ import annotations
@@ -20,50 +21,33 @@ import concurrent.futures as cf
 import json
 import os
 import platform
-import socket
-import sqlite3
-import statistics
-import subprocess
 import sys
+import tempfile
 import time
-import tomllib
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness import ROOT
+from harness.procs import Procs, free_port
 
-from stillhouse.answers import agree  # noqa: E402
-from stillhouse.demo.tasks import TASKS  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from stillhouse.answers import agree
+from stillhouse.config import load_config
+from stillhouse.demo.tasks import TASKS
+from stillhouse.stats import percentile
+from stillhouse.store import open_store
 
 
-def serve(model: str, adapter: str | None, threads: int) -> tuple[subprocess.Popen[bytes], str]:
+def serve(procs: Procs, model: str, adapter: str | None, threads: int, logs: Path) -> str:
+    """`stillhouse serve-model MODEL --engine llama-cpp` of this checkout, ready; its URL."""
     port = free_port()
     command = [sys.executable, "-m", "stillhouse", "serve-model", model, "--engine", "llama-cpp"]
     command += ["--port", str(port), "--threads", str(threads), "--log-level", "warning"]
     if adapter:
         command += ["--adapter", adapter]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"serve-model {model} exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=2)
-            return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit(f"serve-model {model} did not start")
+    log = logs / f"{model}{'-adapter' if adapter else ''}.log"
+    proc = procs.start(model, command, port, log, None, {"PYTHONPATH": str(ROOT)})
+    procs.wait_ready(proc, "/healthz", timeout=300)
+    return f"http://127.0.0.1:{port}"
 
 
 def side(
@@ -75,11 +59,13 @@ def side(
     max_tokens: int,
     schema: dict[str, Any] | None,
     threads: int,
+    logs: Path,
 ) -> dict[str, Any]:
     from openai import OpenAI
 
-    proc, url = serve(model, adapter, threads)
+    procs = Procs(pin=False)
     try:
+        url = serve(procs, model, adapter, threads, logs)
         client = OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=900)
         extra: dict[str, Any] = {}
         if schema is not None:  # what the gateway adds to a student's request
@@ -107,15 +93,14 @@ def side(
             results = list(pool.map(one, tickets))
         wall = time.perf_counter() - started
     finally:
-        proc.terminate()
-        proc.wait(30)
-    seconds = sorted(r[0] for r in results)
+        procs.stop_all()
+    seconds = [r[0] for r in results]
     return {
         "model": model,
         "adapter": adapter,
         "wall_s": round(wall, 2),
-        "p50_s": round(statistics.median(seconds), 3),
-        "p95_s": round(seconds[min(len(seconds) - 1, int(0.95 * len(seconds)))], 3),
+        "p50_s": round(percentile(seconds, 50) or 0.0, 3),
+        "p95_s": round(percentile(seconds, 95) or 0.0, 3),
         "answers": [r[1] for r in results],
     }
 
@@ -134,29 +119,29 @@ def main() -> None:
         help="also time the student without its schema (llama.cpp's grammar off)",
     )
     args = parser.parse_args()
-    config = tomllib.loads((args.dir / "stillhouse.toml").read_text())
-    ((name, task_cfg),) = config["tasks"].items()
+    config = load_config(args.dir / "stillhouse.toml")
+    ((name, task_config),) = config.tasks.items()
     task = TASKS[name]
-    schema = task_cfg.get("response_schema")
-    db = sqlite3.connect(args.dir / "stillhouse.db")
-    candidate, artifacts = db.execute(
-        "SELECT id, artifacts FROM candidates WHERE backend = 'local' ORDER BY created_at DESC"
-    ).fetchone()
-    adapter = json.loads(artifacts)["adapter_dir"]
-    labels = len(task_cfg["response_schema"]["properties"]["intent"]["enum"]) if schema else None
+    schema = task_config.response_schema
+    with open_store(config.store.url) as store:  # newest first
+        trained = next(c for c in store.list_candidates(name) if c.backend == "local")
+    adapter = trained.artifacts["adapter_dir"]
+    labels = len(schema["properties"]["intent"]["enum"]) if schema else None
     examples = task.examples(args.seed, labels)
     tickets = [examples.next() for _ in range(args.calls)]
-    model = config["models"]
+    teacher_model, student_model = (config.models[m].model for m in ("teacher", "student"))
+    logs = Path(tempfile.mkdtemp(prefix="p95-pair-"))
     common: dict[str, Any] = {
         "concurrency": args.concurrency,
         "max_tokens": task.max_tokens,
         "threads": args.threads,
+        "logs": logs,
     }
-    teacher = side(model["teacher"]["model"], None, tickets, schema=None, **common)
-    student = side(model["student"]["model"], adapter, tickets, schema=schema, **common)
+    teacher = side(teacher_model, None, tickets, schema=None, **common)
+    student = side(student_model, adapter, tickets, schema=schema, **common)
     free = None
     if args.student_unconstrained:
-        free = side(model["student"]["model"], adapter, tickets, schema=None, **common)
+        free = side(student_model, adapter, tickets, schema=None, **common)
     metric = "json" if schema else "exact"
     pairs = zip(teacher["answers"], student["answers"], strict=True)
     agreed = [agree(metric, t, s) for t, s in pairs]
@@ -168,7 +153,7 @@ def main() -> None:
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         },
         "settings": {**vars(args), "dir": str(args.dir), "out": str(args.out)},
-        "candidate": candidate,
+        "candidate": trained.id,
         "teacher": {k: v for k, v in teacher.items() if k != "answers"},
         "student": {k: v for k, v in student.items() if k != "answers"},
         "student_unconstrained": free and {k: v for k, v in free.items() if k != "answers"},

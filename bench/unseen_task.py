@@ -12,9 +12,9 @@ Three steps, each a subcommand, in a folder of its own:
     .venv/bin/python bench/unseen_task.py traffic --n 400 --seed 1  # as often as wanted
     .venv/bin/python bench/unseen_task.py read --dir /tmp/nu --out bench/results/unseen_task.json
 
-`read` takes everything from the folder's store (lifecycle moves with their reasons, datasets,
-candidates, evaluations), so the figures are what the product recorded, not what this script
-saw.
+`read` takes everything from the folder's store through the store's API (lifecycle moves with
+their reasons, datasets, candidates, evaluations) and keeps the config it ran under, so the
+figures are what the product recorded, not what this script saw.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import datetime as dt
 import json
 import platform
 import random
-import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -150,54 +149,62 @@ def traffic(
 
 
 def read(folder: Path) -> dict[str, Any]:
-    """What the product recorded in the folder's store."""
-    db = sqlite3.connect(folder / "stillhouse.db")
-    db.row_factory = sqlite3.Row
-    moves = [
-        {
-            "at": dt.datetime.fromtimestamp(r["created_at"], dt.UTC).isoformat(timespec="seconds"),
-            "state": r["state"],
-            "reason": r["reason"],
-        }
-        for r in db.execute("SELECT * FROM lifecycle_events ORDER BY created_at")
-    ]
-    datasets = [
-        {k: r[k] for k in ("id", "train_count", "holdout_count", "intents_count")}
-        for r in db.execute("SELECT * FROM datasets ORDER BY created_at")
-    ]
+    """What the product recorded in the folder's store, read through the store's own API, and
+    the config it ran under (the gate is in it)."""
+    from stillhouse.answers import answer_text
+    from stillhouse.config import load_config
+    from stillhouse.lifecycle import events
+    from stillhouse.store import open_store
+
+    path = folder / "stillhouse.toml"
+    config = load_config(path)
+    (task,) = config.tasks
+    with open_store(config.store.url) as store:
+        moves = [
+            {"at": _utc(e["since"]), "state": e["state"], "reason": e["reason"]}
+            for e in reversed(events.history(store, task))
+        ]
+        datasets = [
+            {"id": d.id, "train_count": d.train_count, "holdout_count": d.holdout_count,
+             "intents_count": d.intents_count}
+            for d in reversed(store.list_datasets(task))
+        ]  # fmt: skip
+        runs = [
+            (run, c.backend)
+            for c in store.list_candidates(task)
+            for run in store.list_eval_runs(c.id)
+        ]
+        calls = store.list_calls(task, limit=1_000_000, role="teacher")
     evals = []
-    for r in db.execute("SELECT e.id, e.metrics, c.backend FROM eval_runs e JOIN candidates c ON "
-                        "c.id = e.candidate_id ORDER BY e.created_at"):  # fmt: skip
-        m = json.loads(r["metrics"])
-        cal = m.get("calibration") or {}
+    for run, kind in sorted(runs, key=lambda r: r[0].created_at):
+        m = run.metrics
         evals.append(
             {
-                "eval": r["id"],
+                "eval": run.id,
                 "candidate": m["candidate"],
-                "kind": r["backend"],
+                "kind": kind,
                 "dataset": m["dataset"],
                 "n": m["n"],
                 "agreement": m["agreement"],
                 "agreement_ci": m["agreement_ci"],
                 "majority_baseline": m.get("majority_baseline"),
                 "format_compliance": m.get("format_compliance"),
-                "held_out_operating_point": cal.get("held_out"),
+                "held_out_operating_point": (m.get("calibration") or {}).get("held_out"),
                 "latency_ms": m.get("latency_ms"),
             }
         )
-    answers: Counter[str] = Counter()
-    for (response,) in db.execute("SELECT response FROM calls WHERE role = 'teacher'"):
-        try:
-            text = json.loads(response)["choices"][0]["message"]["content"]
-        except (TypeError, KeyError, IndexError, ValueError):
-            continue
-        answers[(text or "").strip().lower()] += 1
+    answers = Counter(answer_text(c.response).strip().lower() for c in calls if c.response)
     return {
+        "config": path.read_text(),
         "teacher_answers": dict(answers.most_common()),
         "moves": moves,
         "datasets": datasets,
         "evaluations": evals,
     }
+
+
+def _utc(t: float | None) -> str | None:
+    return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from .stats import percentile
@@ -338,6 +338,22 @@ def confidence_of(response: dict[str, Any] | None) -> dict[str, Any] | None:
         return found
     logprobs = token_logprobs(response)
     return token_confidence(logprobs) if logprobs else None
+
+
+def threshold_for(
+    threshold: float | None, by_intent: Mapping[str, float] | None, intent: str | None
+) -> float | None:
+    """The fallback threshold an answer of `intent` is held to: its intent's own where
+    thresholds are per intent, else the common one (None: no threshold, nothing falls back)."""
+    if threshold is not None and by_intent and intent is not None:
+        return by_intent.get(intent, threshold)
+    return threshold
+
+
+def stays(confidence: float | None, threshold: float | None) -> bool:
+    """The router's rule: a student answer stays unless its confidence is under the threshold
+    (no threshold, or no confidence reported: it stays). Calibration judges the same rule."""
+    return threshold is None or confidence is None or confidence >= threshold
 
 
 # The reductions of token logprobs a threshold may be calibrated on (evaluate.calibrate chooses

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from .answers import DEFAULT_SIGNAL, message_text
+from .answers import DEFAULT_SIGNAL, message_text, stays, threshold_for
 from .config import TaskConfig
 from .intents import IntentModel
 from .store.records import Role
@@ -142,7 +142,7 @@ def needs_fallback(
     if threshold is None or not confidence or entry is None:
         return False
     value = confidence.get(fallback_signal(entry, route))
-    return isinstance(value, int | float) and value < threshold
+    return isinstance(value, int | float) and not stays(value, threshold)
 
 
 def fallback_signal(entry: TaskRoute, route: Route) -> str:
@@ -166,9 +166,7 @@ def fallback_threshold(
         threshold, by_intent = entry.incumbent_threshold, entry.incumbent_intent_thresholds
     else:
         threshold, by_intent = entry.threshold, entry.intent_thresholds
-    if threshold is not None and by_intent and intent is not None:
-        return by_intent.get(intent, threshold)
-    return threshold
+    return threshold_for(threshold, by_intent, intent)
 
 
 def shadow_sampled(task: TaskConfig, role: str, call_id: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import re
 import signal
@@ -313,12 +314,14 @@ def test_a_bad_candidate_is_stopped_at_the_gate(
 
 
 def start_worker(folder: Path, log: Path | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "stillhouse", "worker"],
-        cwd=folder,
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb") if log is not None else subprocess.DEVNULL,
-    )
+    """`stillhouse worker` in `folder`; its stderr to `log` (the child keeps the file open)."""
+    with open(log or os.devnull, "wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stillhouse", "worker"],
+            cwd=folder,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
 
 
 def wait_for(store_url: str, states: set[str], timeout: float = 90) -> Any:

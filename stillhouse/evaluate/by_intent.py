@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from ..answers import stays
 from ..stats import rate_interval
 from .calibrate import Calibration, coverage
 
@@ -40,9 +41,8 @@ def kept_per_intent(
 ) -> dict[str, tuple[int, float]]:
     """Each intent's kept answers at the calibrated threshold (its own, where thresholds are per
     intent): (n, agreement upper bound)."""
-    kept: dict[str, list[float]] = defaultdict(list)
+    stayed: dict[str, list[float]] = defaultdict(list)
     for intent, a, c in zip(intents, agree, confidences, strict=True):
-        threshold = calibration.threshold_of(intent)
-        if threshold is None or c is None or c >= threshold:
-            kept[intent].append(a)
-    return {k: (len(v), rate_interval(v)[1]) for k, v in kept.items()}
+        if stays(c, calibration.threshold_of(intent)):
+            stayed[intent].append(a)
+    return {k: (len(v), rate_interval(v)[1]) for k, v in stayed.items()}

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..answers import DEFAULT_SIGNAL
+from ..answers import DEFAULT_SIGNAL, stays, threshold_for
 from ..stats import binomial_interval
 
 SIGNAL = DEFAULT_SIGNAL  # the signal when only one is given
@@ -95,9 +95,7 @@ class Calibration:
     def threshold_of(self, intent: str | None) -> float | None:
         """The threshold an answer of `intent` is judged by: its own where thresholds are per
         intent, else the common one."""
-        if self.intent_thresholds and intent is not None:
-            return self.intent_thresholds.get(intent, self.threshold)
-        return self.threshold
+        return threshold_for(self.threshold, self.intent_thresholds, intent)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -241,12 +239,9 @@ class IntentThresholds:
     default: float
     by_intent: dict[str, float]
 
-    def of(self, intent: str | None) -> float:
-        return self.by_intent.get(intent, self.default) if intent is not None else self.default
-
-    def thresholds(self, intents: Sequence[str | None]) -> list[float]:
+    def thresholds(self, intents: Sequence[str | None]) -> list[float | None]:
         """Each answer's threshold, by its intent."""
-        return [self.of(i) for i in intents]
+        return [threshold_for(self.default, self.by_intent, i) for i in intents]
 
 
 def fit_intents(
@@ -310,7 +305,9 @@ def cross_fit_intents(
         fit_values, fit_agree = [values[i] for i in fit], [agree[i] for i in fit]
         rule = fit_intents(fit_values, fit_agree, [intents[i] for i in fit], target)
         if rule is not None:
-            threshold: float | list[float] | None = rule.thresholds([intents[i] for i in test])
+            threshold: float | list[float | None] | None = rule.thresholds(
+                [intents[i] for i in test]
+            )
         else:
             threshold = pick({SIGNAL: fit_values}, fit_agree, target)[1]
         return apply(threshold, [values[i] for i in test], [agree[i] for i in test])
@@ -442,7 +439,7 @@ def coverage(
 
 
 def apply(
-    threshold: float | Sequence[float] | None,
+    threshold: float | Sequence[float | None] | None,
     confidences: Sequence[float | None],
     agree: Sequence[float],
 ) -> Point:
@@ -451,15 +448,11 @@ def apply(
     per answer (its intent's); the point then carries none."""
     n = len(agree)
     limits = threshold if isinstance(threshold, Sequence) else [threshold] * n
-    kept = [
-        a
-        for c, limit, a in zip(confidences, limits, agree, strict=True)
-        if limit is None or c is None or c >= limit
-    ]
+    stayed = [a for c, limit, a in zip(confidences, limits, agree, strict=True) if stays(c, limit)]
     return Point(
         None if isinstance(threshold, Sequence) else threshold,
-        (n - len(kept)) / n if n else 0.0,
-        sum(kept) / len(kept) if kept else None,
-        len(kept),
-        kept_low(sum(kept), len(kept)),
+        (n - len(stayed)) / n if n else 0.0,
+        sum(stayed) / len(stayed) if stayed else None,
+        len(stayed),
+        kept_low(sum(stayed), len(stayed)),
     )
